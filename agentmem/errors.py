@@ -1,0 +1,35 @@
+"""Every error agentmem raises on purpose.
+
+`ConfigError` (a `ValueError`) means the caller passed a bad value; the message says what
+to pass instead. The other classes name a state the caller can act on.
+"""
+
+from __future__ import annotations
+
+
+class AgentmemError(Exception):
+    """Base class of every error agentmem raises on purpose."""
+
+
+class ConfigError(AgentmemError, ValueError):
+    """A bad argument or setting: the message says which value and what to use instead."""
+
+
+class ModelNotAvailableError(AgentmemError):
+    """The weights of a model cannot be found here; the message says how to install them."""
+
+
+class UnsupportedModelError(AgentmemError, ValueError):
+    """The model's architecture or attention layout is one agentmem cannot compact."""
+
+
+class ModelMismatchError(AgentmemError, ValueError):
+    """A cache, session or profile was made by another model than the one given."""
+
+
+class CompactionError(AgentmemError):
+    """Compaction produced an unusable result (e.g. non-finite values); the input is untouched."""
+
+
+class TransformersVersionError(AgentmemError, ImportError):
+    """The installed transformers is outside the range agentmem is tested with."""

@@ -1,0 +1,56 @@
+"""Tiny random-init models built from a config: CPU, seeded, no network."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+
+VOCAB = 128
+
+
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    """Llama-like with GQA: 4 query heads share 2 KV heads."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        attn_implementation="sdpa",
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_gemma3(seed: int = 0) -> Gemma3ForCausalLM:
+    """Gemma3-like hybrid: sliding-window layers around one global layer."""
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        sliding_window=8,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        max_position_embeddings=1024,
+        query_pre_attn_scalar=24,
+        attn_implementation="sdpa",
+    )
+    return Gemma3ForCausalLM(config).eval()
+
+
+@pytest.fixture(params=["llama", "gemma3"])
+def tiny_model(request):
+    return tiny_llama() if request.param == "llama" else tiny_gemma3()
+
+
+@pytest.fixture
+def ids():
+    torch.manual_seed(1)
+    return torch.randint(3, VOCAB, (1, 48))
