@@ -1,0 +1,46 @@
+"""agentmem: keep long-running LLM agents inside a fixed KV-cache budget.
+
+The heart is `compact`, which replaces a span of a transformers KV cache by far fewer
+slots with Attention Matching (keys, per-key log-weights beta, least-squares values).
+"""
+
+from .compaction import METHODS, compact
+from .errors import (
+    AgentmemError,
+    CompactionError,
+    ConfigError,
+    ModelMismatchError,
+    ModelNotAvailableError,
+    TransformersVersionError,
+    UnsupportedModelError,
+)
+from .hf import CompactedCache, CompactedLayer, agentmem_attention, capture_queries, disable, enable
+
+__version__ = "0.1.0"
+
+
+def load_model(name_or_path: str = "smollm2-135m", **kwargs):
+    """Load a model and its tokenizer; see `agentmem.models.load_model`."""
+    from .models import load_model as _load
+
+    return _load(name_or_path, **kwargs)
+
+
+__all__ = [
+    "AgentmemError",
+    "CompactedCache",
+    "CompactedLayer",
+    "CompactionError",
+    "ConfigError",
+    "METHODS",
+    "ModelMismatchError",
+    "ModelNotAvailableError",
+    "TransformersVersionError",
+    "UnsupportedModelError",
+    "agentmem_attention",
+    "capture_queries",
+    "compact",
+    "disable",
+    "enable",
+    "load_model",
+]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -70,6 +70,8 @@ class CompactedLayer(CacheLayerMixin):
         self.logical_length = 0
         self.scaling = scaling
         self.has_beta = False  # any slot with a non-zero bias (beta or padding)
+        # Contiguous runs [logical tokens, physical slots] in order; equal numbers = plain tokens.
+        self.runs: list[list[int]] = []
 
     @classmethod
     def from_tensors(
@@ -80,6 +82,7 @@ class CompactedLayer(CacheLayerMixin):
         *,
         logical_length: int | None = None,
         scaling: float | None = None,
+        runs: list[list[int]] | None = None,
     ) -> CompactedLayer:
         layer = cls(scaling=scaling)
         layer.lazy_initialization(keys, values)
@@ -87,6 +90,10 @@ class CompactedLayer(CacheLayerMixin):
         layer.bias = bias.float() if bias is not None else keys.new_zeros(keys.shape[:-1], dtype=torch.float32)
         layer.logical_length = keys.shape[-2] if logical_length is None else int(logical_length)
         layer.has_beta = bool(torch.any(layer.bias != 0))
+        physical = keys.shape[-2]
+        layer.runs = [list(r) for r in runs] if runs is not None else [[layer.logical_length, physical]]
+        if sum(r[0] for r in layer.runs) != layer.logical_length or sum(r[1] for r in layer.runs) != physical:
+            raise ValueError(f"runs {layer.runs} do not add up to {layer.logical_length} tokens / {physical} slots")
         return layer
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -108,6 +115,10 @@ class CompactedLayer(CacheLayerMixin):
         self.values = torch.cat([self.values, value_states], dim=-2)
         self.bias = torch.cat([self.bias, self.bias.new_zeros(self.bias.shape[:-1] + (new,))], dim=-1)
         self.logical_length += new
+        if self.runs and self.runs[-1][0] == self.runs[-1][1]:
+            self.runs[-1] = [self.runs[-1][0] + new, self.runs[-1][1] + new]
+        else:
+            self.runs.append([new, new])
         return self.attention_keys(), self.values
 
     def attention_keys(self) -> torch.Tensor:
@@ -118,6 +129,29 @@ class CompactedLayer(CacheLayerMixin):
             raise UnsupportedModelError("a compacted layer needs the attention scaling of its model")
         column = (self.bias / self.scaling).clamp(min=torch.finfo(self.keys.dtype).min / 4)
         return torch.cat([self.keys, column.to(self.keys.dtype).unsqueeze(-1)], dim=-1)
+
+    def physical_span(self, start: int, end: int) -> tuple[int, int]:
+        """Physical slots [a, b) holding logical tokens [start, end).
+
+        Raises ValueError when a boundary falls inside an earlier compacted run.
+        """
+        bounds = []
+        for target in (start, end):
+            logical = physical = 0
+            for tokens, slots in self.runs:
+                if logical <= target <= logical + tokens:
+                    offset = target - logical
+                    if tokens != slots and offset not in (0, tokens):
+                        raise ValueError(
+                            f"token {target} lies inside a compacted run of tokens [{logical}, {logical + tokens}); "
+                            "move the span boundary to the run's start or end"
+                        )
+                    bounds.append(physical + (offset if tokens == slots else (0 if offset == 0 else slots)))
+                    break
+                logical, physical = logical + tokens, physical + slots
+            else:
+                raise ValueError(f"token {target} is beyond the {self.logical_length} cached tokens")
+        return bounds[0], bounds[1]
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         physical = self.physical_length
@@ -133,6 +167,7 @@ class CompactedLayer(CacheLayerMixin):
         self.keys = self.values = self.bias = None
         self.logical_length = 0
         self.has_beta = False
+        self.runs = []
         self.is_initialized = False
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
@@ -239,7 +274,12 @@ def _copy_compacted(layer: CompactedLayer, scaling: float | None) -> CompactedLa
     if not layer.is_initialized:
         return CompactedLayer(scaling=scaling or layer.scaling)
     return CompactedLayer.from_tensors(
-        layer.keys, layer.values, layer.bias, logical_length=layer.logical_length, scaling=scaling or layer.scaling
+        layer.keys,
+        layer.values,
+        layer.bias,
+        logical_length=layer.logical_length,
+        scaling=scaling or layer.scaling,
+        runs=layer.runs,
     )
 
 
@@ -276,6 +316,9 @@ class QueryCapture:
     layers: set[int] | None = None
     queries: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     scalings: dict[int, float] = field(default_factory=dict)
+    # Optional hook (layer_idx, query, key, value, mask) -> (key, value, mask) that may swap
+    # the keys a layer attends to (on-policy compaction swaps in the compacted span).
+    transform: Callable | None = None
 
     def record(self, layer_idx: int, query: torch.Tensor, scaling: float) -> None:
         if self.layers is not None and layer_idx not in self.layers:
@@ -292,9 +335,9 @@ _local = threading.local()
 
 
 @contextlib.contextmanager
-def capture_queries(layers: set[int] | None = None) -> Iterator[QueryCapture]:
+def capture_queries(layers: set[int] | None = None, transform: Callable | None = None) -> Iterator[QueryCapture]:
     """Record the queries of every agentmem attention call made inside the block (this thread)."""
-    capture = QueryCapture(layers=layers)
+    capture = QueryCapture(layers=layers, transform=transform)
     previous = getattr(_local, "capture", None)
     _local.capture = capture
     try:
@@ -323,6 +366,8 @@ def attention_forward(
         scaling = query.shape[-1] ** -0.5
     if capture is not None and layer_idx is not None:
         capture.record(layer_idx, query, scaling)
+        if capture.transform is not None and (capture.layers is None or layer_idx in capture.layers):
+            key, value, attention_mask = capture.transform(layer_idx, query, key, value, attention_mask)
     if key.shape[-1] == query.shape[-1] + 1:
         query = torch.cat([query, query.new_ones(query.shape[:-1] + (1,))], dim=-1)
     groups = query.shape[1] // key.shape[1]

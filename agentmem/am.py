@@ -1,0 +1,230 @@
+"""Attention Matching algebra: replace a span's keys and values by a few keys (C1),
+log-weights (beta) and fitted values (C2) that reproduce the span's attention.
+
+Everything here is batched over G independent "heads" (batch x KV heads of one layer)
+and done in fp32. Shapes: queries (G, n, D), keys (G, T, D), values (G, T, Dv),
+prior bias (G, T) (0 for plain tokens, beta of earlier compactions, -inf for padding).
+
+For a query q the span contributes the mass Z(q) = sum_j exp(s q.K_j + prior_j) and the
+local output y(q) = softmax(s q.K^T + prior) V. With row-normalised
+Phi_ij = exp(s q_i.K_j + prior_j - m_i) the mass is b = Phi 1, and a subset S with
+weights w reproduces it when Phi[:, S] w ~ b. See ../shared/DESIGN.md section 3.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Targets:
+    """What a compact replacement must reproduce for the reference queries."""
+
+    phi: torch.Tensor  # (G, n, T) exp(logits - row max)
+    mass: torch.Tensor  # (G, n) phi.sum(-1)
+    outputs: torch.Tensor  # (G, n, Dv) softmax(logits) @ V
+    valid: torch.Tensor  # (G, T) bool, slots that are not padding
+
+
+@dataclass
+class Fit:
+    """A compact replacement of a span, padded to the longest head."""
+
+    index: torch.Tensor  # (G, t) long, positions of the kept keys in the span
+    bias: torch.Tensor  # (G, t) fp32 beta; -inf on padding slots
+    values: torch.Tensor  # (G, t, Dv) fp32
+
+
+def span_logits(queries: torch.Tensor, keys: torch.Tensor, prior: torch.Tensor, scale: float) -> torch.Tensor:
+    # (G, n, D) x (G, T, D) -> (G, n, T)
+    return torch.baddbmm(prior.unsqueeze(1), queries, keys.transpose(1, 2), alpha=scale)
+
+
+def targets(
+    queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, prior: torch.Tensor, scale: float
+) -> Targets:
+    """Mass and local output of the span for each query (the quantities to match)."""
+    logits = span_logits(queries, keys, prior, scale)
+    logits = logits - logits.amax(-1, keepdim=True)
+    phi = logits.exp_()  # (G, n, T)
+    mass = phi.sum(-1)  # (G, n)
+    outputs = torch.bmm(phi, values) / mass.unsqueeze(-1)
+    return Targets(phi=phi, mass=mass, outputs=outputs, valid=torch.isfinite(prior))
+
+
+def budget_mask(budgets: torch.Tensor, width: int) -> torch.Tensor:
+    """(G,) budgets -> (G, width) bool, True for the first budgets[g] slots."""
+    return torch.arange(width, device=budgets.device).unsqueeze(0) < budgets.unsqueeze(1)
+
+
+# ------------------------------------------------------------------------ key selection
+
+
+def select_top(scores: torch.Tensor, valid: torch.Tensor, width: int) -> torch.Tensor:
+    """Indices of the `width` highest scores per head, padding never chosen: (G, width)."""
+    scores = scores.masked_fill(~valid, float("-inf"))
+    return scores.topk(width, dim=-1).indices
+
+
+def highest_attention_scores(t: Targets) -> torch.Tensor:
+    """RMS over queries of each key's attention probability: (G, T)."""
+    probs = t.phi / t.mass.unsqueeze(-1)
+    return probs.pow(2).mean(1).sqrt()
+
+
+def select_omp(
+    t: Targets, width: int, *, per_step: int = 1, refit_every: int = 1, w_max: float = math.exp(7)
+) -> torch.Tensor:
+    """Greedy matching pursuit on the mass: the columns of Phi that best rebuild b.
+
+    Keeps an incrementally grown Gram matrix so a refit costs one small solve.
+    Returns (G, width) indices in the order they were picked (a prefix is a good
+    smaller selection, which is how per-head budgets are applied).
+    """
+    G, n, T = t.phi.shape
+    width = min(width, T)
+    norms = t.phi.norm(dim=1).clamp_min(1e-30)  # (G, T)
+    picked = torch.zeros(G, width, dtype=torch.long, device=t.phi.device)
+    taken = ~t.valid.clone()
+    gram = t.phi.new_zeros(G, width, width)
+    rhs = t.phi.new_zeros(G, width)
+    residual = t.mass.clone()
+    count, step = 0, 0
+    while count < width:
+        k = min(per_step, width - count)
+        corr = torch.bmm(residual.unsqueeze(1), t.phi).squeeze(1) / norms  # (G, T)
+        corr = corr.masked_fill(taken, float("-inf"))
+        new = corr.topk(k, dim=-1).indices  # (G, k)
+        new_cols = torch.gather(t.phi, 2, new.unsqueeze(1).expand(G, n, k))  # (G, n, k)
+        old_cols = torch.gather(t.phi, 2, picked[:, :count].unsqueeze(1).expand(G, n, count))
+        cross = torch.bmm(new_cols.transpose(1, 2), torch.cat([old_cols, new_cols], dim=2))  # (G, k, count+k)
+        gram[:, count : count + k, : count + k] = cross
+        gram[:, : count + k, count : count + k] = cross.transpose(1, 2)
+        rhs[:, count : count + k] = torch.bmm(new_cols.transpose(1, 2), t.mass.unsqueeze(-1)).squeeze(-1)
+        picked[:, count : count + k] = new
+        taken.scatter_(1, new, True)
+        count += k
+        step += 1
+        if step % refit_every == 0 or count == width:
+            w = solve_weights(gram[:, :count, :count], rhs[:, :count], lo=0.0, hi=w_max, iters=2)
+            cols = torch.gather(t.phi, 2, picked[:, :count].unsqueeze(1).expand(G, n, count))
+            residual = t.mass - torch.bmm(cols, w.unsqueeze(-1)).squeeze(-1)
+    return picked
+
+
+# ----------------------------------------------------------------------- weights (beta)
+
+
+def solve_weights(
+    gram: torch.Tensor,
+    rhs: torch.Tensor,
+    *,
+    lo: float,
+    hi: float,
+    active: torch.Tensor | None = None,
+    iters: int = 8,
+) -> torch.Tensor:
+    """Bounded least squares min ||A w - b|| with lo <= w <= hi, from A^T A and A^T b.
+
+    An active-set iteration: solve on the free set, pin violators to their bound, repeat.
+    `active` (G, k) bool marks the slots that exist; the others get w = 0.
+    """
+    G, k, _ = gram.shape
+    if active is None:
+        active = torch.ones(G, k, dtype=torch.bool, device=gram.device)
+    eye = torch.eye(k, device=gram.device, dtype=gram.dtype).expand(G, k, k)
+    ridge = 1e-6 * gram.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-30)  # (G,)
+    fixed = ~active
+    fixed_value = torch.zeros_like(rhs)
+    w = torch.zeros_like(rhs)
+    for _ in range(max(1, iters)):
+        free = ~fixed
+        pair = free.unsqueeze(2) & free.unsqueeze(1)
+        system = torch.where(pair, gram, torch.zeros_like(gram)) + torch.where(
+            free.unsqueeze(2) & eye.bool(), ridge.view(G, 1, 1) * eye, eye * (~free).unsqueeze(2)
+        )
+        b = torch.where(free, rhs - torch.bmm(gram, fixed_value.unsqueeze(-1)).squeeze(-1), fixed_value)
+        w = torch.linalg.solve(system, b)
+        low, high = free & (w < lo), free & (w > hi)
+        if not bool((low | high).any()):
+            break
+        fixed_value = torch.where(low, torch.full_like(w, lo), torch.where(high, torch.full_like(w, hi), fixed_value))
+        fixed = fixed | low | high
+    w = w.clamp(lo, hi)
+    return torch.where(active, w, torch.zeros_like(w))
+
+
+def fit_beta(t: Targets, index: torch.Tensor, active: torch.Tensor, *, lo: float, hi: float) -> torch.Tensor:
+    """beta = log w for the kept keys; -inf on inactive (padding) slots. (G, t) fp32."""
+    G, n, _ = t.phi.shape
+    cols = torch.gather(t.phi, 2, index.unsqueeze(1).expand(G, n, index.shape[1]))  # (G, n, t)
+    gram = torch.bmm(cols.transpose(1, 2), cols)
+    rhs = torch.bmm(cols.transpose(1, 2), t.mass.unsqueeze(-1)).squeeze(-1)
+    w = solve_weights(gram, rhs, lo=lo, hi=hi, active=active)
+    return torch.where(active, w.clamp_min(1e-30).log(), torch.full_like(w, float("-inf")))
+
+
+# ------------------------------------------------------------------------------ values
+
+
+def fit_values(
+    queries: torch.Tensor,
+    kept_keys: torch.Tensor,
+    beta: torch.Tensor,
+    outputs: torch.Tensor,
+    scale: float,
+    *,
+    ridge: float = 1e-4,
+) -> torch.Tensor:
+    """Least-squares values C2 so that softmax(s Q C1^T + beta) C2 ~ the span's outputs."""
+    x = torch.softmax(span_logits(queries, kept_keys, beta, scale), dim=-1)  # (G, n, t)
+    gram = torch.bmm(x.transpose(1, 2), x)  # (G, t, t)
+    diag = gram.diagonal(dim1=1, dim2=2)
+    lam = ridge * diag.mean(-1).clamp_min(1e-12)  # (G,)
+    gram = gram + torch.diag_embed(lam.unsqueeze(-1).expand_as(diag))
+    rhs = torch.bmm(x.transpose(1, 2), outputs)  # (G, t, Dv)
+    chol, info = torch.linalg.cholesky_ex(gram)
+    if bool((info == 0).all()):
+        return torch.cholesky_solve(rhs, chol)
+    return torch.linalg.lstsq(gram, rhs).solution
+
+
+# ---------------------------------------------------------------------------- one span
+
+
+def match(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    prior: torch.Tensor,
+    scale: float,
+    budgets: torch.Tensor,
+    *,
+    selection: str = "omp",
+    per_step: int = 1,
+    refit_every: int = 1,
+    w_bounds: tuple[float, float] | None = None,
+) -> Fit:
+    """Attention-match one span for G heads with per-head budgets (G,) long."""
+    queries, keys, values, prior = queries.float(), keys.float(), values.float(), prior.float()
+    t = targets(queries, keys, values, prior, scale)
+    width = int(budgets.max())
+    active = budget_mask(budgets, width)
+    if selection == "omp":
+        index = select_omp(t, width, per_step=per_step, refit_every=refit_every)
+        lo, hi = w_bounds or (math.exp(-7), math.exp(7))
+    elif selection == "highest":
+        index = select_top(highest_attention_scores(t), t.valid, width)
+        lo, hi = w_bounds or (math.exp(-3), math.exp(3))
+    else:
+        raise ValueError(f"unknown key selection {selection!r}")
+    beta = fit_beta(t, index, active, lo=lo, hi=hi)
+    kept = torch.gather(keys, 1, index.unsqueeze(-1).expand(-1, -1, keys.shape[-1]))
+    # The prior bias of a kept key (an earlier beta) is folded into the new beta.
+    beta = beta + torch.gather(prior, 1, index).masked_fill(~active, 0.0)
+    fitted = fit_values(queries, kept, beta, t.outputs, scale)
+    fitted = fitted.masked_fill(~active.unsqueeze(-1), 0.0)
+    return Fit(index=index, bias=beta, values=fitted)

@@ -1,0 +1,410 @@
+"""`compact()`: replace tokens [start, end) of a KV cache by far fewer slots.
+
+All methods share one frame: gather reference queries, choose per-head budgets, then per
+full-attention layer either attention-match the span (`am*`) or keep a scored subset
+(baselines). The input cache is never modified; the result is a new `CompactedCache`
+whose untouched tensors are shared with the input.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from . import am, baselines, hf, profiles, queries
+from .errors import CompactionError, ConfigError, ModelMismatchError, UnsupportedModelError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Method:
+    """How one compaction method gathers queries, picks keys and fits."""
+
+    name: str
+    description: str
+    repeat_queries: bool = True
+    self_study_tokens: int = 0
+    selection: str = "omp"  # omp | highest | truncate | streaming | h2o | snapkv | kvzip
+    fit: bool = True  # attention matching (beta + values) or copied values
+    per_step: int = 1
+    refit_every: int = 1
+    on_policy: bool = False
+    head_profile: bool = False
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in [
+        Method("am", "OMP keys, NNLS beta, LS values; repeat-prefill + self-study queries, on-policy, head budgets",
+               self_study_tokens=32, on_policy=True, head_profile=True),
+        Method("am-fast", "highest-attention keys, repeat-prefill queries, NNLS beta, LS values", selection="highest"),
+        Method("am-omp-fast", "OMP picking 4 keys per step, refit every 2 steps", per_step=4, refit_every=2),
+        Method("truncate", "keep the most recent tokens", repeat_queries=False, selection="truncate", fit=False),
+        Method("streaming", "attention sinks + most recent tokens", repeat_queries=False, selection="streaming",
+               fit=False),
+        Method("h2o", "heavy hitters (accumulated attention) + recent", selection="h2o", fit=False),
+        Method("snapkv", "pooled attention of the span's last window", repeat_queries=False, selection="snapkv",
+               fit=False),
+        Method("kvzip", "repeat queries, max attention, global top-k, no beta", selection="kvzip", fit=False),
+    ]
+}
+
+
+@dataclass
+class Options:
+    """Tunables shared by all methods (pass them as keyword arguments to `compact`)."""
+
+    tokenizer: object | None = None
+    recent_queries: dict[int, torch.Tensor] | None = None  # layer -> (B, H_q, n, D)
+    max_queries: int = 2048  # per KV head, bounds memory to a fixed multiple of the span's KV
+    self_study_tokens: int | None = None
+    on_policy: bool | None = None
+    head_budgets: dict[str, float] | str | None = "auto"  # "auto": shipped profile if any; None: uniform
+    seed: int = 0
+    stats: dict = field(default_factory=dict)
+
+
+def compact(
+    model: torch.nn.Module,
+    cache,
+    input_ids: torch.Tensor,
+    *,
+    ratio: float,
+    method: str = "am",
+    start: int = 0,
+    end: int | None = None,
+    **options,
+) -> hf.CompactedCache:
+    """Compact tokens [start, end) of `cache` by `ratio` (10 = ten times fewer slots).
+
+    Args:
+        model: the model that produced `cache`.
+        cache: a `DynamicCache` or a `CompactedCache` (earlier beta is honoured).
+        input_ids: (B, L) the ids of all L tokens the cache holds.
+        ratio: >= 1; the span keeps about physical_slots / ratio slots per KV head.
+        method: one of `METHODS` ("am", "am-fast", "am-omp-fast", "truncate",
+            "streaming", "h2o", "snapkv", "kvzip").
+        start, end: logical token span; `end` defaults to the cache length.
+        **options: see `Options` (tokenizer, recent_queries, max_queries, seed...).
+
+    Returns:
+        A new `CompactedCache`; the input cache is left untouched.
+    """
+    opts = _options(options)
+    spec = _method(method)
+    ratio = _ratio(ratio)
+    hf.check_transformers_version()
+    view = hf.CompactedCache.from_cache(cache, scalings=hf.attention_scalings(model))
+    layers = _check_model(model, view)
+    length = view.get_seq_length()
+    end = length if end is None else end
+    _check_span(input_ids, length, start, end)
+    spans = {}
+    for idx in layers:
+        try:
+            spans[idx] = view.layers[idx].physical_span(start, end)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    began = time.perf_counter()
+    hf.enable(model)
+    result = _Compactor(model, view, input_ids, (start, end), spans, ratio, spec, opts).run()
+    seconds = time.perf_counter() - began
+    _check_finite(result, layers)
+    opts.stats.update(seconds=seconds, method=spec.name, ratio=ratio)
+    log.info(
+        "compacted tokens [%d, %d) with %s x%.3g: %d -> %d slots, %.0f ms",
+        start, end, spec.name, ratio, view.physical_length(), result.physical_length(), seconds * 1e3,
+    )
+    return result
+
+
+class _Compactor:
+    """One compaction call: gathers queries, then rebuilds each full layer."""
+
+    def __init__(self, model, view, input_ids, span, spans, ratio, spec: Method, opts: Options):
+        self.model, self.view, self.input_ids, self.span = model, view, input_ids, span
+        self.spans, self.ratio, self.spec, self.opts = spans, ratio, spec, opts
+        self.layers = sorted(spans)
+        self.config = hf.text_config(model)
+        self.num_kv = view.layers[self.layers[0]].keys.shape[1]
+        self.batch = view.layers[self.layers[0]].keys.shape[0]
+        self.scalings = hf.attention_scalings(model)
+        self.generator = torch.Generator().manual_seed(opts.seed)
+        self.budgets = self._budgets()
+        self.out = view.copy()
+
+    # ---------------------------------------------------------------- budgets per head
+    def _budgets(self) -> dict[int, torch.Tensor]:
+        """Slots each (batch, KV head) keeps in each layer: layer -> (G,) long."""
+        sizes = {idx: b - a for idx, (a, b) in self.spans.items()}
+        profile = None
+        if self.spec.head_profile and self.opts.head_budgets is not None:
+            profile = profiles.resolve(self.opts.head_budgets, self.model)
+        out = {}
+        for idx in self.layers:
+            base = max(1, round(sizes[idx] / self.ratio))
+            if profile is not None:
+                share = torch.tensor([profile.get(f"L{idx}H{h}", 0.0) for h in range(self.num_kv)])
+                total_heads = len(profile)
+                want = (share * total_heads * base).round().long().clamp(1, max(1, int(0.75 * sizes[idx])))
+                if self.ratio == 1:
+                    want = torch.full_like(want, sizes[idx])
+            else:
+                want = torch.full((self.num_kv,), base, dtype=torch.long)
+            valid = torch.isfinite(self._span(idx)[2]).sum(-1).reshape(self.batch, self.num_kv).min(0).values
+            want = torch.minimum(want, valid.clamp_min(1).cpu())
+            out[idx] = want.repeat(self.batch)
+        return out
+
+    def _span(self, idx: int):
+        """(keys (G,T,D), values (G,T,Dv), prior bias (G,T)) of the span in layer idx."""
+        layer = self.view.layers[idx]
+        a, b = self.spans[idx]
+        G = self.batch * self.num_kv
+        keys = layer.keys[:, :, a:b].reshape(G, b - a, -1)
+        values = layer.values[:, :, a:b].reshape(G, b - a, -1)
+        prior = layer.bias[:, :, a:b].reshape(G, b - a)
+        return keys, values, prior
+
+    # ---------------------------------------------------------------- main
+    def run(self) -> hf.CompactedCache:
+        spec = self.spec
+        if self.ratio == 1 and spec.selection not in ("kvzip",):
+            return self.out  # nothing to remove: every slot stays as it is
+        extra = self._extra_queries()
+        if spec.fit:
+            on_policy = spec.on_policy if self.opts.on_policy is None else self.opts.on_policy
+            if on_policy:
+                self._repeat_pass(transform=self._on_policy_hook(extra))
+                return self.out
+            captured = self._repeat_pass() if spec.repeat_queries else {}
+            for idx in self.layers:
+                self._install(idx, self._fit(idx, self._layer_queries(idx, captured, extra)))
+            return self.out
+        captured = self._repeat_pass() if spec.repeat_queries else {}
+        if spec.selection == "snapkv":
+            captured = self._window_pass(baselines.SNAPKV_WINDOW)
+        picks = baselines.select(self, captured)
+        for idx in self.layers:
+            self._install(idx, self._copy(idx, picks[idx]))
+        return self.out
+
+    # ---------------------------------------------------------------- queries
+    def _repeat_pass(self, transform=None) -> dict[int, torch.Tensor]:
+        start, end = self._logical_span()
+        device = self.input_ids.device
+        ids = torch.cat(
+            [queries.prompt_ids(self.opts.tokenizer, queries.REPEAT_PROMPT, device).expand(self.batch, -1),
+             self.input_ids[:, start:end]], dim=1,
+        )
+        capture = queries.forward_pass(self.model, self.view.copy(), ids, layers=set(self.layers),
+                                       transform=transform)
+        return {idx: capture.stacked(idx) for idx in capture.queries}
+
+    def _window_pass(self, window: int) -> dict[int, torch.Tensor]:
+        start, end = self._logical_span()
+        ids = self.input_ids[:, max(start, end - window):end]
+        capture = queries.forward_pass(self.model, self.view.copy(), ids, layers=set(self.layers))
+        return {idx: capture.stacked(idx) for idx in capture.queries}
+
+    def _extra_queries(self) -> dict[int, list[torch.Tensor]]:
+        """Self-study and caller-supplied recent queries, per layer."""
+        extra: dict[int, list[torch.Tensor]] = {idx: [] for idx in self.layers}
+        for idx, q in (self.opts.recent_queries or {}).items():
+            if idx in extra:
+                extra[idx].append(q.float())
+        tokens = self.spec.self_study_tokens if self.opts.self_study_tokens is None else self.opts.self_study_tokens
+        if self.spec.fit and tokens > 0:
+            device = self.input_ids.device
+            prompt = queries.prompt_ids(self.opts.tokenizer, queries.SELF_STUDY_PROMPT, device)
+            if prompt.shape[-1] == 0:
+                prompt = self.input_ids[:1, -1:]
+            capture = queries.self_study(self.model, self.view.copy(), layers=set(self.layers), tokens=tokens,
+                                         prompt=prompt, batch_size=self.batch)
+            for idx in capture.queries:
+                extra[idx].append(capture.stacked(idx))
+        return extra
+
+    def _layer_queries(self, idx, captured, extra) -> torch.Tensor:
+        parts = [queries.group_queries(q, self.num_kv) for q in [captured.get(idx), *extra.get(idx, [])]
+                 if q is not None]
+        if not parts:
+            raise ConfigError(f"method {self.spec.name!r} needs reference queries but none were gathered")
+        return queries.subsample(torch.cat(parts, dim=1), self.opts.max_queries, self.generator)
+
+    def _logical_span(self) -> tuple[int, int]:
+        return self.span
+
+    # ---------------------------------------------------------------- fitting
+    def _fit(self, idx: int, q: torch.Tensor) -> am.Fit:
+        keys, values, prior = self._span(idx)
+        spec = self.spec
+        selection = "highest" if spec.selection == "highest" else "omp"
+        return am.match(q, keys, values, prior, self.scalings[idx], self.budgets[idx], selection=selection,
+                        per_step=spec.per_step, refit_every=spec.refit_every)
+
+    def _copy(self, idx: int, index: torch.Tensor) -> am.Fit:
+        """A baseline's fit: kept keys with their own values and prior bias."""
+        keys, values, prior = self._span(idx)
+        active = am.budget_mask(self.budgets[idx], index.shape[1]) if index.shape[1] else index.bool()
+        if index.shape[1] == 0:
+            active = torch.zeros_like(index, dtype=torch.bool)
+        bias = torch.gather(prior, 1, index).masked_fill(~active, float("-inf"))
+        kept = torch.gather(values, 1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
+        return am.Fit(index=index, bias=bias, values=kept.float())
+
+    def _install(self, idx: int, fit: am.Fit) -> None:
+        layer = self.view.layers[idx]
+        a, b = self.spans[idx]
+        B, H = self.batch, self.num_kv
+        keys, _, _ = self._span(idx)
+        width = fit.index.shape[1]
+        kept = torch.gather(keys, 1, fit.index.unsqueeze(-1).expand(-1, -1, keys.shape[-1]))
+        kept = kept.masked_fill(~torch.isfinite(fit.bias).unsqueeze(-1), 0.0)
+        dtype = layer.keys.dtype
+
+        def splice(full: torch.Tensor, middle: torch.Tensor) -> torch.Tensor:
+            return torch.cat([full[:, :, :a], middle, full[:, :, b:]], dim=2)
+
+        new_keys = splice(layer.keys, kept.reshape(B, H, width, -1).to(dtype))
+        new_values = splice(layer.values, fit.values.reshape(B, H, width, -1).to(dtype))
+        new_bias = splice(layer.bias, fit.bias.reshape(B, H, width).float())
+        start, end = self._logical_span()
+        runs = _splice_runs(layer.runs, start, end, width)
+        self.out.layers[idx] = hf.CompactedLayer.from_tensors(
+            new_keys, new_values, new_bias, logical_length=layer.logical_length, scaling=layer.scaling, runs=runs
+        )
+
+    def _on_policy_hook(self, extra):
+        """Compact layer l when the repeat pass reaches it, then let that pass attend to the result."""
+        done: set[int] = set()
+
+        def hook(idx, query, key, value, mask):
+            if idx in done:
+                return key, value, mask
+            done.add(idx)
+            q = queries.group_queries(query.float(), self.num_kv)
+            pieces = [q] + [queries.group_queries(e, self.num_kv) for e in extra.get(idx, [])]
+            q = queries.subsample(torch.cat(pieces, dim=1), self.opts.max_queries, self.generator)
+            self._install(idx, self._fit(idx, q))
+            new = self.out.layers[idx]
+            grown = key.shape[-2] - self.view.layers[idx].physical_length  # tokens of this pass
+            old = self.view.layers[idx]
+            k = torch.cat([new.keys, key[..., -grown:, : new.keys.shape[-1]]], dim=2)
+            v = torch.cat([new.values, value[..., -grown:, :]], dim=2)
+            bias = torch.cat([new.bias, new.bias.new_zeros(new.bias.shape[:-1] + (grown,))], dim=-1)
+            column = (bias / new.scaling).clamp(min=torch.finfo(k.dtype).min / 4).to(k.dtype).unsqueeze(-1)
+            k = torch.cat([k, column], dim=-1)
+            if mask is not None:
+                a, b = self.spans[idx]
+                width = new.physical_length - (old.physical_length - (b - a))
+                mask = mask[..., -key.shape[-2]:]
+                keep = torch.ones(mask.shape[:-1] + (width,), dtype=mask.dtype, device=mask.device)
+                if mask.dtype != torch.bool:
+                    keep = torch.zeros_like(keep)
+                mask = torch.cat([mask[..., :a], keep, mask[..., b:]], dim=-1)
+            return k, v, mask
+
+        return hook
+
+
+# ---------------------------------------------------------------------- validation
+
+
+def _options(options: dict) -> Options:
+    known = set(Options.__dataclass_fields__)
+    unknown = set(options) - known
+    if unknown:
+        raise ConfigError(f"unknown compaction option(s) {sorted(unknown)}; known: {sorted(known)}")
+    return Options(**options)
+
+
+def _method(name: str) -> Method:
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def _ratio(ratio) -> float:
+    try:
+        value = float(ratio)
+    except (TypeError, ValueError):
+        raise ConfigError(f"ratio must be a number >= 1, got {ratio!r}") from None
+    if not math.isfinite(value) or value < 1:
+        raise ConfigError(f"ratio must be a finite number >= 1 (10 keeps a tenth of the span), got {ratio!r}")
+    return value
+
+
+def _check_model(model, view: hf.CompactedCache) -> list[int]:
+    config = hf.text_config(model)
+    layers = view.full_layers()
+    if len(view.layers) != config.num_hidden_layers:
+        raise ModelMismatchError(
+            f"the cache has {len(view.layers)} layers but the model has {config.num_hidden_layers}; "
+            "pass the model that produced the cache"
+        )
+    sliding = hf.sliding_layers(model)
+    layers = [i for i in layers if i not in sliding and view.layers[i].physical_length > 0]
+    if not layers:
+        raise ConfigError("the cache holds no tokens in a full-attention layer; run the model on some input first")
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    for i in layers:
+        shape = view.layers[i].keys.shape
+        if shape[1] != kv_heads or shape[-1] != head_dim:
+            raise ModelMismatchError(
+                f"cache layer {i} has {shape[1]} KV heads of size {shape[-1]}, the model {kv_heads} of size "
+                f"{head_dim}; pass the model that produced the cache"
+            )
+    if view.layers[layers[0]].keys.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise UnsupportedModelError(f"unsupported cache dtype {view.layers[layers[0]].keys.dtype}")
+    return layers
+
+
+def _check_span(input_ids: torch.Tensor, length: int, start: int, end: int) -> None:
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise ConfigError("input_ids must be a (batch, tokens) tensor of the ids that produced the cache")
+    if input_ids.shape[-1] != length:
+        raise ConfigError(
+            f"input_ids has {input_ids.shape[-1]} tokens but the cache holds {length}; pass the ids of every "
+            "cached token (prompt and generated)"
+        )
+    if not (0 <= start < end <= length):
+        raise ConfigError(f"span [{start}, {end}) is empty or outside the {length} cached tokens")
+
+
+def _check_finite(result: hf.CompactedCache, layers: list[int]) -> None:
+    for idx in layers:
+        layer = result.layers[idx]
+        ok = torch.isfinite(layer.keys).all() and torch.isfinite(layer.values).all()
+        ok = ok and not torch.isnan(layer.bias).any() and not torch.isposinf(layer.bias).any()
+        if not bool(ok):
+            raise CompactionError(
+                f"compaction of layer {idx} produced non-finite numbers; the input cache is unchanged. Try a "
+                "smaller ratio, method='am-fast', or fp32"
+            )
+
+
+def _splice_runs(runs: list[list[int]], start: int, end: int, width: int) -> list[list[int]]:
+    """Replace logical tokens [start, end) by one run of `width` slots."""
+    before: list[list[int]] = []
+    after: list[list[int]] = []
+    logical = 0
+    for tokens, slots in runs:
+        lo, hi = logical, logical + tokens
+        if hi <= start:
+            before.append([tokens, slots])
+        elif lo >= end:
+            after.append([tokens, slots])
+        else:  # overlaps the span; only plain runs can be cut (checked by physical_span)
+            if lo < start:
+                before.append([start - lo, start - lo])
+            if hi > end:
+                after.append([hi - end, hi - end])
+        logical = hi
+    return before + [[end - start, width]] + after

@@ -1,0 +1,82 @@
+"""Nonuniform head budgets: per-(layer, KV head) shares of the compaction budget.
+
+A profile is JSON `{"model": NAME, "signature": {...}, "proportions": {"L{l}H{h}": p}}`
+with the proportions summing to 1. `agentmem profile-heads` measures one (see
+`agentmem.bench.profile_heads`); the profiles of the built-in models ship in
+`agentmem/profiles/`. A head's budget is `p * heads * (span / ratio)`, capped at 75% of
+the span, so a profile moves budget between heads without changing the total.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from . import hf
+from .errors import ConfigError, ModelMismatchError
+
+
+def signature(model: torch.nn.Module) -> dict:
+    """The config fields a profile depends on."""
+    config = hf.text_config(model)
+    return {
+        "model_type": config.model_type,
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_key_value_heads": getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+        "hidden_size": config.hidden_size,
+        "vocab_size": config.vocab_size,
+    }
+
+
+def shipped() -> list[dict]:
+    """Profiles that ship with agentmem."""
+    out = []
+    folder = resources.files("agentmem") / "profiles"
+    if not folder.is_dir():
+        return out
+    for item in folder.iterdir():
+        if item.name.endswith(".json"):
+            out.append(json.loads(item.read_text()))
+    return out
+
+
+def validate(proportions: dict[str, float]) -> dict[str, float]:
+    """Check keys look like L{l}H{h}, values are >= 0 and sum to 1."""
+    if not proportions:
+        raise ConfigError("a head profile needs at least one 'L{layer}H{head}' entry")
+    for key, value in proportions.items():
+        if not (key.startswith("L") and "H" in key) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"bad head profile entry {key!r}: {value!r}; expected 'L{{layer}}H{{head}}': share >= 0")
+    total = sum(proportions.values())
+    if not math.isclose(total, 1.0, rel_tol=1e-3):
+        raise ConfigError(f"head profile shares sum to {total:.4f}; they must sum to 1")
+    return {k: float(v) for k, v in proportions.items()}
+
+
+def resolve(head_budgets, model: torch.nn.Module) -> dict[str, float] | None:
+    """Turn the `head_budgets` option into proportions (None: uniform budgets).
+
+    "auto" takes the shipped profile of this model if there is one; a dict is used as
+    given; a str or Path names a profile JSON file.
+    """
+    if head_budgets is None or head_budgets == "uniform":
+        return None
+    if head_budgets == "auto":
+        sig = signature(model)
+        for profile in shipped():
+            if profile.get("signature") == sig:
+                return validate(profile["proportions"])
+        return None
+    if isinstance(head_budgets, dict):
+        return validate(head_budgets)
+    path = Path(head_budgets)
+    if not path.is_file():
+        raise ConfigError(f"head_budgets={head_budgets!r}: expected 'auto', 'uniform', a dict or a JSON file path")
+    profile = json.loads(path.read_text())
+    if "signature" in profile and profile["signature"] != signature(model):
+        raise ModelMismatchError(f"the head profile {path} was measured on another model ({profile.get('model')})")
+    return validate(profile.get("proportions", profile))

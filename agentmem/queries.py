@@ -1,0 +1,88 @@
+"""Reference queries: the queries the future is expected to ask of a span.
+
+- repeat-prefill: the model reads "Repeat the previous context." and the span again on top
+  of (a view of) the cache; the queries of that pass are kept (cheap, the default);
+- self-study: the model writes a few tokens after the span and the queries of that
+  generation are kept (slower, closer to what decoding asks);
+- recent: queries the caller captured during the latest decode steps (free online);
+- on-policy: compaction happens layer by layer inside the repeat-prefill pass, so layer l's
+  queries already see layers < l compacted (see `compaction.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from . import hf
+
+REPEAT_PROMPT = "\n\nRepeat the previous context.\n\n"
+SELF_STUDY_PROMPT = "\n\nKey facts from the text above:\n"
+
+
+def prompt_ids(tokenizer, text: str, device: torch.device) -> torch.Tensor:
+    """Token ids of an instruction without special tokens: (1, n) long; empty without a tokenizer."""
+    if tokenizer is None:
+        return torch.zeros(1, 0, dtype=torch.long, device=device)
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+    return ids.to(device)
+
+
+@torch.no_grad()
+def forward_pass(
+    model: torch.nn.Module,
+    cache: hf.CompactedCache,
+    ids: torch.Tensor,
+    *,
+    layers: set[int],
+    transform: Callable | None = None,
+) -> hf.QueryCapture:
+    """Run `ids` on top of `cache` (which grows) and return the queries each layer saw."""
+    with hf.capture_queries(layers=layers, transform=transform) as capture:
+        model(input_ids=ids, past_key_values=cache, use_cache=True)
+    return capture
+
+
+@torch.no_grad()
+def self_study(
+    model: torch.nn.Module,
+    cache: hf.CompactedCache,
+    *,
+    layers: set[int],
+    tokens: int,
+    prompt: torch.Tensor,
+    batch_size: int,
+) -> hf.QueryCapture:
+    """Greedy-generate `tokens` tokens after `prompt` on top of `cache`; keep their queries."""
+    device = next(model.parameters()).device
+    if prompt.shape[-1] == 0:
+        # No tokenizer: continue the text itself (the model's own next tokens).
+        prompt = torch.zeros(1, 0, dtype=torch.long, device=device)
+    with hf.capture_queries(layers=layers) as capture:
+        step = prompt.expand(batch_size, -1) if prompt.shape[-1] else None
+        logits = None
+        if step is not None:
+            logits = model(input_ids=step, past_key_values=cache, use_cache=True).logits
+        for _ in range(tokens):
+            if logits is None:
+                break
+            step = logits[:, -1:].argmax(-1)
+            logits = model(input_ids=step, past_key_values=cache, use_cache=True).logits
+    return capture
+
+
+def group_queries(queries: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
+    """(B, H_q, n, D) -> (B * H_kv, r * n, D): the r query heads of a KV head pool their queries."""
+    B, Hq, n, D = queries.shape
+    r = Hq // num_kv_heads
+    return queries.reshape(B, num_kv_heads, r, n, D).reshape(B * num_kv_heads, r * n, D)
+
+
+def subsample(queries: torch.Tensor, limit: int, generator: torch.Generator) -> torch.Tensor:
+    """Keep at most `limit` queries per head (the same random rows for all heads): (G, <=limit, D)."""
+    n = queries.shape[1]
+    if n <= limit:
+        return queries
+    keep = torch.randperm(n, generator=generator)[:limit].sort().values.to(queries.device)
+    return queries[:, keep]

@@ -1,0 +1,1 @@
+"""agentmem.agents (see ../shared/DESIGN.md; built by a later issue)."""

@@ -1,0 +1,1 @@
+"""agentmem.policies (see ../shared/DESIGN.md; built by a later issue)."""
