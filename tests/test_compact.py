@@ -1,0 +1,141 @@
+"""`agentmem.compact`: every method through the same invariants, and bad input."""
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+import agentmem
+from agentmem import ConfigError, ModelMismatchError, compact
+
+from conftest import tiny_llama
+
+
+def prefill(model, ids):
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(input_ids=ids, past_key_values=cache)
+    return cache
+
+
+def logits_after(model, cache, new):
+    with torch.no_grad():
+        return model(input_ids=new, past_key_values=cache.copy() if hasattr(cache, "copy") else cache).logits
+
+
+def kl(out, ref):
+    return torch.nn.functional.kl_div(out.log_softmax(-1), ref.log_softmax(-1), log_target=True,
+                                      reduction="none").sum(-1).mean().item()
+
+
+@pytest.mark.parametrize("method", list(agentmem.METHODS))
+def test_ratio_one_changes_nothing(tiny_model, ids, method):
+    new = torch.randint(3, 100, (1, 5))
+    ref = logits_after(tiny_model, prefill(tiny_model, ids), new)
+    out = logits_after(tiny_model, compact(tiny_model, prefill(tiny_model, ids), ids, ratio=1, method=method), new)
+    assert (out - ref).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("method", list(agentmem.METHODS))
+def test_compaction_shrinks_and_keeps_positions(tiny_model, ids, method):
+    cache = prefill(tiny_model, ids)
+    result = compact(tiny_model, cache, ids, ratio=4, method=method)
+    assert result.get_seq_length() == ids.shape[1]
+    heads = sum(result.layers[i].keys.shape[1] for i in result.full_layers())
+    assert result.effective_slots() <= heads * (ids.shape[1] // 4) + heads  # total budget (ties aside)
+    if method != "kvzip":  # kvzip's global top-k lets one layer keep more than another
+        assert result.physical_length() == ids.shape[1] // 4
+    assert cache.get_seq_length() == ids.shape[1]  # the input is untouched
+    out = tiny_model.generate(torch.cat([ids, ids[:, -1:]], 1), past_key_values=result, max_new_tokens=3,
+                              do_sample=False)
+    assert out.shape[1] == ids.shape[1] + 4
+
+
+def test_matching_beats_baselines_on_a_gqa_model():
+    model = tiny_llama()
+    torch.manual_seed(3)
+    ids = torch.randint(3, 100, (1, 96))
+    new = torch.randint(3, 100, (1, 16))
+    ref = logits_after(model, prefill(model, ids), new)
+    scores = {
+        m: kl(logits_after(model, compact(model, prefill(model, ids), ids, ratio=6, method=m), new), ref)
+        for m in ("am", "am-fast", "truncate", "streaming", "snapkv")
+    }
+    assert scores["am"] < min(scores["truncate"], scores["streaming"], scores["snapkv"]), scores
+    assert scores["am-fast"] < min(scores["truncate"], scores["streaming"]), scores
+
+
+def test_recompaction_of_a_middle_span_honours_earlier_beta(tiny_model, ids):
+    first = compact(tiny_model, prefill(tiny_model, ids), ids, ratio=4, method="am-fast", start=0, end=24)
+    idx = first.full_layers()[0]
+    assert first.layers[idx].runs[0] == [24, 6]
+    second = compact(tiny_model, first, ids, ratio=2, method="am", start=0, end=36)
+    assert second.layers[idx].runs == [[36, 9], [12, 12]]
+    assert second.get_seq_length() == ids.shape[1]
+    with pytest.raises(ConfigError, match="inside a compacted run"):
+        compact(tiny_model, first, ids, ratio=2, start=10, end=30)
+
+
+def test_ratio_one_after_compaction_keeps_the_compacted_cache(tiny_model, ids):
+    new = torch.randint(3, 100, (1, 5))
+    first = compact(tiny_model, prefill(tiny_model, ids), ids, ratio=3, method="am-fast")
+    again = compact(tiny_model, first, ids, ratio=1, method="am")
+    assert (logits_after(tiny_model, again, new) - logits_after(tiny_model, first, new)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0, -3, float("nan"), float("inf"), "ten"])
+def test_bad_ratio(tiny_model, ids, ratio):
+    cache = prefill(tiny_model, ids)
+    with pytest.raises(ConfigError, match="ratio"):
+        compact(tiny_model, cache, ids, ratio=ratio)
+    assert cache.get_seq_length() == ids.shape[1]
+
+
+@pytest.mark.parametrize("span", [(10, 10), (20, 5), (-1, 10), (0, 1000)])
+def test_bad_span(tiny_model, ids, span):
+    with pytest.raises(ConfigError, match="span"):
+        compact(tiny_model, prefill(tiny_model, ids), ids, ratio=2, start=span[0], end=span[1])
+
+
+def test_wrong_ids_unknown_method_and_option(tiny_model, ids):
+    cache = prefill(tiny_model, ids)
+    with pytest.raises(ConfigError, match="input_ids"):
+        compact(tiny_model, cache, ids[:, :-3], ratio=2)
+    with pytest.raises(ConfigError, match="unknown method"):
+        compact(tiny_model, cache, ids, ratio=2, method="magic")
+    with pytest.raises(ConfigError, match="unknown compaction option"):
+        compact(tiny_model, cache, ids, ratio=2, windowz=3)
+    assert isinstance(ConfigError("x"), ValueError)
+
+
+def test_cache_from_another_model(ids):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    other = LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=4)).eval()
+    cache = prefill(other, ids)
+    with pytest.raises(ModelMismatchError, match="KV heads"):
+        compact(tiny_llama(), cache, ids, ratio=2)
+
+
+def test_non_finite_result_raises_and_leaves_input(monkeypatch, ids):
+    model = tiny_llama()
+    cache = prefill(model, ids)
+    before = cache.layers[0].keys.clone()
+    from agentmem import am
+
+    real = am.fit_values
+    monkeypatch.setattr(am, "fit_values", lambda *a, **k: real(*a, **k) * float("nan"))
+    with pytest.raises(agentmem.CompactionError, match="unchanged"):
+        compact(model, cache, ids, ratio=4, method="am-fast")
+    assert torch.equal(cache.layers[0].keys, before)
+
+
+def test_recent_queries_are_used(ids):
+    model = tiny_llama()
+    cache = prefill(model, ids)
+    with agentmem.capture_queries() as capture, torch.no_grad():
+        agentmem.enable(model)
+        model(input_ids=ids[:, -8:], past_key_values=cache.copy() if hasattr(cache, "copy") else prefill(model, ids))
+    recent = {i: capture.stacked(i) for i in capture.queries}
+    out = compact(model, prefill(model, ids), ids, ratio=4, method="am-fast", recent_queries=recent)
+    assert out.physical_length() == ids.shape[1] // 4
