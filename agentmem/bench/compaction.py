@@ -1,0 +1,231 @@
+"""Benchmark: quality, speed and size of every compaction method at several ratios.
+
+What it measures, on real long text (the Python Language Reference shipped with CPython
+as `pydoc_data.topics`, not text written for the test):
+
+- for each context of `--context` tokens, the model prefills the context (timed) and the
+  real next `--continuation` tokens of the document are teacher-forced on top of the full
+  cache (reference) and of each compacted cache;
+- `nll_gap`: mean continuation NLL (nats/token) minus the full cache's;
+- `kl`: mean KL(full || compacted) of next-token distributions over the continuation;
+- `attn_err`: relative error of each full layer's attention output over the context,
+  for the continuation's queries (held out: never used for fitting), averaged;
+- `time_ratio`: compaction seconds / prefill seconds of the same context;
+- `bytes_before` / `bytes_after`: physical KV bytes (padding included);
+- `recovered`: 1 - nll_gap / nll_gap(streaming) (share of the baseline's gap recovered);
+- decode tokens/s with the full cache and a 10x `am` cache (`decode_speedup`).
+
+Prints a table, writes a PNG plot (KL vs ratio, one line per method) and optionally
+a JSON file; ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .. import hf
+from ..compaction import METHODS, compact
+
+DEFAULT_METHODS = list(METHODS)
+
+
+@dataclass
+class Row:
+    method: str
+    ratio: float
+    nll_gap: float
+    kl: float
+    attn_err: float
+    time_ratio: float
+    seconds: float
+    bytes_before: int
+    bytes_after: int
+    recovered: float = float("nan")
+
+
+def reference_text() -> str:
+    """Real long English text that ships with CPython: the language reference topics."""
+    from pydoc_data import topics
+
+    return "\n\n".join(topics.topics[key] for key in sorted(topics.topics))
+
+
+def contexts(tokenizer, *, count: int, context: int, continuation: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`count` (context ids, continuation ids) pairs taken from spread-out places in the text."""
+    ids = tokenizer(reference_text(), add_special_tokens=False, return_tensors="pt").input_ids
+    need = context + continuation
+    if ids.shape[1] < need * count:
+        raise ValueError(f"reference text has {ids.shape[1]} tokens, need {need * count}")
+    stride = (ids.shape[1] - need) // max(1, count)
+    out = []
+    for i in range(count):
+        chunk = ids[:, i * stride : i * stride + need]
+        out.append((chunk[:, :context], chunk[:, context:]))
+    return out
+
+
+@torch.no_grad()
+def teacher_force(model, cache, ids_cont: torch.Tensor, last_logits: torch.Tensor, layers: set[int]):
+    """Log-probs of the continuation on top of `cache` (a copy is used) and the queries seen."""
+    cache = cache.copy() if hasattr(cache, "copy") else cache
+    with hf.capture_queries(layers=layers) as capture:
+        logits = model(input_ids=ids_cont[:, :-1], past_key_values=cache, use_cache=True).logits
+    logits = torch.cat([last_logits, logits], dim=1).float()
+    return logits.log_softmax(-1), capture
+
+
+def nll(logprobs: torch.Tensor, ids: torch.Tensor) -> float:
+    return float(-logprobs.gather(-1, ids.unsqueeze(-1)).mean())
+
+
+def kl(ref: torch.Tensor, out: torch.Tensor) -> float:
+    return float((ref.exp() * (ref - out)).sum(-1).mean())
+
+
+def attention_error(full: hf.CompactedCache, comp: hf.CompactedCache, capture: hf.QueryCapture) -> float:
+    """Mean relative error of the context's attention output for held-out queries."""
+    errs = []
+    for idx in comp.full_layers():
+        q = capture.stacked(idx)  # (1, Hq, n, D)
+        scale = capture.scalings[idx]
+        outs = []
+        for layer in (full.layers[idx], comp.layers[idx]):
+            keys, values, bias = layer.keys.float(), layer.values.float(), layer.bias
+            r = q.shape[1] // keys.shape[1]
+            keys, values, bias = (t.repeat_interleave(r, dim=1) for t in (keys, values, bias))
+            logits = torch.einsum("bhnd,bhtd->bhnt", q, keys) * scale + bias.unsqueeze(2)
+            outs.append(torch.softmax(logits, -1) @ values)
+        ref, got = outs
+        errs.append(float(((got - ref).norm(dim=-1) / ref.norm(dim=-1).clamp_min(1e-12)).mean()))
+    return sum(errs) / len(errs)
+
+
+@torch.no_grad()
+def decode_rate(model, cache, first: torch.Tensor, steps: int) -> float:
+    cache = cache.copy()
+    token = first
+    for _ in range(2):  # warm-up steps, not timed
+        token = model(input_ids=token, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+    began = time.perf_counter()
+    for _ in range(steps):
+        token = model(input_ids=token, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+    return steps / (time.perf_counter() - began)
+
+
+def run(
+    model,
+    tokenizer,
+    *,
+    ratios: list[float],
+    methods: list[str],
+    context: int = 3072,
+    continuation: int = 128,
+    count: int = 1,
+    decode_steps: int = 32,
+    progress=print,
+) -> dict:
+    """Run the benchmark and return {"rows": [...], "summary": {...}} (rows averaged over contexts)."""
+    hf.enable(model)
+    layers = set(hf.CompactedCache.from_cache(hf.new_cache(model)).full_layers()) or None
+    sums: dict[tuple[str, float], list[Row]] = {}
+    decode = {}
+    for n, (ctx, cont) in enumerate(contexts(tokenizer, count=count, context=context, continuation=continuation)):
+        cache = hf.new_cache(model)
+        began = time.perf_counter()
+        with torch.no_grad():
+            out = model(input_ids=ctx, past_key_values=cache, use_cache=True)
+        prefill = time.perf_counter() - began
+        last = out.logits[:, -1:].float()
+        full = hf.CompactedCache.from_cache(cache, scalings=hf.attention_scalings(model))
+        layers = set(full.full_layers())
+        ref, capture = teacher_force(model, full, cont, last, layers)
+        ref_nll = nll(ref, cont)
+        progress(f"context {n + 1}/{count}: {ctx.shape[1]} tokens prefilled in {prefill:.1f}s, NLL {ref_nll:.3f}")
+        for method in methods:
+            for ratio in ratios:
+                stats: dict = {}
+                comp = compact(model, cache, ctx, ratio=ratio, method=method, tokenizer=tokenizer, stats=stats)
+                got, _ = teacher_force(model, comp, cont, last, layers)
+                row = Row(
+                    method=method, ratio=ratio, nll_gap=nll(got, cont) - ref_nll, kl=kl(ref, got),
+                    attn_err=attention_error(full, comp, capture), time_ratio=stats["seconds"] / prefill,
+                    seconds=stats["seconds"], bytes_before=full.nbytes(), bytes_after=comp.nbytes(),
+                )
+                sums.setdefault((method, ratio), []).append(row)
+                progress(f"  {method:12s} x{ratio:<4g} kl {row.kl:.4f} gap {row.nll_gap:+.4f} "
+                         f"err {row.attn_err:.3f} {row.seconds:.1f}s")
+                if n == 0 and method == "am" and ratio == 10 and decode_steps:
+                    first = cont[:, :1]
+                    decode = {
+                        "full_tokens_per_s": decode_rate(model, full, first, decode_steps),
+                        "am10_tokens_per_s": decode_rate(model, comp, first, decode_steps),
+                    }
+                    decode["decode_speedup"] = decode["am10_tokens_per_s"] / decode["full_tokens_per_s"]
+    rows = [_mean(v) for v in sums.values()]
+    streaming = {r.ratio: r.nll_gap for r in rows if r.method == "streaming"}
+    for r in rows:
+        if r.ratio in streaming and streaming[r.ratio] > 0:
+            r.recovered = 1 - r.nll_gap / streaming[r.ratio]
+    summary = {"context": context, "continuation": continuation, "contexts": count, **decode}
+    return {"rows": [asdict(r) for r in rows], "summary": summary}
+
+
+def _mean(rows: list[Row]) -> Row:
+    first = rows[0]
+    fields = {k: sum(getattr(r, k) for r in rows) / len(rows) for k in
+              ("nll_gap", "kl", "attn_err", "time_ratio", "seconds")}
+    return Row(method=first.method, ratio=first.ratio, bytes_before=first.bytes_before,
+               bytes_after=first.bytes_after, **fields)
+
+
+def table(result: dict) -> str:
+    head = f"{'method':12s} {'ratio':>5s} {'KL':>8s} {'NLL gap':>8s} {'recov':>6s} {'attn err':>8s} " \
+           f"{'t/prefill':>9s} {'KV before':>10s} {'KV after':>10s}"
+    lines = [head, "-" * len(head)]
+    for r in result["rows"]:
+        rec = "" if math.isnan(r["recovered"]) else f"{r['recovered']:.0%}"
+        lines.append(
+            f"{r['method']:12s} {r['ratio']:5g} {r['kl']:8.4f} {r['nll_gap']:+8.4f} {rec:>6s} {r['attn_err']:8.3f} "
+            f"{r['time_ratio']:9.2f} {r['bytes_before'] / 2**20:9.1f}M {r['bytes_after'] / 2**20:9.2f}M"
+        )
+    s = result["summary"]
+    if "decode_speedup" in s:
+        lines.append(f"decode: full {s['full_tokens_per_s']:.1f} tok/s, am x10 {s['am10_tokens_per_s']:.1f} tok/s "
+                     f"({s['decode_speedup']:.2f}x)")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    methods = sorted({r["method"] for r in result["rows"]}, key=list(METHODS).index)
+    for m in methods:
+        rows = sorted((r for r in result["rows"] if r["method"] == m), key=lambda r: r["ratio"])
+        ax.plot([r["ratio"] for r in rows], [max(r["kl"], 1e-5) for r in rows], marker="o", label=m)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("compaction ratio")
+    ax.set_ylabel("KL(full || compacted), nats/token")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def summary_line(result: dict, model_name: str) -> str:
+    out = {"bench": "compaction", "model": model_name, **result["summary"]}
+    for r in result["rows"]:
+        out[f"{r['method']}@{r['ratio']:g}"] = {k: round(r[k], 5) for k in ("kl", "nll_gap", "attn_err", "time_ratio")}
+    return json.dumps(out)
