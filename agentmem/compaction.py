@@ -41,7 +41,7 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in [
         Method("am", "OMP keys, NNLS beta, LS values; repeat-prefill + self-study queries, on-policy, head budgets",
-               self_study_tokens=32, on_policy=True, head_profile=True),
+               self_study_tokens=16, per_step=2, on_policy=True, head_profile=True),
         Method("am-fast", "highest-attention keys, repeat-prefill queries, NNLS beta, LS values", selection="highest"),
         Method("am-omp-fast", "OMP picking 4 keys per step, refit every 2 steps", per_step=4, refit_every=2),
         Method("truncate", "keep the most recent tokens", repeat_queries=False, selection="truncate", fit=False),
