@@ -153,7 +153,10 @@ class CompactedLayer(CacheLayerMixin):
                 raise ValueError(f"token {target} is beyond the {self.logical_length} cached tokens")
         return bounds[0], bounds[1]
 
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+    def get_mask_sizes(self, query_length: int | torch.Tensor) -> tuple[int, int]:
+        # transformers < 5.3 passes `cache_position` (a tensor of the new positions) here
+        if isinstance(query_length, torch.Tensor):
+            query_length = query_length.shape[0]
         physical = self.physical_length
         return physical + query_length, self.logical_length - physical
 
@@ -161,6 +164,9 @@ class CompactedLayer(CacheLayerMixin):
         return self.logical_length
 
     def get_max_length(self) -> int:
+        return -1
+
+    def get_max_cache_shape(self) -> int:  # the name of get_max_length in transformers < 5.3
         return -1
 
     def reset(self) -> None:
