@@ -41,7 +41,7 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in [
         Method("am", "OMP keys, NNLS beta, LS values; repeat-prefill + self-study queries, on-policy, head budgets",
-               self_study_tokens=16, per_step=2, on_policy=True, head_profile=True),
+               self_study_tokens=16, per_step=4, refit_every=2, on_policy=True, head_profile=True),
         Method("am-fast", "highest-attention keys, repeat-prefill queries, NNLS beta, LS values", selection="highest"),
         Method("am-omp-fast", "OMP picking 4 keys per step, refit every 2 steps", per_step=4, refit_every=2),
         Method("truncate", "keep the most recent tokens", repeat_queries=False, selection="truncate", fit=False),
@@ -151,7 +151,9 @@ class _Compactor:
             if profile is not None:
                 share = torch.tensor([profile.get(f"L{idx}H{h}", 0.0) for h in range(self.num_kv)])
                 total_heads = len(profile)
-                want = (share * total_heads * base).round().long().clamp(1, max(1, int(0.75 * sizes[idx])))
+                # At most 2x the uniform budget per head: OMP's cost grows with the widest head.
+                cap = max(1, min(int(0.75 * sizes[idx]), 2 * base))
+                want = (share * total_heads * base).round().long().clamp(1, cap)
                 if self.ratio == 1:
                     want = torch.full_like(want, sizes[idx])
             else:
