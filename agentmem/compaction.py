@@ -253,9 +253,7 @@ class _Compactor:
     def _copy(self, idx: int, index: torch.Tensor) -> am.Fit:
         """A baseline's fit: kept keys with their own values and prior bias."""
         keys, values, prior = self._span(idx)
-        active = am.budget_mask(self.budgets[idx], index.shape[1]) if index.shape[1] else index.bool()
-        if index.shape[1] == 0:
-            active = torch.zeros_like(index, dtype=torch.bool)
+        active = am.budget_mask(self.budgets[idx], index.shape[1])
         bias = torch.gather(prior, 1, index).masked_fill(~active, float("-inf"))
         kept = torch.gather(values, 1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
         return am.Fit(index=index, bias=bias, values=kept.float())

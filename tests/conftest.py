@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+from transformers import DynamicCache, Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
 VOCAB = 128
 
@@ -54,3 +54,11 @@ def tiny_model(request):
 def ids():
     torch.manual_seed(1)
     return torch.randint(3, VOCAB, (1, 48))
+
+
+def prefill(model, ids):
+    """A DynamicCache holding `ids` run through `model`."""
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(input_ids=ids, past_key_values=cache)
+    return cache

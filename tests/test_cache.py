@@ -4,16 +4,10 @@ import math
 
 import pytest
 import torch
-from transformers import DynamicCache
 
 from agentmem import CompactedCache, CompactedLayer, hf
 
-
-def prefill(model, ids):
-    cache = DynamicCache(config=model.config)
-    with torch.no_grad():
-        model(input_ids=ids, past_key_values=cache)
-    return cache
+from conftest import prefill
 
 
 def next_logits(model, cache, ids):

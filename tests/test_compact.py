@@ -2,19 +2,11 @@
 
 import pytest
 import torch
-from transformers import DynamicCache
 
 import agentmem
 from agentmem import ConfigError, ModelMismatchError, compact
 
-from conftest import tiny_llama
-
-
-def prefill(model, ids):
-    cache = DynamicCache(config=model.config)
-    with torch.no_grad():
-        model(input_ids=ids, past_key_values=cache)
-    return cache
+from conftest import prefill, tiny_llama
 
 
 def logits_after(model, cache, new):
