@@ -33,3 +33,22 @@ class CompactionError(AgentmemError):
 
 class TransformersVersionError(AgentmemError, ImportError):
     """The installed transformers is outside the range agentmem is tested with."""
+
+
+class SessionNotFoundError(AgentmemError, KeyError):
+    """No session with that id in the store; `agentmem sessions list` shows the ids."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CorruptSessionError(AgentmemError):
+    """A stored session (a KV checkpoint or a row) is damaged; other sessions are unaffected."""
+
+
+class SchemaVersionError(AgentmemError):
+    """The database was written by a newer agentmem (unknown migrations); upgrade agentmem."""
+
+
+class CompactionVetoed(AgentmemError):
+    """Raised by a `before_compaction` hook to stop one compaction (the engine catches it)."""

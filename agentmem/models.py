@@ -158,8 +158,16 @@ def model_fingerprint(model: PreTrainedModel) -> str:
         "hidden_size": getattr(text, "hidden_size", None),
         "vocab_size": getattr(text, "vocab_size", None),
         "name_or_path": str(config.name_or_path),
+        "weights": _weight_sample(model),
     }
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _weight_sample(model: PreTrainedModel) -> str:
+    """A hash of the first rows of the input embedding: tells apart models of one shape."""
+    embedding = model.get_input_embeddings().weight
+    sample = embedding[: min(8, embedding.shape[0])].detach().float().cpu().contiguous()
+    return hashlib.sha256(sample.numpy().tobytes()).hexdigest()[:16]
 
 
 def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str:
