@@ -1,4 +1,4 @@
-"""The `agentmem` command: demo, bench compaction, profile-heads.
+"""The `agentmem` command: demo, bench compaction, scenario aime, profile-heads.
 
 Errors agentmem raises on purpose print as one line (exit 2), not a traceback.
 """
@@ -40,6 +40,59 @@ def main(argv: list[str] | None = None) -> int:
     comp.add_argument("--json", type=Path, default=None, help="write the full result here")
     comp.add_argument("--plot", type=Path, default=None, help="PNG path (default: next to --json or ./)")
     comp.set_defaults(func=_bench_compaction)
+
+    over = bench_sub.add_parser("engine", help="decode tokens/s of the engine vs plain model.generate")
+    over.add_argument("--model", default="smollm2-135m")
+    over.add_argument("--prompt-tokens", type=int, default=512)
+    over.add_argument("--new-tokens", type=int, default=128)
+    over.add_argument("--repeats", type=int, default=3)
+    over.add_argument("--json", type=Path, default=None)
+    over.set_defaults(func=_bench_engine)
+
+    soak = bench_sub.add_parser("soak", help="hundreds of scripted tool turns under a KV limit, all in SQLite")
+    soak.add_argument("--model", default="smollm2-135m")
+    soak.add_argument("--turns", type=int, default=500)
+    soak.add_argument("--limit", type=int, default=2048, help="physical KV slots (default 2048)")
+    soak.add_argument("--ratio", type=float, default=5.0)
+    soak.add_argument("--method", default="am-fast")
+    soak.add_argument("--reply-tokens", type=int, default=8, help="generated tokens per turn (default 8)")
+    soak.add_argument("--db", type=Path, default=Path("agentmem-soak.db"))
+    soak.add_argument("--json", type=Path, default=None)
+    soak.set_defaults(func=_bench_soak)
+
+    rec = bench_sub.add_parser("recall", help="facts from early turns asked after 1, 3 and 6 compactions")
+    rec.add_argument("--model", default="smollm2-135m")
+    rec.add_argument("--limit", type=int, default=2048)
+    rec.add_argument("--ratio", type=float, default=5.0)
+    rec.add_argument("--method", default="am-fast")
+    rec.add_argument("--checkpoints", type=int, nargs="+", default=[1, 3, 6])
+    rec.add_argument("--json", type=Path, default=None)
+    rec.set_defaults(func=_bench_recall)
+
+    scen = sub.add_parser("scenario", help="end-to-end scenarios of the memory engine")
+    scen_sub = scen.add_subparsers(dest="scenario", required=True)
+    aime = scen_sub.add_parser(
+        "aime", help="long step-by-step reasoning under a physical KV limit vs the same model without one",
+        description="Each problem is decoded twice with the same seed: with a physical KV limit (compacting "
+        "everything but the prompt and the most recent tokens each time the limit is reached) and without one. "
+        "Prints a table, writes a plot of logical vs physical KV, ends with one JSON line.")
+    aime.add_argument("--model", default="smollm2-135m")
+    aime.add_argument("--limit", type=int, default=2048, help="physical KV slots (default 2048)")
+    aime.add_argument("--ratio", type=float, default=5.0, help="compaction ratio per round (default 5)")
+    aime.add_argument("--rounds", type=int, default=8, help="most compactions per problem (default 8)")
+    aime.add_argument("--problems", type=int, default=4, help="how many problems (default 4)")
+    aime.add_argument("--problems-file", type=Path, default=None,
+                      help="JSONL with question/answer per line (e.g. a real AIME set); default: built-in problems")
+    aime.add_argument("--max-new-tokens", type=int, default=None,
+                      help="default: enough to refill the limit --rounds times")
+    aime.add_argument("--method", default="am-fast", help="compaction method (default am-fast)")
+    aime.add_argument("--protect-recent", type=int, default=64, help="recent tokens never compacted (default 64)")
+    aime.add_argument("--compact-prompt", action="store_true", help="also compact the system prompt and question")
+    aime.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    aime.add_argument("--seed", type=int, default=0)
+    aime.add_argument("--json", type=Path, default=None, help="write the full result here")
+    aime.add_argument("--plot", type=Path, default=None, help="PNG path (default: next to --json or ./)")
+    aime.set_defaults(func=_scenario_aime)
 
     prof = sub.add_parser("profile-heads", help="measure per-head sensitivity and write a head-budget profile")
     prof.add_argument("--model", default="smollm2-135m")
@@ -116,6 +169,71 @@ def _bench_compaction(args) -> int:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     print(bench.summary_line(result, args.model))
+    return 0
+
+
+def _finish(result: dict, args, text: str, summary: dict) -> int:
+    print(text)
+    if getattr(args, "json", None):
+        args.json.write_text(json.dumps(result, indent=1))
+    print(json.dumps(summary))
+    return 0
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _bench_engine(args) -> int:
+    from .bench import overhead
+
+    model, tokenizer = _load(args.model)
+    result = overhead.run(model, tokenizer, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
+                          repeats=args.repeats, progress=_progress)
+    summary = {k: v for k, v in result.items() if k != "runs"} | {"model": args.model}
+    return _finish(result, args, overhead.table(result), summary)
+
+
+def _bench_soak(args) -> int:
+    from .bench import soak
+
+    model, tokenizer = _load(args.model)
+    result = soak.run(model, tokenizer, db=args.db, turns=args.turns, limit=args.limit, ratio=args.ratio,
+                      method=args.method, reply_tokens=args.reply_tokens, progress=_progress)
+    return _finish(result, args, soak.table(result), result["summary"] | {"model": args.model})
+
+
+def _bench_recall(args) -> int:
+    from .bench import recall
+
+    model, tokenizer = _load(args.model)
+    result = recall.run(model, tokenizer, limit=args.limit, ratio=args.ratio, method=args.method,
+                        checkpoints=tuple(args.checkpoints), progress=_progress)
+    return _finish(result, args, recall.table(result), result["summary"] | {"model": args.model})
+
+
+def _scenario_aime(args) -> int:
+    from .errors import ConfigError
+    from .scenarios import aime, problems
+
+    if args.limit < 2 * args.protect_recent:
+        raise ConfigError(f"--limit {args.limit} leaves no room: it must be at least twice --protect-recent "
+                          f"({args.protect_recent})")
+    chosen = (problems.load_jsonl(args.problems_file, limit=args.problems) if args.problems_file
+              else problems.builtin(args.problems, seed=args.seed))
+    model, tokenizer = _load(args.model)
+    result = aime.run(model, tokenizer, chosen, limit=args.limit, ratio=args.ratio, rounds=args.rounds,
+                      max_new_tokens=args.max_new_tokens, method=args.method, protect_recent=args.protect_recent,
+                      compact_prompt=args.compact_prompt, temperature=args.temperature, seed=args.seed,
+                      progress=lambda s: print(s, file=sys.stderr, flush=True))
+    result["summary"]["model"] = args.model
+    print(aime.table(result))
+    plot = args.plot or (args.json.with_suffix(".png") if args.json else Path("scenario-aime.png"))
+    aime.plot(result, plot)
+    print(f"plot: {plot}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result["summary"]))
     return 0
 
 

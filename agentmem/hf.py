@@ -36,6 +36,7 @@ from .errors import TransformersVersionError, UnsupportedModelError
 ATTENTION_NAME = "agentmem"
 TESTED_TRANSFORMERS = (Version("5.2.0"), Version("5.24.0"))  # [low, high)
 _PADDING = float("-inf")
+_SDPA_GQA = Version(torch.__version__.split("+")[0]) >= Version("2.5")
 
 
 def check_transformers_version() -> None:
@@ -377,7 +378,10 @@ def attention_forward(
     if key.shape[-1] == query.shape[-1] + 1:
         query = torch.cat([query, query.new_ones(query.shape[:-1] + (1,))], dim=-1)
     groups = query.shape[1] // key.shape[1]
-    if groups > 1:
+    gqa = {}
+    if groups > 1 and _SDPA_GQA:
+        gqa = {"enable_gqa": True}  # no copy of K and V per query head
+    elif groups > 1:
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
     q_len, kv_len = query.shape[-2], key.shape[-2]
@@ -399,6 +403,7 @@ def attention_forward(
         dropout_p=dropout if module.training else 0.0,
         scale=scaling,
         is_causal=is_causal,
+        **gqa,
     )
     return out.transpose(1, 2).contiguous(), None
 
@@ -608,3 +613,61 @@ def drop_span(cache: Cache, start: int, end: int, *, scalings: dict[int, float] 
             cut(layer.bias), logical_length=layer.logical_length, scaling=layer.scaling, runs=merged,
         )
     return out
+
+
+def cache_size(cache: Cache) -> tuple[int, int, int]:
+    """(logical tokens, physical slots of the widest full layer, bytes of all layers)."""
+    if isinstance(cache, CompactedCache):
+        return cache.get_seq_length(), cache.physical_length(), cache.nbytes()
+    physical = total = 0
+    for layer in cache.layers:
+        keys = getattr(layer, "keys", None)
+        if keys is None or not getattr(layer, "is_initialized", False):
+            continue
+        total += keys.numel() * keys.element_size() + layer.values.numel() * layer.values.element_size()
+        if not isinstance(layer, DynamicSlidingWindowLayer):
+            physical = max(physical, keys.shape[-2])
+    return cache.get_seq_length(), physical, total
+
+
+def span_slots(cache: Cache, start: int, end: int) -> float:
+    """Physical slots that logical tokens [start, end) occupy in the first full layer.
+
+    A compacted run that the span covers only partly counts in proportion to its tokens.
+    """
+    total = 0.0
+    for lo, hi, slots in compacted_runs(cache):
+        overlap = min(hi, end) - max(lo, start)
+        if overlap > 0:
+            total += slots * overlap / (hi - lo)
+    return total
+
+
+def compacted_runs(cache: Cache) -> list[tuple[int, int, int]]:
+    """(logical start, logical end, physical slots) of each run of the first full layer."""
+    for layer in cache.layers:
+        if isinstance(layer, CompactedLayer) and layer.is_initialized:
+            out, logical = [], 0
+            for tokens, slots in layer.runs:
+                out.append((logical, logical + tokens, slots))
+                logical += tokens
+            return out
+    length = cache.get_seq_length()
+    return [(0, length, length)] if length else []
+
+
+def snap_span(cache: Cache, start: int, end: int) -> tuple[int, int]:
+    """Widen [start, end) so it does not cut an earlier compacted run."""
+    for lo, hi, slots in compacted_runs(cache):
+        if slots == hi - lo:
+            continue  # plain tokens can be cut anywhere
+        if lo < start < hi:
+            start = lo
+        if lo < end < hi:
+            end = hi
+    return start, end
+
+
+def copy_cache(cache: Cache, model: torch.nn.Module) -> Cache:
+    """A cache that shares tensors with `cache` but grows independently (cache updates never write in place)."""
+    return cache_from_state(cache_state(cache, block=1 << 30), model)

@@ -53,6 +53,9 @@ class KVStats:
     context_length: int | None = None  # the model's maximum positions, if known
     bytes_per_token: float = 0.0  # bytes one more uncompacted token adds
     device_free_fraction: float | None = None  # free / total device memory, if measured
+    # Added for policies.EveryNTurns: the `turns` value at the last compaction (-1: none yet),
+    # so a stateless every-N-turns trigger fires once per turn, not on every prefill.
+    last_compaction_turn: int = -1
 
 
 @dataclass(frozen=True)

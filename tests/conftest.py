@@ -62,3 +62,42 @@ def prefill(model, ids):
     with torch.no_grad():
         model(input_ids=ids, past_key_values=cache)
     return cache
+
+
+def tiny_tokenizer():
+    """A byte-level tokenizer (256 bytes + ChatML specials) built offline, with a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from agentmem.chat import CHATML
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    raw = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                        additional_special_tokens=["<|im_start|>"])
+    tokenizer.chat_template = CHATML
+    return tokenizer
+
+
+CHAT_VOCAB = 260
+
+
+def tiny_chat_llama(seed: int = 0) -> LlamaForCausalLM:
+    """tiny_llama with a vocabulary that fits `tiny_tokenizer`."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=CHAT_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         attn_implementation="sdpa")
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_chat_gemma3(seed: int = 0) -> Gemma3ForCausalLM:
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(vocab_size=CHAT_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=8,
+                              layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                              max_position_embeddings=4096, query_pre_attn_scalar=24, attn_implementation="sdpa")
+    return Gemma3ForCausalLM(config).eval()

@@ -1,0 +1,537 @@
+"""`Session`: a chat with a transformers model whose KV cache stays inside a budget.
+
+The session appends messages through the chat template, prefills only tokens the cache
+does not hold yet, decodes token by token, and asks its policy before every prefill chunk
+and every decode step whether the cache must be compacted first. Every message owns a
+`Segment` (its logical token span); an assistant tool call and its tool results share one.
+With a `Store`, each finished turn is committed in one transaction (messages, segments,
+compaction events, a KV checkpoint), and `Session.resume` continues it in a new process
+with the same next-token logits.
+
+Token bookkeeping: `ids` holds every token of the conversation; the first `cached` are in
+the cache, the rest are *pending* (the last sampled token, the template's reply tail, new
+messages) and are prefilled together at the next generation.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from . import hf
+from .chat import ChatFormat
+from .errors import ConfigError, CorruptSessionError
+from .memory import AfterHook, BeforeHook, Compactor, Plan
+from .policies import Policy, policy_from
+from .sampling import Sampler, StopText, generation_config
+from .segments import CompactionEvent, KVStats, Segment
+
+log = logging.getLogger(__name__)
+
+PREFILL_CHUNK = 512  # tokens per forward pass while prefilling; triggers are checked between chunks
+FIT_METHODS = ("am", "am-fast", "am-omp-fast")
+
+
+@dataclass
+class Reply:
+    """One generated assistant message and what it cost."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (end of turn), "stop_string", "length", "stopped" (stop_when)
+    prompt_tokens: int  # tokens prefilled for this reply (new messages + reply opener)
+    cached_tokens: int  # tokens served from the cache instead of prefilled again
+    seconds: float
+    compactions: list[CompactionEvent] = field(default_factory=list)
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+class Session:
+    """A conversation with `model` whose KV cache is kept inside `policy`'s budget.
+
+    Args:
+        model: a transformers causal LM (agentmem attention is switched on; it is exact SDPA
+            for ordinary caches).
+        tokenizer: its tokenizer.
+        policy: a `Policy`, a preset name ("default", "quality", "aggressive", "off"), a dict
+            or a TOML path (see `agentmem.policies`).
+        store: a `Store` to persist every turn in; None keeps the session in memory.
+        system: an optional system prompt (pinned by the default policies).
+        tools: optional tool schemas (OpenAI function format), put in a pinned segment.
+        generation: default `GenerationConfig` overrides (e.g. {"temperature": 0.7}).
+        seed: seed of the sampler.
+        watch_every: record the KV size every this many decode steps.
+        recent_queries: decode queries kept per layer for compaction (0 switches it off).
+        compaction_options: extra keyword options for `agentmem.compact`.
+        session_id, title, model_name: how the session is named in the store.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        policy: Policy | str | dict | None = None,
+        store=None,
+        system: str | None = None,
+        tools: Sequence[dict] | None = None,
+        chat_template: str | None = None,
+        generation: dict | None = None,
+        seed: int = 0,
+        watch_every: int = 16,
+        recent_queries: int = 64,
+        compaction_options: dict | None = None,
+        session_id: str | None = None,
+        title: str | None = None,
+        model_name: str | None = None,
+    ):
+        self.model, self.tokenizer = model, tokenizer
+        self.policy: Policy = policy_from(policy)
+        self.format = ChatFormat(tokenizer, chat_template)
+        self.generation = dict(generation or {})
+        self.seed = seed
+        self.watch_every = max(1, int(watch_every))
+        self.compaction_enabled = True
+        self.compactor = Compactor(model, tokenizer, options=compaction_options)
+        self.messages: list[dict] = []
+        self.segments: list[Segment] = []
+        self.events: list[CompactionEvent] = []
+        self.timeline: list[tuple[float, int, int, int]] = []  # (seconds, logical, physical, bytes)
+        self.ids: list[int] = []
+        self.cached = 0
+        self.cache = hf.new_cache(model)
+        self.store, self.id = store, session_id
+        self._logits: torch.Tensor | None = None
+        self._recent: dict[int, collections.deque] = {}
+        self._recent_size = max(0, int(recent_queries))
+        self._full_layers = [i for i in range(hf.text_config(model).num_hidden_layers)
+                             if i not in hf.sliding_layers(model)]
+        self._saved_messages = 0
+        self._saved_events = 0
+        self._blocked_until = -1  # physical size below which a futile compaction is not retried
+        self._last_compaction_turn = -1
+        self._began = time.perf_counter()
+        self._context_length = getattr(hf.text_config(model), "max_position_embeddings", None)
+        self._device = next(model.parameters()).device
+        hf.enable(model)
+        if store is not None and session_id is None:
+            from .models import model_fingerprint
+
+            self.id = store.create_session(model=model_name or str(model.config.name_or_path or "model"),
+                                           fingerprint=model_fingerprint(model), title=title,
+                                           config={"policy": _policy_summary(self.policy)})
+        if tools:
+            self._add(self.format.tools_message(tools), kind="tools")
+        if system:
+            self.add("system", system)
+
+    # ------------------------------------------------------------------ messages
+    def add(self, role: str, content: str, *, pinned: bool = False) -> Segment:
+        """Append a message (prefilled lazily, with the next generation or `prefill`).
+
+        A `tool` message joins the segment of the assistant tool call before it, so the
+        call and its results are compacted together.
+        """
+        kind = {"system": "system", "user": "user", "assistant": "assistant", "tool": "tool_call"}.get(role)
+        if kind is None:
+            raise ConfigError(f"unknown role {role!r}; use system, user, assistant or tool")
+        return self._add({"role": role, "content": content}, kind=kind, pinned=pinned)
+
+    def _add(self, message: dict, *, kind: str, pinned: bool = False, ids: list[int] | None = None) -> Segment:
+        ids = self.format.message_ids(self.messages, message) if ids is None else ids
+        start = len(self.ids)
+        self.ids.extend(ids)
+        index = len(self.messages)
+        previous = self.segments[-1] if self.segments else None
+        if kind == "tool_call" and previous is not None and previous.role in ("assistant", "tool") \
+                and previous.end == start:
+            previous.kind, previous.end = "tool_call", len(self.ids)
+            previous.messages.append(index)
+            segment = previous
+        else:
+            turn = self.turns + (1 if message["role"] == "user" else 0)
+            segment = Segment(index=len(self.segments), role=message["role"], kind=kind, start=start,
+                              end=len(self.ids), turn=turn, pinned=pinned, messages=[index])
+            self.segments.append(segment)
+        self.messages.append({"index": index, "role": message["role"], "content": message["content"],
+                              "token_ids": ids, "segment": segment.index, "meta": {"kind": kind}})
+        return segment
+
+    def pin(self, segment: int | Segment, pinned: bool = True) -> None:
+        """Pin (or unpin) a segment so no policy compacts it."""
+        index = segment.index if isinstance(segment, Segment) else int(segment)
+        if not 0 <= index < len(self.segments):
+            raise ConfigError(f"no segment {index}; the session has {len(self.segments)}")
+        self.segments[index].pinned = pinned
+
+    @property
+    def turns(self) -> int:
+        return sum(1 for m in self.messages if m["role"] == "user")
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, max_new_tokens: int = 256, **kwargs) -> Reply:
+        """Generate an assistant reply to the messages so far; see `stream` for options."""
+        for _ in self.stream(max_new_tokens, **kwargs):
+            pass
+        return self.last_reply
+
+    def stream(
+        self,
+        max_new_tokens: int = 256,
+        *,
+        stop: Sequence[str] | str | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        do_sample: bool | None = None,
+        repetition_penalty: float | None = None,
+        min_new_tokens: int | None = None,
+        generation_config=None,
+        stop_when: Callable[[Session], bool] | None = None,
+        save: bool = True,
+    ) -> Iterator[str]:
+        """Yield the reply's text as it is decoded; the `Reply` lands in `last_reply`.
+
+        The reply ends at the model's end-of-turn token, a `stop` string (left out of the
+        text, kept in the cache), `max_new_tokens`, or when `stop_when(session)` returns
+        True before a decode step (finish reason "stopped"). With a store the turn is
+        committed when the reply ends.
+        """
+        if max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        config = _merge_config(self.generation, generation_config, temperature=temperature, top_p=top_p,
+                               top_k=top_k, do_sample=do_sample, repetition_penalty=repetition_penalty,
+                               min_new_tokens=min_new_tokens)
+        sampler = Sampler(config, seed=self.seed + len(self.messages))
+        stops = StopText(stop)
+        began, cached_before, events_before = time.perf_counter(), self.cached, len(self.events)
+        opener = self.format.generation_prompt_ids(self.messages)
+        first = len(self.segments)
+        segment = Segment(index=first, role="assistant", kind="generation", start=len(self.ids),
+                          end=len(self.ids), turn=self.turns, messages=[len(self.messages)])
+        self.ids.extend(opener)
+        segment.end = len(self.ids)
+        self.segments.append(segment)
+        prompt_tokens = len(self.ids) - cached_before
+        logits = self._flush()
+        generated: list[int] = []
+        detok = _Detokenizer(self.tokenizer)
+        text, full, finish = "", "", "length"  # text: yielded so far; full: decoded so far
+        for step in range(max_new_tokens):
+            if step < (config.min_new_tokens or 0):
+                logits = logits.clone()
+                logits[self.format.stop_ids] = float("-inf")
+            token = sampler.choose(logits, self._history(sampler))
+            generated.append(token)
+            self.ids.append(token)
+            self.segments[-1].end = len(self.ids)
+            if token in self.format.stop_ids:
+                finish = "stop"
+                break
+            full += detok.push(token)
+            hit = stops.find(full)
+            end = hit if hit is not None else stops.safe_end(full)
+            if end > len(text):
+                yield full[len(text):end]
+                text = full[:end]
+            if hit is not None:
+                finish = "stop_string"
+                break
+            if step + 1 == max_new_tokens:
+                break
+            if stop_when is not None and stop_when(self):
+                finish = "stopped"
+                break
+            logits = self._flush(decode=True)
+            if (step + 1) % self.watch_every == 0:
+                self._watch()
+        if finish != "stop_string" and len(full) > len(text):  # text held back as a possible stop string
+            yield full[len(text):]
+            text = full
+        tail = self.format.reply_tail_ids(self.messages, ended=finish == "stop")
+        self.ids.extend(tail)
+        self._close_reply(first, text, opener, generated, tail)
+        self.last_reply = Reply(text=text, token_ids=generated, finish_reason=finish, prompt_tokens=prompt_tokens,
+                                cached_tokens=cached_before, seconds=time.perf_counter() - began,
+                                compactions=self.events[events_before:])
+        if save and self.store is not None:
+            self.save()
+
+    def _close_reply(self, first: int, text: str, opener, generated, tail) -> None:
+        """Record the reply as a message; its segments (one or more, if split) become `assistant`."""
+        index = len(self.messages)
+        for s in self.segments[first:]:
+            s.kind = "assistant"
+        self.segments[-1].end = len(self.ids)
+        self.messages.append({"index": index, "role": "assistant", "content": text,
+                              "token_ids": list(opener) + list(generated) + list(tail),
+                              "segment": first, "meta": {"kind": "assistant"}})
+
+    def prefill(self) -> torch.Tensor:
+        """Prefill every pending token now; returns the next-token logits (vocab,)."""
+        return self._flush()
+
+    def next_token_logits(self) -> torch.Tensor:
+        """Logits of the token that would come next (prefills pending tokens first)."""
+        return self._flush() if self.cached < len(self.ids) or self._logits is None else self._logits
+
+    # ------------------------------------------------------------------ cache
+    def _flush(self, *, decode: bool = False) -> torch.Tensor:
+        """Feed pending ids to the model in chunks, checking the policy before each chunk."""
+        while self.cached < len(self.ids):
+            n = min(PREFILL_CHUNK, len(self.ids) - self.cached)
+            self._maybe_compact(n)
+            chunk = torch.tensor([self.ids[self.cached : self.cached + n]], device=self._device)
+            with torch.no_grad(), hf.capture_queries(self._capture_layers(decode)) as capture:
+                out = self.model(input_ids=chunk, past_key_values=self.cache, use_cache=True)
+            self.cached += n
+            self._logits = out.logits[0, -1].float()
+            self._remember(capture)
+        if not decode:
+            self._watch()
+        if self._logits is None:
+            raise ConfigError("nothing to generate from: add a message first")
+        return self._logits
+
+    def _capture_layers(self, decode: bool) -> set[int]:
+        if not decode or not self._recent_size or self.policy.method not in FIT_METHODS:
+            return set()
+        return set(self._full_layers)
+
+    def _remember(self, capture) -> None:
+        for idx, parts in capture.queries.items():
+            ring = self._recent.setdefault(idx, collections.deque(maxlen=self._recent_size))
+            ring.extend(parts)
+
+    def stats(self) -> KVStats:
+        """The cache's size now (logical, physical, bytes) and the session's progress."""
+        logical, physical, nbytes = hf.cache_size(self.cache)
+        return KVStats(logical_tokens=logical, physical_tokens=physical, bytes=nbytes, turns=self.turns,
+                       context_length=self._context_length, bytes_per_token=self._bytes_per_token(),
+                       device_free_fraction=_free_fraction(self._device),
+                       last_compaction_turn=self._last_compaction_turn)
+
+    def _bytes_per_token(self) -> float:
+        config = hf.text_config(self.model)
+        kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        size = next(self.model.parameters()).element_size()
+        return float(len(self._full_layers) * kv * dim * 2 * size)
+
+    def _watch(self) -> None:
+        logical, physical, nbytes = hf.cache_size(self.cache)
+        self.timeline.append((time.perf_counter() - self._began, logical, physical, nbytes))
+
+    def _maybe_compact(self, incoming: int) -> None:
+        if not (self.compaction_enabled and self.policy.enabled) or self.cached == 0:
+            return
+        stats = self.stats()
+        reason = self.policy.should_compact(stats, incoming)
+        if reason is None or stats.physical_tokens < self._blocked_until:
+            return
+        self._compact(reason, stats)
+        after = self.stats()
+        if self.policy.should_compact(after, incoming) is not None:
+            # Still over: retry only after the cache grew a little, so a full pin set cannot thrash.
+            self._blocked_until = after.physical_tokens + max(incoming, self.policy.protect_recent // 2, 16)
+
+    def compact(self, *, ratio: float | None = None, method: str | None = None) -> list[CompactionEvent]:
+        """Compact now, by hand, with the policy's plan (optionally another ratio or method)."""
+        self._flush()
+        return self._compact("manual", self.stats(), ratio=ratio, method=method)
+
+    def _compact(self, reason: str, stats: KVStats, *, ratio: float | None = None,
+                 method: str | None = None) -> list[CompactionEvent]:
+        self._split_generation()
+        segments = [s for s in self.segments if s.end <= self.cached]
+        physical = {s.index: hf.span_slots(self.cache, s.start, s.end) for s in segments}
+        spans = _snap(self.cache, self.policy.plan(segments, stats, physical=physical), ratio)
+        spans = [replace(span, segments=tuple(s.index for s in segments if s.start < span.end and s.end > span.start))
+                 for span in spans]
+        pinned = {s.index for s in segments if self.policy.pin.pinned(s, segments) or s.pinned}
+        plan = Plan(reason, spans, stats)
+        ids = torch.tensor([self.ids[: self.cached]], device=self._device)
+        if spans:
+            recent = {i: torch.cat(list(r), dim=2) for i, r in self._recent.items() if r}
+            cache, events = self.compactor.run(plan, self.cache, ids, segments, method=method or self.policy.method,
+                                               pinned=pinned | self._protected(segments),
+                                               recent_queries=recent or None)
+        else:
+            cache, events = self.compactor.drop_oldest(self.cache, segments, pinned | self._protected(segments),
+                                                       reason)
+            if not events:
+                log.warning("KV cache over budget (%s) but every segment is pinned or recent", reason)
+        self.cache = cache
+        for event in events:
+            if event.status in ("ok", "fallback"):
+                for index in event.segments:
+                    self.segments[index].compactions += 1
+        self.events.extend(events)
+        self._last_compaction_turn = self.turns
+        self._watch()
+        return events
+
+    def _protected(self, segments: Sequence[Segment]) -> set[int]:
+        boundary = self.cached - self.policy.protect_recent
+        return {s.index for s in segments if s.end > boundary}
+
+    def _split_generation(self) -> None:
+        """Cut the reply being decoded at the protected tail so its older part can be compacted."""
+        last = self.segments[-1] if self.segments else None
+        if last is None or last.kind != "generation":
+            return
+        boundary = self.cached - self.policy.protect_recent
+        if boundary - last.start < max(self.policy.min_segment_tokens, 1):
+            return
+        head = Segment(index=last.index, role="assistant", kind="generation", start=last.start, end=boundary,
+                       turn=last.turn, messages=list(last.messages))
+        last.index, last.start = last.index + 1, boundary
+        self.segments[-1:] = [head, last]
+
+    def fork(self) -> Session:
+        """An in-memory copy of this session (no store) that can diverge from it.
+
+        The copy shares the cache's tensors, so forking costs no memory until it grows.
+        """
+        twin = object.__new__(Session)
+        twin.__dict__.update(self.__dict__)
+        twin.store = None
+        twin.messages = [dict(m) for m in self.messages]
+        twin.segments = [Segment.from_dict(s.to_dict()) for s in self.segments]
+        twin.events, twin.timeline, twin.ids = list(self.events), list(self.timeline), list(self.ids)
+        twin.cache = hf.copy_cache(self.cache, self.model)
+        twin._recent = {i: collections.deque(r, maxlen=r.maxlen) for i, r in self._recent.items()}
+        twin.compactor = Compactor(self.model, self.tokenizer, options=self.compactor.options)
+        return twin
+
+    def on_before_compaction(self, hook: BeforeHook) -> None:
+        """Call `hook(plan)` before each compaction; returning False (or raising CompactionVetoed) skips it."""
+        self.compactor.before.append(hook)
+
+    def on_after_compaction(self, hook: AfterHook) -> None:
+        """Call `hook(event)` after each compaction or fallback drop."""
+        self.compactor.after.append(hook)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self) -> None:
+        """Commit messages, segments, events and a KV checkpoint since the last save (one transaction)."""
+        if self.store is None:
+            raise ConfigError("this session has no store; pass store=Store(path) to keep it")
+        logical, physical, nbytes = hf.cache_size(self.cache)
+        self.store.commit_turn(
+            self.id,
+            messages=self.messages[self._saved_messages:],
+            segments=self.segments,
+            events=self.events[self._saved_events:],
+            checkpoint=hf.cache_state(self.cache) + self._recent_state(),
+            checkpoint_info={"logical_tokens": logical, "physical_tokens": physical, "bytes": nbytes},
+            state={"cached": self.cached, "tokens": len(self.ids), "last_compaction_turn": self._last_compaction_turn},
+        )
+        self._saved_messages, self._saved_events = len(self.messages), len(self.events)
+
+    def _recent_state(self) -> list[dict]:
+        """Recent decode queries as checkpoint entries: a resumed session compacts like this one."""
+        return [{"kind": "queries", "meta": {"layer": idx}, "blocks": [{"queries": torch.cat(list(ring), dim=2)}]}
+                for idx, ring in sorted(self._recent.items()) if ring]
+
+    @classmethod
+    def resume(cls, store, session_id: str, model, tokenizer, **kwargs) -> Session:
+        """Reopen a stored session with the same model; it continues exactly where it was saved."""
+        from .models import model_fingerprint
+
+        loaded = store.load_session(session_id, fingerprint=model_fingerprint(model),
+                                    map_location=next(model.parameters()).device)
+        session = cls(model, tokenizer, store=store, session_id=session_id, **kwargs)
+        session.messages = [dict(m) for m in loaded.messages]
+        session.segments = list(loaded.segments)
+        session.ids = [t for m in loaded.messages for t in m["token_ids"]]
+        session.events = [CompactionEvent(**{k: e[k] for k in CompactionEvent.__dataclass_fields__ if k in e})
+                          for e in loaded.events]
+        state = loaded.state or {}
+        session.cached = int(state.get("cached", 0))
+        session._last_compaction_turn = int(state.get("last_compaction_turn", -1))
+        if state.get("tokens", len(session.ids)) != len(session.ids) or session.cached > len(session.ids):
+            raise CorruptSessionError(f"session {session_id!r}: its messages hold {len(session.ids)} tokens but "
+                                      f"the saved state says {state.get('tokens')}; delete or export it")
+        if loaded.checkpoint is not None:
+            layers = [c for c in loaded.checkpoint if c["kind"] != "queries"]
+            session.cache = hf.cache_from_state(layers, model)
+            for entry in loaded.checkpoint:
+                if entry["kind"] == "queries" and session._recent_size:
+                    ring = session._recent.setdefault(entry["meta"]["layer"],
+                                                      collections.deque(maxlen=session._recent_size))
+                    ring.extend(entry["blocks"][0]["queries"].split(1, dim=2))
+        if session.cache.get_seq_length() != session.cached:
+            raise CorruptSessionError(f"session {session_id!r}: the KV checkpoint holds "
+                                      f"{session.cache.get_seq_length()} tokens, the state says {session.cached}")
+        session._saved_messages, session._saved_events = len(session.messages), len(session.events)
+        return session
+
+    # ------------------------------------------------------------------ helpers
+    def _history(self, sampler: Sampler) -> torch.Tensor:
+        if not sampler.processors:
+            return torch.empty(1, 0, dtype=torch.long)
+        return torch.tensor([self.ids[-1024:]])
+
+
+class _Detokenizer:
+    """Incremental decoding: yields text only once it no longer ends in a partial character."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.prefix, self.read = tokenizer, [], 0, 0
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        done = self.tokenizer.decode(self.ids[self.prefix : self.read])
+        text = self.tokenizer.decode(self.ids[self.prefix :])
+        if len(text) > len(done) and not text.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return text[len(done):]
+        return ""
+
+
+def _snap(cache, spans, ratio: float | None) -> list:
+    """Spans widened to whole compacted runs (merging any that then touch), optional ratio override."""
+    out: list = []
+    for span in sorted(spans, key=lambda s: s.start):
+        start, end = hf.snap_span(cache, span.start, span.end)
+        span = replace(span, start=start, end=end, ratio=float(ratio) if ratio is not None else span.ratio)
+        if out and span.start <= out[-1].end:
+            last = out[-1]
+            span = replace(last, end=max(last.end, span.end), segments=tuple(last.segments) + tuple(span.segments))
+            out[-1] = span
+        else:
+            out.append(span)
+    return out
+
+
+def _merge_config(defaults: dict, config, **overrides):
+    merged = dict(defaults)
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    return generation_config(config, **merged)
+
+
+def _free_fraction(device: torch.device) -> float | None:
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        return free / total
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) / int(info["MemTotal"].split()[0])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _policy_summary(policy: Policy) -> dict:
+    return {"trigger": repr(policy.trigger), "ratio": repr(policy.ratio), "pin": repr(policy.pin),
+            "method": policy.method, "protect_recent": policy.protect_recent}
+

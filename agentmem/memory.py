@@ -1,0 +1,131 @@
+"""Carry out a policy's compaction plan on a session's cache.
+
+`Compactor.run` asks the policy for spans, lets hooks veto, compacts each span with
+`agentmem.compact`, and falls back to dropping the oldest unpinned segment when a
+compaction fails. It returns the new cache and one `CompactionEvent` per action; the
+session installs both. Nothing here keeps state between calls except the hooks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+
+import torch
+
+from . import hf
+from .compaction import compact
+from .errors import AgentmemError, CompactionVetoed
+from .segments import CompactionEvent, KVStats, Segment
+
+log = logging.getLogger(__name__)
+
+# before_compaction hooks get the plan; returning False or raising CompactionVetoed skips it.
+BeforeHook = Callable[["Plan"], bool | None]
+AfterHook = Callable[[CompactionEvent], None]
+
+
+class Plan:
+    """What is about to be compacted: spans from the policy and why."""
+
+    def __init__(self, reason: str, spans: Sequence, stats: KVStats):
+        self.reason, self.spans, self.stats = reason, list(spans), stats
+
+    @property
+    def tokens(self) -> int:
+        return sum(s.end - s.start for s in self.spans)
+
+    def __repr__(self) -> str:
+        spans = ", ".join(f"[{s.start}, {s.end}) x{s.ratio:.3g}" for s in self.spans)
+        return f"Plan({self.reason!r}: {spans or 'nothing'})"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class Compactor:
+    """Runs compaction plans for one session (see the module docstring)."""
+
+    def __init__(self, model, tokenizer, *, options: dict | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.options = dict(options or {})
+        self.before: list[BeforeHook] = []
+        self.after: list[AfterHook] = []
+        self.scalings = hf.attention_scalings(model)
+
+    def run(self, plan: Plan, cache, ids: torch.Tensor, segments: Sequence[Segment], *, method: str,
+            pinned: set[int], recent_queries: dict | None = None) -> tuple[object, list[CompactionEvent]]:
+        """Compact every span of `plan`; returns (new cache, events). Hooks may veto."""
+        if self._vetoed(plan):
+            return cache, [self._event(plan.reason, "none", 1.0, 0, 0, cache, cache, 0.0, status="vetoed")]
+        events = []
+        for span in plan.spans:
+            began = time.perf_counter()
+            try:
+                options = dict(self.options, tokenizer=self.tokenizer)
+                if recent_queries and method.startswith("am"):
+                    options["recent_queries"] = recent_queries
+                new = compact(self.model, cache, ids, ratio=span.ratio, method=method, start=span.start,
+                              end=span.end, **options)
+            except (AgentmemError, RuntimeError) as exc:
+                log.warning("compaction of tokens [%d, %d) failed (%s); dropping the oldest unpinned segment",
+                            span.start, span.end, exc)
+                failed = self._event(plan.reason, method, span.ratio, span.start, span.end, cache, cache,
+                                     time.perf_counter() - began, status="failed", error=str(exc),
+                                     segments=span.segments)
+                events.append(failed)
+                cache, dropped = self.drop_oldest(cache, segments, pinned, plan.reason)
+                events.extend(dropped)
+                continue
+            event = self._event(plan.reason, method, span.ratio, span.start, span.end, cache, new,
+                                time.perf_counter() - began, segments=span.segments)
+            cache = new
+            events.append(event)
+        for event in events:
+            for hook in self.after:
+                hook(event)
+        return cache, events
+
+    def drop_oldest(self, cache, segments: Sequence[Segment], pinned: set[int], reason: str):
+        """Deterministic fallback: drop the slots of the oldest unpinned segment still holding any."""
+        for segment in segments:
+            if segment.index in pinned:
+                continue
+            if segment.end > cache.get_seq_length() or hf.span_slots(cache, segment.start, segment.end) == 0:
+                continue
+            began = time.perf_counter()
+            new = hf.drop_span(cache, segment.start, segment.end, scalings=self.scalings)
+            event = self._event(reason, "drop", 0.0,  # ratio 0: every slot removed
+                                segment.start, segment.end, cache, new,
+                                time.perf_counter() - began, status="fallback", segments=(segment.index,))
+            log.info("dropped segment %d (tokens [%d, %d))", segment.index, segment.start, segment.end)
+            return new, [event]
+        return cache, []
+
+    def _vetoed(self, plan: Plan) -> bool:
+        for hook in self.before:
+            try:
+                if hook(plan) is False:
+                    return True
+            except CompactionVetoed:
+                return True
+        return False
+
+    @staticmethod
+    def _event(reason, method, ratio, start, end, before, after, seconds, *, status="ok", error=None,
+               segments=()) -> CompactionEvent:
+        logical, physical_before, bytes_before = hf.cache_size(before)
+        _, physical_after, bytes_after = hf.cache_size(after)
+        event = CompactionEvent(
+            time=now(), trigger=reason, method=method, ratio=float(ratio), start=start, end=end,
+            tokens_before=physical_before, tokens_after=physical_after, bytes_before=bytes_before,
+            bytes_after=bytes_after, logical_tokens=logical, seconds=seconds, status=status, error=error,
+            segments=tuple(segments),
+        )
+        if status == "ok":
+            log.info("compaction %s x%.3g: %d -> %d slots, %.0f ms (%s)", method, ratio, physical_before,
+                     physical_after, seconds * 1e3, reason)
+        return event

@@ -1,0 +1,201 @@
+"""The engine on tiny models: chat bookkeeping, generation, online compaction, hooks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_chat_gemma3, tiny_chat_llama, tiny_tokenizer
+
+import agentmem.memory
+from agentmem import hf
+from agentmem.engine import Session
+from agentmem.errors import CompactionError, CompactionVetoed, ConfigError
+from agentmem.policies import AnyPin, FixedRatio, PinSystem, Policy, TokenLimit
+
+
+@pytest.fixture(params=["llama", "gemma3"])
+def chat_model(request):
+    return tiny_chat_llama() if request.param == "llama" else tiny_chat_gemma3()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+def limited(limit: int = 160, ratio: float = 4, method: str = "am-fast", protect: int = 24) -> Policy:
+    return Policy(trigger=TokenLimit(limit), ratio=FixedRatio(ratio), pin=AnyPin((PinSystem(),)), method=method,
+                  protect_recent=protect)
+
+
+def test_greedy_matches_model_generate(chat_model, tokenizer):
+    session = Session(chat_model, tokenizer, policy="off")
+    session.add("user", "What is two plus two?")
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is two plus two?"}],
+                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    reply = session.generate(24)
+    with torch.no_grad():
+        expected = chat_model.generate(**prompt, max_new_tokens=24, do_sample=False, eos_token_id=[-1],
+                                       pad_token_id=0)
+    assert reply.token_ids == expected[0, prompt["input_ids"].shape[1]:].tolist()
+
+
+def test_cache_holds_the_chat_template_rendering(chat_model, tokenizer):
+    session = Session(chat_model, tokenizer, policy="off", system="Be brief.")
+    history = [{"role": "system", "content": "Be brief."}]
+    for role, content in [("user", "Hi"), ("assistant", "Hello!"), ("tool", "42"), ("user", "Thanks")]:
+        session.add(role, content)
+        history.append({"role": role, "content": content})
+    rendered = tokenizer.apply_chat_template(history, tokenize=False)
+    assert session.ids == tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    session.prefill()
+    assert session.cache.get_seq_length() == len(session.ids) == session.cached
+
+
+def test_later_turns_prefill_only_new_tokens(chat_model, tokenizer):
+    session = Session(chat_model, tokenizer, policy="off")
+    session.add("user", "First question")
+    first = session.generate(8)
+    assert first.cached_tokens == 0 and first.prompt_tokens == len(session.ids) - len(first.token_ids) - \
+        len(session.format.reply_tail_ids(session.messages[:-1], ended=first.finish_reason == "stop"))
+    held = session.cached
+    session.add("user", "Second")
+    second = session.generate(8)
+    assert second.cached_tokens == held
+    new_user = len(session.messages[-2]["token_ids"])
+    opener = len(session.format.generation_prompt_ids(session.messages[:-1]))
+    pending = len(session.messages[-3]["token_ids"]) - (held - session.segments[-3].start)
+    assert second.prompt_tokens == pending + new_user + opener
+
+
+def test_stream_concatenates_to_reply_and_sampling_is_seeded(chat_model, tokenizer):
+    texts = []
+    for _ in range(2):
+        session = Session(chat_model, tokenizer, policy="off", seed=7)
+        session.add("user", "Tell me something")
+        pieces = list(session.stream(20, temperature=1.0, top_k=50))
+        assert "".join(pieces) == session.last_reply.text
+        texts.append(session.last_reply.token_ids)
+    assert texts[0] == texts[1]
+    replies = []
+    for settings in ({}, {"temperature": 0}):  # temperature 0 means greedy
+        greedy = Session(chat_model, tokenizer, policy="off")
+        greedy.add("user", "Tell me something")
+        replies.append(greedy.generate(20, **settings).token_ids)
+    assert replies[0] == replies[1]
+
+
+def test_stop_string_ends_the_reply_and_is_left_out(tokenizer):
+    model = tiny_chat_llama()
+    plain = Session(model, tokenizer, policy="off")
+    plain.add("user", "Count")
+    text = plain.generate(40).text
+    stop = text[10:13]
+    if not stop or stop in text[:10]:
+        pytest.skip("random output too repetitive for this check")
+    session = Session(model, tokenizer, policy="off")
+    session.add("user", "Count")
+    reply = session.generate(40, stop=[stop])
+    assert reply.finish_reason == "stop_string"
+    assert reply.text == text[: text.index(stop)]
+    assert stop not in reply.text
+
+
+def test_bad_generation_settings_raise(chat_model, tokenizer):
+    session = Session(chat_model, tokenizer, policy="off")
+    session.add("user", "x")
+    with pytest.raises(ConfigError):
+        session.generate(0)
+    with pytest.raises(ConfigError):
+        session.generate(4, temperature=-1)
+    with pytest.raises(ConfigError):
+        session.add("robot", "x")
+
+
+def test_online_compaction_keeps_physical_under_limit(chat_model, tokenizer):
+    limit = 160
+    session = Session(chat_model, tokenizer, policy=limited(limit), system="sys", watch_every=1)
+    session.add("user", "Write a long answer.")
+    reply = session.generate(400)
+    assert len(reply.compactions) >= 2
+    assert all(e.status == "ok" for e in reply.compactions)
+    assert max(physical for _, _, physical, _ in session.timeline) <= limit
+    assert session.cache.get_seq_length() == session.cached  # positions keep counting logically
+    assert session.cached > limit
+    system = session.segments[0]
+    assert system.kind == "system" and system.compactions == 0
+    assert hf.span_slots(session.cache, system.start, system.end) == system.tokens
+
+
+def test_tool_results_join_the_tool_call_segment(chat_model, tokenizer):
+    session = Session(chat_model, tokenizer, policy="off")
+    session.add("user", "Look it up")
+    session.generate(6)
+    session.add("tool", "result one")
+    session.add("tool", "result two")
+    last = session.segments[-1]
+    assert last.kind == "tool_call" and last.role == "assistant" and len(last.messages) == 3
+    assert last.end == len(session.ids)
+
+
+def test_veto_switch_off_and_manual(chat_model, tokenizer):
+    session = Session(chat_model, tokenizer, policy=limited(120), system="sys")
+    vetoed = []
+    session.on_before_compaction(lambda plan: vetoed.append(plan) or False)
+    session.add("user", "Go on and on.")
+    session.generate(150)
+    assert vetoed and all(e.status == "vetoed" for e in session.events)
+    assert session.stats().physical_tokens > 120
+
+    session.compactor.before.clear()
+    session.compaction_enabled = False
+    session.add("user", "more")
+    before = len(session.events)
+    session.generate(20)
+    assert len(session.events) == before
+
+    events = session.compact(ratio=4)
+    assert events and events[0].status == "ok" and events[0].tokens_after < events[0].tokens_before
+
+
+def test_veto_by_exception(chat_model, tokenizer):
+    session = Session(chat_model, tokenizer, policy=limited(120))
+
+    def refuse(plan):
+        raise CompactionVetoed("not now")
+
+    session.on_before_compaction(refuse)
+    session.add("user", "Go on.")
+    session.generate(140)
+    assert session.events and {e.status for e in session.events} == {"vetoed"}
+
+
+def test_failed_compaction_falls_back_to_dropping_oldest_unpinned(chat_model, tokenizer, monkeypatch):
+    def broken(*args, **kwargs):
+        raise CompactionError("synthetic failure")
+
+    monkeypatch.setattr(agentmem.memory, "compact", broken)
+    seen = []
+    session = Session(chat_model, tokenizer, policy=limited(150), system="sys", watch_every=1)
+    session.on_after_compaction(seen.append)
+    session.add("user", "A first message that is not pinned.")
+    session.generate(4)
+    session.add("user", "Then a long answer please.")
+    session.generate(200)
+    statuses = [e.status for e in session.events]
+    assert "failed" in statuses and "fallback" in statuses
+    drop = next(e for e in session.events if e.status == "fallback")
+    assert drop.method == "drop" and drop.tokens_after < drop.tokens_before
+    assert drop.segments == (1,)  # the oldest unpinned segment: the first user message
+    assert session.segments[0].compactions == 0
+    assert seen == session.events
+
+
+def test_user_pins_are_never_compacted(chat_model, tokenizer):
+    session = Session(chat_model, tokenizer, policy=limited(150), watch_every=1)
+    keep = session.add("user", "Remember: the code word is PLUM.", pinned=True)
+    session.add("user", "Now write a lot.")
+    session.generate(250)
+    assert session.events
+    assert keep.compactions == 0
+    assert hf.span_slots(session.cache, keep.start, keep.end) == keep.tokens

@@ -1,0 +1,136 @@
+"""Resume: a stored session continues with the same next-token logits, across processes too."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_chat_gemma3, tiny_chat_llama, tiny_tokenizer
+
+from agentmem.engine import Session
+from agentmem.errors import CorruptSessionError, ModelMismatchError
+from agentmem.policies import AnyPin, FixedRatio, PinSystem, Policy, TokenLimit
+from agentmem.store import Store
+
+CHILD = Path(__file__).parent / "session_child.py"
+POLICY = Policy(trigger=TokenLimit(120), ratio=FixedRatio(4), pin=AnyPin((PinSystem(),)), method="am-fast",
+                protect_recent=16)
+
+
+@pytest.mark.parametrize("make", [tiny_chat_llama, tiny_chat_gemma3], ids=["llama", "gemma3"])
+def test_resume_in_process_gives_same_logits(tmp_path, make):
+    model, tokenizer = make(), tiny_tokenizer()
+    store = Store(tmp_path / "s.db")
+    session = Session(model, tokenizer, policy=POLICY, store=store, system="sys")
+    for turn in range(3):
+        session.add("user", f"message {turn}")
+        session.generate(30)
+    assert any(e.status == "ok" for e in session.events)  # the checkpoint holds a compacted cache
+    expected = session.next_token_logits()
+
+    again = Session.resume(Store(tmp_path / "s.db"), session.id, make(), tokenizer, policy=POLICY)
+    assert again.messages == session.messages
+    assert [s.to_dict() for s in again.segments] == [s.to_dict() for s in session.segments]
+    assert len(again.events) == len(session.events)
+    torch.testing.assert_close(again.next_token_logits(), expected, rtol=0, atol=1e-6)
+    session.store = None  # one writer per stored session: the original goes on in memory only
+    again.add("user", "and one more")
+    session.add("user", "and one more")
+    assert again.generate(10).token_ids == session.generate(10).token_ids
+
+
+def _child(db, session_id, turns, out, *, resume=False):
+    args = [sys.executable, str(CHILD), str(db), session_id, str(turns), str(out)]
+    return subprocess.Popen(args + (["--resume"] if resume else []), stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONHASHSEED="0"))
+
+
+def test_resume_after_process_exit(tmp_path):
+    db = tmp_path / "s.db"
+    child = _child(db, "-", 3, tmp_path)
+    assert child.wait(timeout=300) == 0
+    session_id = (tmp_path / "id").read_text()
+    expected = torch.load(tmp_path / "turn-3.pt")
+    session = Session.resume(Store(db), session_id, tiny_chat_llama(), tiny_tokenizer(), policy=POLICY)
+    assert session.turns == 3
+    torch.testing.assert_close(session.next_token_logits(), expected, rtol=0, atol=1e-6)
+
+
+def test_kill_9_between_turns_keeps_last_committed_turn(tmp_path):
+    db = tmp_path / "s.db"
+    child = _child(db, "-", 1000, tmp_path)
+    committed = 0
+    deadline = time.monotonic() + 300
+    while committed < 3 and time.monotonic() < deadline:
+        line = child.stdout.readline()
+        if not line:
+            break
+        committed = int(line.split()[1])
+    time.sleep(0.05)  # let it get into the next turn (maybe mid-write)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    assert committed >= 3
+    session_id = (tmp_path / "id").read_text()
+    session = Session.resume(Store(db), session_id, tiny_chat_llama(), tiny_tokenizer(), policy=POLICY)
+    assert session.turns >= committed
+    expected = torch.load(tmp_path / f"turn-{session.turns}.pt")
+    torch.testing.assert_close(session.next_token_logits(), expected, rtol=0, atol=1e-6)
+
+    # and it goes on: a resumed child commits more turns on top
+    more = _child(db, session_id, 2, tmp_path, resume=True)
+    assert more.wait(timeout=300) == 0
+    assert Store(db).get_session(session_id)["turns"] == session.turns + 2
+
+
+def test_resume_with_another_model_is_refused(tmp_path):
+    tokenizer = tiny_tokenizer()
+    store = Store(tmp_path / "s.db")
+    session = Session(tiny_chat_llama(), tokenizer, policy=POLICY, store=store)
+    session.add("user", "hello")
+    session.generate(5)
+    with pytest.raises(ModelMismatchError):
+        Session.resume(store, session.id, tiny_chat_llama(seed=1), tokenizer)
+    with pytest.raises(ModelMismatchError):
+        Session.resume(store, session.id, tiny_chat_gemma3(), tokenizer)
+    assert Session.resume(store, session.id, tiny_chat_llama(), tokenizer).turns == 1
+
+
+def test_corrupt_checkpoint_is_reported_and_other_sessions_load(tmp_path):
+    tokenizer = tiny_tokenizer()
+    store = Store(tmp_path / "s.db")
+    sessions = []
+    for text in ("first", "second"):
+        session = Session(tiny_chat_llama(), tokenizer, policy=POLICY, store=store)
+        session.add("user", text)
+        session.generate(5)
+        sessions.append(session)
+    with store_connection(tmp_path / "s.db") as db:
+        rows = db.execute("select blocks_json from kv_checkpoints where session_id = ?", [sessions[0].id]).fetchall()
+        victim = json.loads(rows[0][0])[-1]
+        db.execute("update blobs set data = substr(data, 1, 20) where hash = ?", [victim])
+        db.commit()
+    with pytest.raises(CorruptSessionError):
+        Session.resume(Store(tmp_path / "s.db"), sessions[0].id, tiny_chat_llama(), tokenizer)
+    assert Session.resume(Store(tmp_path / "s.db"), sessions[1].id, tiny_chat_llama(), tokenizer).turns == 1
+
+
+def store_connection(path):
+    import contextlib
+    import sqlite3
+
+    @contextlib.contextmanager
+    def opened():
+        db = sqlite3.connect(path)
+        try:
+            yield db
+        finally:
+            db.close()
+
+    return opened()
