@@ -87,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
                       help="default: enough to refill the limit --rounds times")
     aime.add_argument("--method", default="am-fast", help="compaction method (default am-fast)")
     aime.add_argument("--protect-recent", type=int, default=64, help="recent tokens never compacted (default 64)")
-    aime.add_argument("--compact-prompt", action="store_true", help="also compact the system prompt and question")
+    aime.add_argument("--pin-question", action="store_true",
+                      help="keep the question verbatim (default: only the system prompt and recent tokens are kept)")
+    aime.add_argument("--min-new-tokens", type=int, default=0,
+                      help="suppress the end of turn before this many tokens, to force long generations (default 0)")
     aime.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     aime.add_argument("--seed", type=int, default=0)
     aime.add_argument("--json", type=Path, default=None, help="write the full result here")
@@ -224,7 +227,8 @@ def _scenario_aime(args) -> int:
     model, tokenizer = _load(args.model)
     result = aime.run(model, tokenizer, chosen, limit=args.limit, ratio=args.ratio, rounds=args.rounds,
                       max_new_tokens=args.max_new_tokens, method=args.method, protect_recent=args.protect_recent,
-                      compact_prompt=args.compact_prompt, temperature=args.temperature, seed=args.seed,
+                      pin_question=args.pin_question, min_new_tokens=args.min_new_tokens,
+                      temperature=args.temperature, seed=args.seed,
                       progress=lambda s: print(s, file=sys.stderr, flush=True))
     result["summary"]["model"] = args.model
     print(aime.table(result))

@@ -13,23 +13,29 @@ from agentmem.scenarios import aime, problems
 
 def test_scenario_compacts_repeatedly_and_reports(tmp_path):
     chosen = problems.builtin(2)
-    result = aime.run(tiny_chat_llama(), tiny_tokenizer(), chosen, limit=560, ratio=4, rounds=3,
-                      max_new_tokens=700, protect_recent=24)
+    result = aime.run(tiny_chat_llama(), tiny_tokenizer(), chosen, limit=900, ratio=4, rounds=3,
+                      max_new_tokens=800, protect_recent=24)
     summary = result["summary"]
     for key in ("limit", "compactions", "peak_physical_tokens", "answer_agreement", "accuracy"):
         assert key in summary
-    assert summary["limit"] == 560 and len(result["runs"]) == 2
+    assert summary["limit"] == 900 and len(result["runs"]) == 2
     assert summary["compactions"] >= 2
-    assert summary["peak_physical_tokens"] <= 560
+    assert summary["peak_physical_tokens"] <= 900
     for run in result["runs"]:
         assert run["compactions"] <= 3
-        assert run["unlimited_peak_tokens"] > 560  # the reference really went past the limit
-        assert max(p[2] for p in run["timeline"]) <= 560
+        assert run["unlimited_peak_tokens"] > 900  # the reference really went past the limit
+        assert max(p[2] for p in run["timeline"]) <= 900
         assert run["timeline"][-1][1] > run["timeline"][-1][2]  # logical > physical at the end
     text = aime.table(result)
     assert "agreement" in text
     assert aime.plot(result, tmp_path / "kv.png").stat().st_size > 0
     json.dumps(result)  # the result is JSON-able as written by --json
+
+
+def test_prompt_longer_than_the_limit_is_refused():
+    with pytest.raises(ConfigError, match="raise --limit"):
+        aime.run(tiny_chat_llama(), tiny_tokenizer(), problems.builtin(1), limit=300, max_new_tokens=10,
+                 protect_recent=24)
 
 
 def test_builtin_problems_are_deterministic_and_answers_extract():

@@ -35,44 +35,53 @@ def run(
     max_new_tokens: int | None = None,
     method: str = "am-fast",
     protect_recent: int = 64,
-    compact_prompt: bool = False,
+    pin_question: bool = False,
+    min_new_tokens: int = 0,
     temperature: float = 0.0,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Run every problem with and without the limit; returns `{"summary": ..., "runs": [...]}`."""
     max_new_tokens = max_new_tokens or default_max_new_tokens(limit, ratio, rounds)
-    pins = AnyPin(()) if compact_prompt else AnyPin((PinSystem(), PinFirstUser()))
+    pins = AnyPin((PinSystem(), PinFirstUser())) if pin_question else AnyPin((PinSystem(),))
     policy = Policy(trigger=TokenLimit(limit), ratio=FixedRatio(ratio), pin=pins, method=method,
                     protect_recent=protect_recent, min_segment_tokens=4)
     runs = []
     for number, problem in enumerate(problems, 1):
         say = progress or (lambda _: None)
         say(f"[{number}/{len(problems)}] {problem.id}: unlimited run")
-        full = _decode(model, tokenizer, problem, "off", max_new_tokens, temperature, seed, rounds=None)
+        full = _decode(model, tokenizer, problem, "off", max_new_tokens, min_new_tokens, temperature, seed,
+                       rounds=None)
         say(f"[{number}/{len(problems)}] {problem.id}: limited run ({limit} slots, x{ratio:g})")
-        limited = _decode(model, tokenizer, problem, policy, max_new_tokens, temperature, seed, rounds=rounds)
+        limited = _decode(model, tokenizer, problem, policy, max_new_tokens, min_new_tokens, temperature, seed,
+                          rounds=rounds)
         runs.append(_compare(problem, limited, full))
         say(f"  compactions {runs[-1]['compactions']}, agree {runs[-1]['agree']}, "
             f"diverge at {runs[-1]['first_divergence']}")
     return {"summary": _summary(runs, limit=limit, ratio=ratio, rounds=rounds, method=method,
-                                max_new_tokens=max_new_tokens), "runs": runs}
+                                max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                                pin_question=pin_question), "runs": runs}
 
 
-def _decode(model, tokenizer, problem, policy, max_new_tokens, temperature, seed, *, rounds) -> dict:
+def _decode(model, tokenizer, problem, policy, max_new_tokens, min_new_tokens, temperature, seed, *,
+            rounds) -> dict:
     session = Session(model, tokenizer, policy=policy, system=INSTRUCTION, seed=seed, watch_every=1)
     session.add("user", problem.question)
     pinned = session.segments[-1].end
-    if isinstance(policy, Policy) and not policy.pin == AnyPin(()) and pinned + protect(policy) >= limit_of(policy):
-        raise ConfigError(f"problem {problem.id}: the prompt alone is {pinned} tokens, too close to the limit of "
-                          f"{limit_of(policy)}; raise --limit or pass --compact-prompt")
+    if isinstance(policy, Policy):
+        kept = pinned if policy.pin.pinned(session.segments[-1], session.segments) else session.segments[0].end
+        if max(kept + protect(policy), pinned) >= limit_of(policy):
+            raise ConfigError(f"problem {problem.id}: the prompt is {pinned} tokens ({kept} of them kept verbatim), "
+                              f"too close to the limit of {limit_of(policy)}; raise --limit"
+                              + (" or drop --pin-question" if kept == pinned else ""))
 
     def out_of_rounds(s: Session) -> bool:
         done = sum(1 for e in s.events if e.status == "ok")
         return done >= rounds and s.policy.should_compact(s.stats(), 1) is not None
 
     began = time.perf_counter()
-    reply = session.generate(max_new_tokens, temperature=temperature, stop_when=out_of_rounds if rounds else None)
+    reply = session.generate(max_new_tokens, temperature=temperature, min_new_tokens=min_new_tokens or None,
+                             stop_when=out_of_rounds if rounds else None)
     seconds = time.perf_counter() - began
     peak = max([p for _, _, p, _ in session.timeline] + [e.tokens_before for e in session.events])
     return {

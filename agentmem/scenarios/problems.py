@@ -15,8 +15,8 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-INSTRUCTION = ("Solve the problem step by step. Show every intermediate result. "
-               "End with a line of the form 'Answer: <number>'.")
+INSTRUCTION = ("Solve the problem step by step. Work through the steps one at a time and write each "
+               "intermediate result on its own line. End with a line of the form 'Answer: <number>'.")
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ def builtin(count: int, *, seed: int = 0) -> list[Problem]:
     out = []
     for i in range(count):
         maker = _arithmetic if i % 2 == 0 else _tracking
-        question, answer = maker(rng, steps=8 + 2 * (i % 5))
+        question, answer = maker(rng, steps=10 + 4 * (i % 5))
         out.append(Problem(id=f"{maker.__name__.strip('_')}-{i}", question=question, answer=str(answer)))
     return out
 
