@@ -10,13 +10,29 @@ from .errors import (
     CompactionError,
     ConfigError,
     ModelMismatchError,
+    CorruptSessionError,
     ModelNotAvailableError,
+    SchemaVersionError,
+    SessionNotFoundError,
     TransformersVersionError,
     UnsupportedModelError,
 )
 from .hf import CompactedCache, CompactedLayer, agentmem_attention, capture_queries, disable, enable
 
 __version__ = "0.1.0"
+
+
+_LAZY = {"Session": ".engine", "Reply": ".engine", "Store": ".store", "Policy": ".policies",
+         "Segment": ".segments", "CompactionEvent": ".segments", "KVStats": ".segments"}
+
+
+def __getattr__(name: str):
+    """Import the engine, store and policies on first use (they are not needed to compact)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'agentmem' has no attribute {name!r}")
 
 
 def load_model(name_or_path: str = "smollm2-135m", **kwargs):
@@ -28,13 +44,23 @@ def load_model(name_or_path: str = "smollm2-135m", **kwargs):
 
 __all__ = [
     "AgentmemError",
+    "CompactionEvent",
+    "KVStats",
+    "Policy",
+    "Reply",
+    "Segment",
+    "Session",
+    "Store",
     "CompactedCache",
     "CompactedLayer",
     "CompactionError",
     "ConfigError",
     "METHODS",
     "ModelMismatchError",
+    "CorruptSessionError",
     "ModelNotAvailableError",
+    "SchemaVersionError",
+    "SessionNotFoundError",
     "TransformersVersionError",
     "UnsupportedModelError",
     "agentmem_attention",

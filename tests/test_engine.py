@@ -199,3 +199,43 @@ def test_user_pins_are_never_compacted(chat_model, tokenizer):
     assert session.events
     assert keep.compactions == 0
     assert hf.span_slots(session.cache, keep.start, keep.end) == keep.tokens
+
+
+def test_fork_diverges_without_touching_the_original(chat_model, tokenizer):
+    session = Session(chat_model, tokenizer, policy="off")
+    session.add("user", "Shared history")
+    session.generate(6)
+    logits = session.next_token_logits().clone()
+    ids, cached = list(session.ids), session.cached
+    branch = session.fork()
+    branch.add("user", "Only in the branch")
+    branch.generate(6)
+    assert session.ids == ids and session.cached == cached and len(branch.ids) > len(ids)
+    torch.testing.assert_close(session.next_token_logits(), logits, rtol=0, atol=0)
+
+
+def test_min_new_tokens_holds_back_the_end_of_turn(chat_model, tokenizer):
+    session = Session(chat_model, tokenizer, policy="off")
+    session.add("user", "x")
+    stop = session.format.stop_ids[0]
+
+    def favour_stop(module, args, output):  # make the end of turn the model's favourite token
+        output[..., stop] += 1000.0
+        return output
+
+    chat_model.lm_head.register_forward_hook(favour_stop)
+    early = session.fork().generate(12)
+    held = session.generate(12, min_new_tokens=12)
+    assert early.finish_reason == "stop" and early.token_ids == [stop]
+    assert len(held.token_ids) == 12 and stop not in held.token_ids
+
+
+def test_policy_from_toml_file(chat_model, tokenizer, tmp_path):
+    path = tmp_path / "policy.toml"
+    path.write_text('method = "am-fast"\nprotect_recent = 16\n[trigger]\nkind = "tokens"\nlimit = 100\n'
+                    '[ratio]\nkind = "fixed"\nratio = 4\n[pin]\nkinds = ["system"]\n')
+    session = Session(chat_model, tokenizer, policy=str(path), system="s")
+    assert session.policy.trigger.limit == 100
+    session.add("user", "Go on for a while.")
+    session.generate(120)
+    assert any(e.status == "ok" for e in session.events)
