@@ -62,6 +62,7 @@ class Options:
     tokenizer: object | None = None
     recent_queries: dict[int, torch.Tensor] | None = None  # layer -> (B, H_q, n, D)
     max_queries: int = 2048  # per KV head, bounds memory to a fixed multiple of the span's KV
+    max_repeat_tokens: int | None = None  # repeat-prefill only the span's last N tokens (long re-compactions)
     self_study_tokens: int | None = None
     on_policy: bool | None = None
     head_budgets: dict[str, float] | str | None = "auto"  # "auto": shipped profile if any; None: uniform
@@ -199,6 +200,8 @@ class _Compactor:
     # ---------------------------------------------------------------- queries
     def _repeat_pass(self, transform=None) -> dict[int, torch.Tensor]:
         start, end = self._logical_span()
+        if self.opts.max_repeat_tokens:
+            start = max(start, end - self.opts.max_repeat_tokens)
         device = self.input_ids.device
         ids = torch.cat(
             [queries.prompt_ids(self.opts.tokenizer, queries.REPEAT_PROMPT, device).expand(self.batch, -1),

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 PREFILL_CHUNK = 512  # tokens per forward pass while prefilling; triggers are checked between chunks
 FIT_METHODS = ("am", "am-fast", "am-omp-fast")
+DEFAULT_REPEAT_TOKENS = 2048
 
 
 @dataclass
@@ -100,7 +101,10 @@ class Session:
         self.seed = seed
         self.watch_every = max(1, int(watch_every))
         self.compaction_enabled = True
-        self.compactor = Compactor(model, tokenizer, options=compaction_options)
+        # A session re-compacts its whole history again and again: repeat-prefill only the
+        # span's newest tokens so a compaction costs the same at turn 500 as at turn 10.
+        options = {"max_repeat_tokens": DEFAULT_REPEAT_TOKENS, **(compaction_options or {})}
+        self.compactor = Compactor(model, tokenizer, options=options)
         self.messages: list[dict] = []
         self.segments: list[Segment] = []
         self.events: list[CompactionEvent] = []

@@ -131,3 +131,14 @@ def test_recent_queries_are_used(ids):
     recent = {i: capture.stacked(i) for i in capture.queries}
     out = compact(model, prefill(model, ids), ids, ratio=4, method="am-fast", recent_queries=recent)
     assert out.physical_length() == ids.shape[1] // 4
+
+
+def test_max_repeat_tokens_caps_the_repeat_pass(tiny_model, ids):
+    cache = prefill(tiny_model, ids)
+    layer = next(i for i, l in enumerate(cache.layers) if not getattr(l, "is_sliding", False))
+    full = compact(tiny_model, cache, ids, ratio=4, method="am-fast", end=40)
+    same = compact(tiny_model, cache, ids, ratio=4, method="am-fast", end=40, max_repeat_tokens=40)
+    capped = compact(tiny_model, cache, ids, ratio=4, method="am-fast", end=40, max_repeat_tokens=8)
+    torch.testing.assert_close(same.layers[layer].keys, full.layers[layer].keys, rtol=0, atol=0)
+    assert capped.physical_length() == full.physical_length()
+    assert torch.isfinite(capped.layers[layer].values).all()

@@ -14,6 +14,7 @@ import torch
 from conftest import prefill, tiny_gemma3, tiny_llama
 from sqlite_utils import Database
 
+import agentmem.store
 from agentmem import hf
 from agentmem.errors import (
     ConfigError,
@@ -374,7 +375,7 @@ def test_two_processes_writing_one_database_lose_nothing(tmp_path):
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
     path = tmp_path / "shared.db"
-    package = Path(hf.__file__).parent
+    package = Path(agentmem.store.__file__).parent  # the agentmem package directory
     procs = [subprocess.Popen([sys.executable, str(script), str(path), name, str(package), str(turns)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for name in ("a", "bb")]

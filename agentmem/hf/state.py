@@ -1,0 +1,191 @@
+"""Cache state as plain data (snapshots), copies, drops and size accounting.
+
+Part of `agentmem.hf`: it builds and reads transformers cache layers directly.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer, DynamicSlidingWindowLayer
+
+from ..errors import UnsupportedModelError
+from . import CompactedCache, CompactedLayer
+
+__all__ = ["cache_from_state", "cache_size", "cache_state", "compacted_runs", "copy_cache", "drop_span",
+           "snap_span", "span_slots"]
+
+def cache_state(cache: Cache, *, block: int = 64) -> list[dict]:
+    """Describe every layer of `cache` as plain data: `kind`, `meta` and tensor `blocks`.
+
+    Each layer's slots are cut into blocks of `block` slots (a dict of tensors each), so a
+    store can deduplicate the unchanged blocks of consecutive snapshots.
+    """
+    if block < 1:
+        raise ValueError("block must be >= 1")
+    out = []
+    for layer in cache.layers:
+        if isinstance(layer, CompactedLayer):
+            kind = "compacted"
+            meta = {"logical_length": layer.logical_length, "runs": layer.runs, "scaling": layer.scaling}
+            tensors = {"keys": layer.keys, "values": layer.values, "bias": layer.bias}
+        elif isinstance(layer, DynamicSlidingWindowLayer):
+            kind = "sliding"
+            meta = {"sliding_window": layer.sliding_window, "cumulative_length": layer.cumulative_length}
+            tensors = {"keys": layer.keys, "values": layer.values}
+        elif type(layer) is DynamicLayer:
+            kind, meta = "dynamic", {}
+            tensors = {"keys": layer.keys, "values": layer.values}
+        else:
+            raise UnsupportedModelError(f"cannot snapshot a cache layer of type {type(layer).__name__}")
+        blocks = []
+        if layer.is_initialized and tensors["keys"] is not None:
+            slots = tensors["keys"].shape[-2]
+            for lo in range(0, slots, block):
+                blocks.append({
+                    name: (t[..., lo : lo + block] if name == "bias" else t[..., lo : lo + block, :]).contiguous()
+                    for name, t in tensors.items()
+                })
+            if not blocks:  # initialized but empty: keep the shapes
+                blocks.append({name: t.contiguous() for name, t in tensors.items()})
+        out.append({"kind": kind, "meta": meta, "blocks": blocks})
+    return out
+
+
+def cache_from_state(states: list[dict], model: torch.nn.Module) -> Cache:
+    """Rebuild the cache `cache_state` described (a DynamicCache unless a layer is compacted)."""
+    from transformers import DynamicCache
+
+    layers: list[CacheLayerMixin] = []
+    for state in states:
+        kind, meta, blocks = state["kind"], state["meta"], state["blocks"]
+        joined = {}
+        if blocks:
+            for name in blocks[0]:
+                joined[name] = torch.cat([b[name] for b in blocks], dim=-1 if name == "bias" else -2)
+        if kind == "compacted":
+            layer = (CompactedLayer.from_tensors(joined["keys"], joined["values"], joined["bias"],
+                                                 logical_length=meta["logical_length"], scaling=meta["scaling"],
+                                                 runs=meta["runs"])
+                     if joined else CompactedLayer(scaling=meta.get("scaling")))
+        elif kind == "sliding":
+            layer = DynamicSlidingWindowLayer(sliding_window=meta["sliding_window"])
+            if joined:
+                layer.lazy_initialization(joined["keys"], joined["values"])
+                layer.keys, layer.values = joined["keys"], joined["values"]
+                layer.cumulative_length = meta["cumulative_length"]
+        elif kind == "dynamic":
+            layer = DynamicLayer()
+            if joined:
+                layer.lazy_initialization(joined["keys"], joined["values"])
+                layer.keys, layer.values = joined["keys"], joined["values"]
+        else:
+            raise ValueError(f"unknown cache layer kind {kind!r}")
+        layers.append(layer)
+    if any(isinstance(layer, CompactedLayer) for layer in layers):
+        return CompactedCache(layers)
+    cache = DynamicCache(config=model.config)
+    if len(cache.layers) != len(layers):
+        raise ValueError(f"the snapshot has {len(layers)} layers but the model has {len(cache.layers)}")
+    cache.layers = layers
+    return cache
+
+
+def drop_span(cache: Cache, start: int, end: int, *, scalings: dict[int, float] | None = None) -> CompactedCache:
+    """A new cache without the slots of logical tokens [start, end) in full-attention layers.
+
+    Positions of later tokens are unchanged (the dropped tokens keep counting logically);
+    sliding-window layers are left as they are. The input cache is not modified.
+    """
+    view = CompactedCache.from_cache(cache, scalings=scalings)
+    out = view.copy()
+    for idx in view.full_layers():
+        layer = view.layers[idx]
+        if layer.physical_length == 0:
+            continue
+        a, b = layer.physical_span(start, end)
+        runs = []
+        logical = 0
+        for tokens, slots in layer.runs:  # split plain runs at the span, then zero the span
+            lo, hi = logical, logical + tokens
+            pieces = [(lo, min(hi, start)), (max(lo, start), min(hi, end)), (max(lo, end), hi)]
+            for p_lo, p_hi in pieces:
+                if p_hi <= p_lo:
+                    continue
+                inside = start <= p_lo and p_hi <= end
+                width = 0 if inside else (p_hi - p_lo if tokens == slots else slots)
+                runs.append([p_hi - p_lo, width])
+            logical = hi
+        merged: list[list[int]] = []
+        for tokens, slots in runs:
+            if merged and merged[-1][1] == 0 and slots == 0:
+                merged[-1][0] += tokens
+            else:
+                merged.append([tokens, slots])
+
+        def cut(t: torch.Tensor) -> torch.Tensor:
+            return torch.cat([t[..., :a], t[..., b:]], dim=-1)
+
+        out.layers[idx] = CompactedLayer.from_tensors(
+            torch.cat([layer.keys[:, :, :a], layer.keys[:, :, b:]], dim=2),
+            torch.cat([layer.values[:, :, :a], layer.values[:, :, b:]], dim=2),
+            cut(layer.bias), logical_length=layer.logical_length, scaling=layer.scaling, runs=merged,
+        )
+    return out
+
+
+def cache_size(cache: Cache) -> tuple[int, int, int]:
+    """(logical tokens, physical slots of the widest full layer, bytes of all layers)."""
+    if isinstance(cache, CompactedCache):
+        return cache.get_seq_length(), cache.physical_length(), cache.nbytes()
+    physical = total = 0
+    for layer in cache.layers:
+        keys = getattr(layer, "keys", None)
+        if keys is None or not getattr(layer, "is_initialized", False):
+            continue
+        total += keys.numel() * keys.element_size() + layer.values.numel() * layer.values.element_size()
+        if not isinstance(layer, DynamicSlidingWindowLayer):
+            physical = max(physical, keys.shape[-2])
+    return cache.get_seq_length(), physical, total
+
+
+def span_slots(cache: Cache, start: int, end: int) -> float:
+    """Physical slots that logical tokens [start, end) occupy in the first full layer.
+
+    A compacted run that the span covers only partly counts in proportion to its tokens.
+    """
+    total = 0.0
+    for lo, hi, slots in compacted_runs(cache):
+        overlap = min(hi, end) - max(lo, start)
+        if overlap > 0:
+            total += slots * overlap / (hi - lo)
+    return total
+
+
+def compacted_runs(cache: Cache) -> list[tuple[int, int, int]]:
+    """(logical start, logical end, physical slots) of each run of the first full layer."""
+    for layer in cache.layers:
+        if isinstance(layer, CompactedLayer) and layer.is_initialized:
+            out, logical = [], 0
+            for tokens, slots in layer.runs:
+                out.append((logical, logical + tokens, slots))
+                logical += tokens
+            return out
+    length = cache.get_seq_length()
+    return [(0, length, length)] if length else []
+
+
+def snap_span(cache: Cache, start: int, end: int) -> tuple[int, int]:
+    """Widen [start, end) so it does not cut an earlier compacted run."""
+    for lo, hi, slots in compacted_runs(cache):
+        if slots == hi - lo:
+            continue  # plain tokens can be cut anywhere
+        if lo < start < hi:
+            start = lo
+        if lo < end < hi:
+            end = hi
+    return start, end
+
+
+def copy_cache(cache: Cache, model: torch.nn.Module) -> Cache:
+    """A cache that shares tensors with `cache` but grows independently (cache updates never write in place)."""
+    return cache_from_state(cache_state(cache, block=1 << 30), model)
