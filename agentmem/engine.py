@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 PREFILL_CHUNK = 512  # tokens per forward pass while prefilling; triggers are checked between chunks
 FIT_METHODS = ("am", "am-fast", "am-omp-fast")
 DEFAULT_REPEAT_TOKENS = 2048
+CHECKPOINT_BLOCK = 64  # slots per stored KV block
 
 
 @dataclass
@@ -120,6 +121,8 @@ class Session:
                              if i not in hf.sliding_layers(model)]
         self._saved_messages = 0
         self._saved_events = 0
+        self._saved_blocks: list[list[str]] = []  # block hashes of the last checkpoint, per layer
+        self._stable_logical = 0  # cache tokens whose slots are unchanged since that checkpoint
         self._blocked_until = -1  # physical size below which a futile compaction is not retried
         self._last_compaction_turn = -1
         self._began = time.perf_counter()
@@ -373,9 +376,12 @@ class Session:
                                                        reason)
             if not events:
                 log.warning("KV cache over budget (%s) but every segment is pinned or recent", reason)
+        if type(cache) is not type(self.cache):  # a DynamicCache became compacted: blocks gain a bias
+            self._stable_logical = 0
         self.cache = cache
         for event in events:
             if event.status in ("ok", "fallback"):
+                self._stable_logical = min(self._stable_logical, event.start)
                 for index in event.segments:
                     self.segments[index].compactions += 1
         self.events.extend(events)
@@ -435,11 +441,28 @@ class Session:
             messages=self.messages[self._saved_messages:],
             segments=self.segments,
             events=self.events[self._saved_events:],
-            checkpoint=hf.cache_state(self.cache) + self._recent_state(),
+            checkpoint=self._checkpoint() + self._recent_state(),
             checkpoint_info={"logical_tokens": logical, "physical_tokens": physical, "bytes": nbytes},
             state={"cached": self.cached, "tokens": len(self.ids), "last_compaction_turn": self._last_compaction_turn},
         )
         self._saved_messages, self._saved_events = len(self.messages), len(self.events)
+        self._saved_blocks, self._stable_logical = self.store.checkpoint_blocks(self.id), self.cached
+
+    def _checkpoint(self) -> list[dict]:
+        """The cache as checkpoint layers; blocks unchanged since the last save are passed by hash."""
+        state = hf.cache_state(self.cache, block=CHECKPOINT_BLOCK)
+        stable = min(self._stable_logical, self.cached)
+        for idx, (layer, entry) in enumerate(zip(self.cache.layers, state)):
+            previous = self._saved_blocks[idx] if idx < len(self._saved_blocks) else []
+            if entry["kind"] == "sliding" or not previous or stable <= 0:
+                continue
+            if isinstance(layer, hf.CompactedLayer):
+                kept = layer.physical_span(0, stable)[1]
+            else:
+                kept = stable
+            for j in range(min(len(previous), kept // CHECKPOINT_BLOCK, len(entry["blocks"]))):
+                entry["blocks"][j] = previous[j]
+        return state
 
     def _recent_state(self) -> list[dict]:
         """Recent decode queries as checkpoint entries: a resumed session compacts like this one."""
@@ -477,6 +500,7 @@ class Session:
             raise CorruptSessionError(f"session {session_id!r}: the KV checkpoint holds "
                                       f"{session.cache.get_seq_length()} tokens, the state says {session.cached}")
         session._saved_messages, session._saved_events = len(session.messages), len(session.events)
+        session._saved_blocks, session._stable_logical = store.checkpoint_blocks(session_id), session.cached
         return session
 
     # ------------------------------------------------------------------ helpers

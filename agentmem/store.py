@@ -301,6 +301,18 @@ class Store:
                 conn.execute(f"DELETE FROM {table} WHERE session_id = ?", (session_id,))
             conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
 
+    def checkpoint_blocks(self, session_id: str) -> list[list[str]]:
+        """Block hashes of each layer of the session's newest checkpoint ([] if it has none).
+
+        An engine passes a hash instead of tensors for a block it knows is unchanged.
+        """
+        with self._transaction(write=False) as conn:
+            rows = conn.execute(
+                "SELECT layer, blocks_json FROM kv_checkpoints WHERE checkpoint_id = (SELECT checkpoint_id FROM "
+                "kv_checkpoints WHERE session_id = ? ORDER BY turn DESC, created_at DESC LIMIT 1) ORDER BY layer",
+                (session_id,)).fetchall()
+        return [json.loads(blocks) for _, blocks in rows]
+
     def drop_checkpoints(self, session_id: str) -> int:
         """Delete a session's KV checkpoints (it resumes by prefilling its messages); return how many."""
         with self._transaction(write=True) as conn:
@@ -355,7 +367,12 @@ class Store:
                 self._insert(conn, "segments", [{"session_id": session_id, **s} for s in segment_rows])
             self._insert(conn, "compactions", [{**extra, **e} for e in event_rows])
             if encoded is not None:
-                layers, blobs, info = encoded
+                layers, blobs, info, reused = encoded
+                if reused:
+                    marks = ",".join("?" * len(reused))
+                    found = conn.execute(f"SELECT count(*) FROM blobs WHERE hash IN ({marks})", list(reused))
+                    if found.fetchone()[0] != len(reused):
+                        raise ConfigError("checkpoint reuses a block this database does not hold; pass its tensors")
                 self._insert(conn, "blobs", [{"hash": h, "data": d, "size": len(d)} for h, d in blobs.items()],
                              verb="INSERT OR IGNORE")
                 head = {"checkpoint_id": uuid.uuid4().hex, **extra, "created_at": now, **info}
@@ -543,12 +560,14 @@ def _event_row(event: CompactionEvent | Mapping[str, Any]) -> dict:
             "quality_json": _dumps(data.get("quality"), "event quality")}
 
 
-def _encode_checkpoint(checkpoint: list[dict], info: dict | None) -> tuple[list[dict], dict[str, bytes], dict]:
-    """Layer rows, blobs by sha256, and the sizes (`info` wins over the estimate) of a `cache_state` list."""
+def _encode_checkpoint(checkpoint: list[dict], info: dict | None) -> tuple[list[dict], dict[str, bytes], dict, set]:
+    """Layer rows, blobs by sha256, the sizes (`info` wins over the estimate) of a `cache_state` list,
+    and the hashes of blocks passed by hash (reused from an earlier checkpoint)."""
     if not checkpoint:
         raise ConfigError("checkpoint has no layers; pass hf.cache_state(cache), or None for no checkpoint")
     layers: list[dict] = []
     blobs: dict[str, bytes] = {}
+    reused: set[str] = set()
     logical = physical = nbytes = 0
     for idx, layer in enumerate(checkpoint):
         if not (isinstance(layer, Mapping) and {"kind", "meta", "blocks"} <= layer.keys()
@@ -556,6 +575,10 @@ def _encode_checkpoint(checkpoint: list[dict], info: dict | None) -> tuple[list[
             raise ConfigError(f"checkpoint layer {idx} is not a dict with kind, meta and blocks (hf.cache_state)")
         hashes, slots = [], 0
         for block in layer["blocks"]:
+            if isinstance(block, str):  # the hash of a block this database already holds
+                hashes.append(block)
+                reused.add(block)
+                continue
             tensors, storages = {}, set()
             for name, t in block.items():
                 if not isinstance(t, torch.Tensor):
@@ -578,4 +601,4 @@ def _encode_checkpoint(checkpoint: list[dict], info: dict | None) -> tuple[list[
                        "blocks_json": json.dumps(hashes)})
     sizes = {"logical_tokens": logical, "physical_tokens": physical, "bytes": nbytes}
     sizes.update({k: int(v) for k, v in (info or {}).items() if k in sizes and v is not None})
-    return layers, blobs, sizes
+    return layers, blobs, sizes, reused - set(blobs)

@@ -134,3 +134,33 @@ def store_connection(path):
             db.close()
 
     return opened()
+
+
+def test_checkpoints_pass_unchanged_blocks_by_hash_and_resume_exactly(tmp_path):
+    import sqlite3
+
+    tokenizer = tiny_tokenizer()
+    store = Store(tmp_path / "s.db")
+    policy = Policy(trigger=TokenLimit(3000), ratio=FixedRatio(4), pin=AnyPin((PinSystem(),)), method="am-fast",
+                    protect_recent=16)
+    session = Session(tiny_chat_llama(), tokenizer, policy=policy, store=store, system="sys")
+    blobs = []
+    for turn in range(4):
+        session.add("user", f"message number {turn} " * 8)
+        session.generate(8)
+        with sqlite3.connect(tmp_path / "s.db") as db:
+            blobs.append(db.execute("select count(*), sum(size) from blobs").fetchone())
+    assert not session.events  # no compaction: each turn only appends
+    by_hash = [b for layer in session._checkpoint() for b in layer["blocks"] if isinstance(b, str)]
+    assert len(by_hash) >= len(session.cache.layers)  # the unchanged prefix is not serialized again
+    layers = len(session.cache.layers)
+    # later turns add at most the partly filled last block per layer (+ its successor) and the query ring
+    for before, after in zip(blobs[1:], blobs[2:]):
+        assert after[0] - before[0] <= 2 * layers * 2 + layers
+    # a compaction changes the blocks after its start; a turn after it must still resume exactly
+    assert session.compact(ratio=4)
+    for text in ("after the compaction", "and once more"):  # the second save reuses compacted blocks
+        session.add("user", text)
+        session.generate(8)
+    resumed = Session.resume(Store(tmp_path / "s.db"), session.id, tiny_chat_llama(), tokenizer, policy=policy)
+    torch.testing.assert_close(resumed.next_token_logits(), session.next_token_logits(), rtol=0, atol=1e-6)
