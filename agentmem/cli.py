@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="agentmem", description="Keep LLM agents inside a fixed KV-cache budget.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log INFO lines (one per compaction)")
     parser.add_argument("--low-memory", action="store_true",
-                        help="return freed tensor memory to the OS (glibc): flat RSS over long sessions, ~40%% "
+                        help="return freed tensor memory to the OS (glibc): flat RSS over long sessions, ~35%% "
                              "slower turns in the soak benchmark")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -187,7 +187,7 @@ def _bench_compaction(args) -> int:
     model, tokenizer = _load(args.model)
     result = bench.run(model, tokenizer, ratios=args.ratios, methods=args.methods or bench.DEFAULT_METHODS,
                        context=args.context, continuation=args.continuation, count=args.contexts,
-                       progress=lambda s: print(s, file=sys.stderr, flush=True))
+                       progress=_progress)
     result["summary"]["model"] = args.model
     print(bench.table(result))
     plot = args.plot or (args.json.with_suffix(".png") if args.json else Path(f"bench-compaction-{args.model}.png"))
@@ -253,7 +253,7 @@ def _scenario_aime(args) -> int:
                       max_new_tokens=args.max_new_tokens, method=args.method, protect_recent=args.protect_recent,
                       pin_question=args.pin_question, min_new_tokens=args.min_new_tokens,
                       temperature=args.temperature, seed=args.seed,
-                      progress=lambda s: print(s, file=sys.stderr, flush=True))
+                      progress=_progress)
     result["summary"]["model"] = args.model
     print(aime.table(result))
     plot = args.plot or (args.json.with_suffix(".png") if args.json else Path("scenario-aime.png"))
@@ -271,7 +271,7 @@ def _profile_heads(args) -> int:
     model, tokenizer = _load(args.model)
     profile = profile_heads.run(model, tokenizer, ratio=args.ratio, context=args.context,
                                 continuation=args.continuation, model_name=args.model,
-                                progress=lambda s: print(s, file=sys.stderr, flush=True))
+                                progress=_progress)
     out = args.out or Path(f"{args.model}.json")
     out.write_text(json.dumps(profile, indent=1))
     print(f"wrote {out}")

@@ -128,6 +128,8 @@ class Session:
         self._began = time.perf_counter()
         self._context_length = getattr(hf.text_config(model), "max_position_embeddings", None)
         self._device = next(model.parameters()).device
+        self._bytes_per_token = _bytes_per_token(model, len(self._full_layers))
+        self._free = _FreeMemory(self._device)
         hf.enable(model)
         if store is not None and session_id is None:
             from .models import model_fingerprint
@@ -322,16 +324,9 @@ class Session:
         """The cache's size now (logical, physical, bytes) and the session's progress."""
         logical, physical, nbytes = hf.cache_size(self.cache)
         return KVStats(logical_tokens=logical, physical_tokens=physical, bytes=nbytes, turns=self.turns,
-                       context_length=self._context_length, bytes_per_token=self._bytes_per_token(),
-                       device_free_fraction=_free_fraction(self._device),
+                       context_length=self._context_length, bytes_per_token=self._bytes_per_token,
+                       device_free_fraction=self._free.fraction(),
                        last_compaction_turn=self._last_compaction_turn)
-
-    def _bytes_per_token(self) -> float:
-        config = hf.text_config(self.model)
-        kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        size = next(self.model.parameters()).element_size()
-        return float(len(self._full_layers) * kv * dim * 2 * size)
 
     def _watch(self) -> None:
         logical, physical, nbytes = hf.cache_size(self.cache)
@@ -505,7 +500,7 @@ class Session:
 
     # ------------------------------------------------------------------ helpers
     def _history(self, sampler: Sampler) -> torch.Tensor:
-        if not sampler.processors:
+        if not sampler.needs_history:
             return torch.empty(1, 0, dtype=torch.long)
         return torch.tensor([self.ids[-1024:]])
 
@@ -547,16 +542,38 @@ def _merge_config(defaults: dict, config, **overrides):
     return generation_config(config, **merged)
 
 
-def _free_fraction(device: torch.device) -> float | None:
-    if device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(device)
-        return free / total
-    try:
-        with open("/proc/meminfo") as f:
-            info = dict(line.split(":", 1) for line in f)
-        return int(info["MemAvailable"].split()[0]) / int(info["MemTotal"].split()[0])
-    except (OSError, KeyError, ValueError):
-        return None
+def _bytes_per_token(model, full_layers: int) -> float:
+    """Bytes one more uncompacted token adds to the cache (keys and values of full layers)."""
+    config = hf.text_config(model)
+    kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return float(full_layers * kv * dim * 2 * next(model.parameters()).element_size())
+
+
+class _FreeMemory:
+    """Free / total device memory, measured at most once per `every` seconds (stats() runs per token)."""
+
+    def __init__(self, device: torch.device, every: float = 0.5):
+        self.device, self.every = device, every
+        self.value: float | None = None
+        self.at = float("-inf")
+
+    def fraction(self) -> float | None:
+        now = time.monotonic()
+        if now - self.at >= self.every:
+            self.value, self.at = self._measure(), now
+        return self.value
+
+    def _measure(self) -> float | None:
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            return free / total
+        try:
+            with open("/proc/meminfo") as f:
+                info = dict(line.split(":", 1) for line in f)
+            return int(info["MemAvailable"].split()[0]) / int(info["MemTotal"].split()[0])
+        except (OSError, KeyError, ValueError):
+            return None
 
 
 def _policy_summary(policy: Policy) -> dict:

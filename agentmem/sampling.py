@@ -53,7 +53,8 @@ class Sampler:
         self.config = config
         self.processors = LogitsProcessorList()
         penalty = getattr(config, "repetition_penalty", None)
-        if penalty is not None and penalty != 1.0:
+        self.needs_history = penalty is not None and penalty != 1.0  # only this processor reads past ids
+        if self.needs_history:
             self.processors.append(RepetitionPenaltyLogitsProcessor(penalty))
         if config.do_sample:
             if config.temperature is not None and config.temperature != 1.0:

@@ -56,6 +56,17 @@ def ids():
     return torch.randint(3, VOCAB, (1, 48))
 
 
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M for the slow tier (skipped where its package is missing)."""
+    import agentmem
+
+    try:
+        return agentmem.load_model("smollm2-135m")
+    except agentmem.ModelNotAvailableError as exc:
+        pytest.skip(str(exc))
+
+
 def prefill(model, ids):
     """A DynamicCache holding `ids` run through `model`."""
     cache = DynamicCache(config=model.config)

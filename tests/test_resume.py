@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import signal
 import subprocess
 import sys
@@ -111,7 +113,7 @@ def test_corrupt_checkpoint_is_reported_and_other_sessions_load(tmp_path):
         session.add("user", text)
         session.generate(5)
         sessions.append(session)
-    with store_connection(tmp_path / "s.db") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "s.db")) as db:
         rows = db.execute("select blocks_json from kv_checkpoints where session_id = ?", [sessions[0].id]).fetchall()
         victim = json.loads(rows[0][0])[-1]
         db.execute("update blobs set data = substr(data, 1, 20) where hash = ?", [victim])
@@ -121,24 +123,7 @@ def test_corrupt_checkpoint_is_reported_and_other_sessions_load(tmp_path):
     assert Session.resume(Store(tmp_path / "s.db"), sessions[1].id, tiny_chat_llama(), tokenizer).turns == 1
 
 
-def store_connection(path):
-    import contextlib
-    import sqlite3
-
-    @contextlib.contextmanager
-    def opened():
-        db = sqlite3.connect(path)
-        try:
-            yield db
-        finally:
-            db.close()
-
-    return opened()
-
-
 def test_checkpoints_pass_unchanged_blocks_by_hash_and_resume_exactly(tmp_path):
-    import sqlite3
-
     tokenizer = tiny_tokenizer()
     store = Store(tmp_path / "s.db")
     policy = Policy(trigger=TokenLimit(3000), ratio=FixedRatio(4), pin=AnyPin((PinSystem(),)), method="am-fast",
@@ -148,7 +133,7 @@ def test_checkpoints_pass_unchanged_blocks_by_hash_and_resume_exactly(tmp_path):
     for turn in range(4):
         session.add("user", f"message number {turn} " * 8)
         session.generate(8)
-        with sqlite3.connect(tmp_path / "s.db") as db:
+        with contextlib.closing(sqlite3.connect(tmp_path / "s.db")) as db:
             blobs.append(db.execute("select count(*), sum(size) from blobs").fetchone())
     assert not session.events  # no compaction: each turn only appends
     by_hash = [b for layer in session._checkpoint() for b in layer["blocks"] if isinstance(b, str)]

@@ -10,13 +10,6 @@ from agentmem.bench import compaction as bench
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    try:
-        return agentmem.load_model("smollm2-135m")
-    except agentmem.ModelNotAvailableError as exc:
-        pytest.skip(str(exc))
-
 
 def test_am_beats_streaming_at_10x_on_real_text(smollm2):
     model, tokenizer = smollm2

@@ -10,13 +10,6 @@ from agentmem.scenarios import aime, problems
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    try:
-        return agentmem.load_model("smollm2-135m")
-    except agentmem.ModelNotAvailableError as exc:
-        pytest.skip(str(exc))
-
 
 def test_chat_reply_resume_and_same_logits(smollm2, tmp_path):
     model, tokenizer = smollm2

@@ -299,17 +299,6 @@ def _copy_sliding(layer: DynamicSlidingWindowLayer) -> DynamicSlidingWindowLayer
     return twin
 
 
-def cache_layers_kv(cache: Cache) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
-    """(keys, values) of each full-attention layer of a cache, None for sliding layers."""
-    out = []
-    for layer in cache.layers:
-        if isinstance(layer, DynamicSlidingWindowLayer) or getattr(layer, "is_sliding", False):
-            out.append(None)
-        else:
-            out.append((layer.keys, layer.values))
-    return out
-
-
 # --------------------------------------------------------------------- attention function
 
 

@@ -70,9 +70,9 @@ def _decode(model, tokenizer, problem, policy, max_new_tokens, min_new_tokens, t
     pinned = session.segments[-1].end
     if isinstance(policy, Policy):
         kept = pinned if policy.pin.pinned(session.segments[-1], session.segments) else session.segments[0].end
-        if max(kept + protect(policy), pinned) >= limit_of(policy):
+        if max(kept + policy.protect_recent, pinned) >= policy.trigger.limit:
             raise ConfigError(f"problem {problem.id}: the prompt is {pinned} tokens ({kept} of them kept verbatim), "
-                              f"too close to the limit of {limit_of(policy)}; raise --limit"
+                              f"too close to the limit of {policy.trigger.limit}; raise --limit"
                               + (" or drop --pin-question" if kept == pinned else ""))
 
     def out_of_rounds(s: Session) -> bool:
@@ -93,14 +93,6 @@ def _decode(model, tokenizer, problem, policy, max_new_tokens, min_new_tokens, t
         "compactions": [e.to_dict() for e in session.events],
         "timeline": [[round(t, 3), logical, physical] for t, logical, physical, _ in session.timeline],
     }
-
-
-def protect(policy: Policy) -> int:
-    return policy.protect_recent
-
-
-def limit_of(policy: Policy) -> int:
-    return policy.trigger.limit
 
 
 def _compare(problem: Problem, limited: dict, full: dict) -> dict:
