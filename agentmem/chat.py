@@ -108,6 +108,10 @@ class ChatFormat:
         schemas = "\n".join(json.dumps(t, sort_keys=True) for t in tools)
         return {"role": "system", "content": TOOLS_PROMPT.format(schemas=schemas)}
 
+    def encode(self, text: str) -> list[int]:
+        """Plain text as ids (no special tokens added)."""
+        return self._encode(text)
+
     # ------------------------------------------------------------------ helpers
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []

@@ -205,14 +205,17 @@ class Session:
         min_new_tokens: int | None = None,
         generation_config=None,
         stop_when: Callable[[Session], bool] | None = None,
+        prefix: str | None = None,
         save: bool = True,
     ) -> Iterator[str]:
         """Yield the reply's text as it is decoded; the `Reply` lands in `last_reply`.
 
         The reply ends at the model's end-of-turn token, a `stop` string (left out of the
         text, kept in the cache), `max_new_tokens`, or when `stop_when(session)` returns
-        True before a decode step (finish reason "stopped"). With a store the turn is
-        committed when the reply ends.
+        True before a decode step (finish reason "stopped"). `prefix` is text the reply is
+        made to start with (e.g. `<tool_call>` to require a tool call); it is part of the
+        reply's text and is yielded first. With a store the turn is committed when the
+        reply ends.
         """
         if max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -222,7 +225,7 @@ class Session:
         sampler = Sampler(config, seed=self.seed + len(self.messages))
         stops = StopText(stop)
         began, cached_before, events_before = time.perf_counter(), self.cached, len(self.events)
-        opener = self.format.generation_prompt_ids(self.messages)
+        opener = self.format.generation_prompt_ids(self.messages) + self.format.encode(prefix or "")
         first = len(self.segments)
         segment = Segment(index=first, role="assistant", kind="generation", start=len(self.ids),
                           end=len(self.ids), turn=self.turns, messages=[len(self.messages)])
@@ -233,7 +236,10 @@ class Session:
         logits = self._flush()
         generated: list[int] = []
         detok = _Detokenizer(self.tokenizer)
-        text, full, finish = "", "", "length"  # text: yielded so far; full: decoded so far
+        text = full = prefix or ""  # text: yielded so far; full: decoded so far
+        finish = "length"
+        if text:
+            yield text
         for step in range(max_new_tokens):
             if step < (config.min_new_tokens or 0):
                 logits = logits.clone()
@@ -246,8 +252,8 @@ class Session:
                 finish = "stop"
                 break
             full += detok.push(token)
-            hit = stops.find(full)
-            end = hit if hit is not None else stops.safe_end(full)
+            hit = stops.find(full, start=len(prefix or ""))
+            end = hit if hit is not None else max(stops.safe_end(full), len(prefix or ""))
             if end > len(text):
                 yield full[len(text):end]
                 text = full[:end]

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from transformers import (
 
 from agentmem.errors import ConfigError, ModelNotAvailableError
 
-__all__ = ["builtin_models", "cache_root", "load_model", "model_fingerprint"]
+__all__ = ["builtin_models", "cache_root", "load_model", "model_fingerprint", "shared_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +139,28 @@ def load_model(
     if target is not None:
         model.to(target)
     return model.eval(), tokenizer
+
+
+_SHARED: dict[tuple, tuple[PreTrainedModel, PreTrainedTokenizerBase]] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_model(
+    name_or_path: str = DEFAULT_MODEL,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """`load_model`, but each (name, device, dtype) is loaded once per process and shared.
+
+    Surfaces that are constructed often (a LangChain chat model per call, an agent per
+    request) use this so they cost nothing after the first load.
+    """
+    key = (name_or_path, str(device), str(dtype))
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = load_model(name_or_path, device=device, dtype=dtype)
+        return _SHARED[key]
 
 
 def model_fingerprint(model: PreTrainedModel) -> str:

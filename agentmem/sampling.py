@@ -85,9 +85,9 @@ class StopText:
         self.stops = [s for s in (stops or []) if s]
         self.longest = max((len(s) for s in self.stops), default=0)
 
-    def find(self, text: str) -> int | None:
-        """Index where the first stop string in `text` starts, if any."""
-        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+    def find(self, text: str, start: int = 0) -> int | None:
+        """Index where the first stop string in `text[start:]` starts, if any."""
+        hits = [i for i in (text.find(s, start) for s in self.stops) if i >= 0]
         return min(hits) if hits else None
 
     def safe_end(self, text: str) -> int:

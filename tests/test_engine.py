@@ -239,3 +239,18 @@ def test_policy_from_toml_file(chat_model, tokenizer, tmp_path):
     session.add("user", "Go on for a while.")
     session.generate(120)
     assert any(e.status == "ok" for e in session.events)
+
+
+def test_prefix_starts_the_reply_and_equals_teacher_forcing(chat_model, tokenizer):
+    forced = Session(chat_model, tokenizer, policy="off")
+    forced.add("user", "Call a tool")
+    chunks = list(forced.stream(6, prefix="<tool_call>"))
+    reply = forced.last_reply
+    assert chunks[0] == "<tool_call>" and reply.text.startswith("<tool_call>") and "".join(chunks) == reply.text
+    assert len(reply.token_ids) == 6  # the prefix is not counted as generated
+    # The same ids come out when the prefix is fed as if the model had written it.
+    plain = Session(chat_model, tokenizer, policy="off")
+    plain.add("user", "Call a tool")
+    plain.ids.extend(plain.format.generation_prompt_ids(plain.messages) + plain.format.encode("<tool_call>"))
+    logits = plain.prefill()
+    assert int(logits.argmax()) == reply.token_ids[0]

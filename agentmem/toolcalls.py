@@ -1,0 +1,90 @@
+"""Tool calls in model text: the one convention every surface (LangChain, agents, CLI) parses.
+
+A model asks for a tool by writing a JSON object inside tags, as the tool prompt of
+`agentmem.chat.TOOLS_PROMPT` tells it::
+
+    <tool_call>{"name": "read_file", "arguments": {"path": "calc.py"}}</tool_call>
+
+`parse_tool_calls` splits a reply into its plain text and its calls. Small models write
+sloppy JSON, so the parser is lenient where the intent is unambiguous (a missing closing
+tag at the end of the reply, `arguments` given as a JSON string, `parameters` instead of
+`arguments`) and reports everything else as an error the caller can show the model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+OPEN, CLOSE = "<tool_call>", "</tool_call>"
+_BLOCK = re.compile(re.escape(OPEN) + r"(.*?)(?:" + re.escape(CLOSE) + r"|$)", re.DOTALL)
+
+
+@dataclass
+class ToolCall:
+    """One requested tool call (the shape LangChain's `ToolCall` and OpenAI's use)."""
+
+    name: str
+    arguments: dict[str, Any]
+    id: str = field(default_factory=lambda: "call_" + uuid.uuid4().hex[:12])
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "args": dict(self.arguments), "id": self.id}
+
+
+@dataclass
+class ParsedReply:
+    """A reply split into the text meant for a reader and the tool calls it requests."""
+
+    content: str
+    calls: list[ToolCall]
+    errors: list[str]  # one line per block that was meant as a call but could not be read
+
+
+def format_tool_call(name: str, arguments: dict[str, Any]) -> str:
+    """The text a model writes to call `name` with `arguments`."""
+    return f"{OPEN}{json.dumps({'name': name, 'arguments': arguments}, ensure_ascii=False)}{CLOSE}"
+
+
+def parse_tool_calls(text: str) -> ParsedReply:
+    """Split `text` into plain content and tool calls (lenient; see the module docstring)."""
+    calls: list[ToolCall] = []
+    errors: list[str] = []
+    for match in _BLOCK.finditer(text):
+        body = match.group(1).strip()
+        try:
+            calls.append(_call_from(body))
+        except ValueError as exc:
+            errors.append(f"could not read tool call {body[:120]!r}: {exc}")
+    content = _BLOCK.sub("", text).strip()
+    return ParsedReply(content=content, calls=calls, errors=errors)
+
+
+def _call_from(body: str) -> ToolCall:
+    if not body:
+        raise ValueError("empty call")
+    try:
+        data, end = json.JSONDecoder().raw_decode(body)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc.msg} at column {exc.colno})") from None
+    if body[end:].strip():
+        raise ValueError("text after the JSON object")
+    if not isinstance(data, dict):
+        raise ValueError("expected a JSON object with 'name' and 'arguments'")
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError("missing 'name'")
+    arguments = data.get("arguments", data.get("parameters", data.get("args", {})))
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError:
+            raise ValueError("'arguments' is a string that is not a JSON object") from None
+    if arguments is None:
+        arguments = {}
+    if not isinstance(arguments, dict):
+        raise ValueError("'arguments' must be a JSON object")
+    return ToolCall(name=name, arguments=arguments)
