@@ -28,7 +28,7 @@ from .chat import ChatFormat
 from .errors import ConfigError, CorruptSessionError
 from .memory import AfterHook, BeforeHook, Compactor, Plan
 from .policies import Policy, policy_from
-from .sampling import Sampler, StopText, generation_config
+from .sampling import Choices, Sampler, StopText, generation_config
 from .segments import CompactionEvent, KVStats, Segment
 
 log = logging.getLogger(__name__)
@@ -206,6 +206,7 @@ class Session:
         generation_config=None,
         stop_when: Callable[[Session], bool] | None = None,
         prefix: str | None = None,
+        choices: Sequence[str] | None = None,
         save: bool = True,
     ) -> Iterator[str]:
         """Yield the reply's text as it is decoded; the `Reply` lands in `last_reply`.
@@ -214,7 +215,8 @@ class Session:
         text, kept in the cache), `max_new_tokens`, or when `stop_when(session)` returns
         True before a decode step (finish reason "stopped"). `prefix` is text the reply is
         made to start with (e.g. `<tool_call>` to require a tool call); it is part of the
-        reply's text and is yielded first. With a store the turn is committed when the
+        reply's text and is yielded first. `choices` constrains the text after the prefix to
+        go on with exactly one of these strings (e.g. the tool names), then decoding is free. With a store the turn is committed when the
         reply ends.
         """
         if max_new_tokens < 1:
@@ -224,6 +226,7 @@ class Session:
                                min_new_tokens=min_new_tokens)
         sampler = Sampler(config, seed=self.seed + len(self.messages))
         stops = StopText(stop)
+        constraint = Choices(self.tokenizer, choices) if choices else None
         began, cached_before, events_before = time.perf_counter(), self.cached, len(self.events)
         opener = self.format.generation_prompt_ids(self.messages) + self.format.encode(prefix or "")
         first = len(self.segments)
@@ -244,6 +247,11 @@ class Session:
             if step < (config.min_new_tokens or 0):
                 logits = logits.clone()
                 logits[self.format.stop_ids] = float("-inf")
+            allowed = constraint.allowed(full[len(prefix or ""):]) if constraint is not None else None
+            if allowed is not None:
+                mask = torch.full_like(logits, float("-inf"))
+                mask[allowed] = 0.0
+                logits = logits + mask
             token = sampler.choose(logits, self._history(sampler))
             generated.append(token)
             self.ids.append(token)

@@ -2,7 +2,8 @@
 
 `Sampler` turns a `GenerationConfig` (greedy or sampling, temperature, top-k, top-p,
 min-p, repetition penalty) into transformers' logits processors and picks one token per
-step; `StopText` watches the decoded text for stop strings.
+step; `StopText` watches the decoded text for stop strings; `Choices` constrains the text
+to go on with one of a few strings.
 """
 
 from __future__ import annotations
@@ -99,3 +100,43 @@ class StopText:
                     keep = min(keep, len(text) - size)
                     break
         return keep
+
+
+class Choices:
+    """Constrained decoding: the text must go on with exactly one of `options`, then is free.
+
+    Used to make small models pick a real tool name: after a forced `<tool_call>{"name": "`
+    prefix the options are `read_file", "arguments": ` and so on. Each step allows only the
+    tokens whose text keeps what was generated a prefix of some option.
+    """
+
+    def __init__(self, tokenizer, options: Sequence[str]):
+        self.options = [o for o in dict.fromkeys(options) if o]
+        if not self.options:
+            raise ConfigError("choices must hold at least one non-empty string")
+        self.by_first = _pieces_by_first_char(tokenizer)
+
+    def allowed(self, text: str) -> list[int] | None:
+        """Token ids allowed after `text` (what was generated so far), or None once free."""
+        if any(text.startswith(o) for o in self.options):
+            return None
+        rests = [o[len(text):] for o in self.options if o.startswith(text)]
+        if not rests:
+            return None  # cannot happen while the mask is applied; be permissive if it does
+        ids: list[int] = []
+        for first in {r[0] for r in rests}:
+            ids.extend(i for i, piece in self.by_first.get(first, ()) if any(r.startswith(piece) for r in rests))
+        return ids
+
+
+def _pieces_by_first_char(tokenizer) -> dict[str, list[tuple[int, str]]]:
+    """Every token's text, grouped by its first character (computed once per tokenizer)."""
+    groups = getattr(tokenizer, "_agentmem_pieces", None)
+    if groups is None:
+        groups: dict[str, list[tuple[int, str]]] = {}
+        for i in range(len(tokenizer)):
+            piece = tokenizer.decode([i])
+            if piece and "\ufffd" not in piece:
+                groups.setdefault(piece[0], []).append((i, piece))
+        tokenizer._agentmem_pieces = groups
+    return groups

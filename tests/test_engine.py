@@ -254,3 +254,14 @@ def test_prefix_starts_the_reply_and_equals_teacher_forcing(chat_model, tokenize
     plain.ids.extend(plain.format.generation_prompt_ids(plain.messages) + plain.format.encode("<tool_call>"))
     logits = plain.prefill()
     assert int(logits.argmax()) == reply.token_ids[0]
+
+
+def test_choices_constrain_the_reply_to_one_option(chat_model, tokenizer):
+    options = ['read_file", ', 'list_files", ', 'run_tests", ']
+    for seed in range(3):
+        session = Session(chat_model, tokenizer, policy="off", seed=seed)
+        session.add("user", "Pick a tool")
+        reply = session.generate(16, prefix='{"name": "', choices=options, temperature=1.0)
+        chosen = reply.text[len('{"name": "'):]
+        assert any(chosen.startswith(o) for o in options), reply.text
+        assert len(reply.token_ids) == 16  # free decoding went on after the choice

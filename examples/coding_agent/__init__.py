@@ -1,0 +1,12 @@
+"""An example coding agent built on `agentmem.agents` (installed as `agentmem.coding_agent`).
+
+It works on a copy of a small bundled project whose test fails, with tools confined to
+that copy, under a KV-cache limit that a long run crosses several times. `agentmem demo`
+runs it; `python -m agentmem.coding_agent --help` shows the same options.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SAMPLE_PROJECT = Path(__file__).parent / "sample_project"
