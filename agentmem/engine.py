@@ -207,6 +207,7 @@ class Session:
         stop_when: Callable[[Session], bool] | None = None,
         prefix: str | None = None,
         choices: Sequence[str] | None = None,
+        logits_processor: Callable[[list[int], torch.Tensor], torch.Tensor] | None = None,
         save: bool = True,
     ) -> Iterator[str]:
         """Yield the reply's text as it is decoded; the `Reply` lands in `last_reply`.
@@ -216,7 +217,8 @@ class Session:
         True before a decode step (finish reason "stopped"). `prefix` is text the reply is
         made to start with (e.g. `<tool_call>` to require a tool call); it is part of the
         reply's text and is yielded first. `choices` constrains the text after the prefix to
-        go on with exactly one of these strings (e.g. the tool names), then decoding is free. With a store the turn is committed when the
+        go on with exactly one of these strings (e.g. the tool names), then decoding is free. `logits_processor(generated_ids, logits)` may return changed
+        next-token logits (vocab,) before each choice (e.g. to keep a tool call well-formed). With a store the turn is committed when the
         reply ends.
         """
         if max_new_tokens < 1:
@@ -252,6 +254,8 @@ class Session:
                 mask = torch.full_like(logits, float("-inf"))
                 mask[allowed] = 0.0
                 logits = logits + mask
+            if logits_processor is not None:
+                logits = logits_processor(generated, logits)
             token = sampler.choose(logits, self._history(sampler))
             generated.append(token)
             self.ids.append(token)

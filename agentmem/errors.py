@@ -52,3 +52,18 @@ class SchemaVersionError(AgentmemError):
 
 class CompactionVetoed(AgentmemError):
     """Raised by a `before_compaction` hook to stop one compaction (the engine catches it)."""
+
+
+class MaxTurnsExceeded(AgentmemError):
+    """An agent run used up `max_turns` model replies without a final output.
+
+    `result` holds the partial run (`agentmem.agents.RunResult`): items, usage, compactions.
+    """
+
+    def __init__(self, message: str, result: object = None):
+        super().__init__(message)
+        self.result = result
+
+
+class ScriptError(AgentmemError, AssertionError):
+    """A `ScriptedModel` was asked for more replies than scripted, or has replies left over."""
