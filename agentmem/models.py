@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -25,6 +26,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
+from tqdm import tqdm
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -88,6 +90,7 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     device_map: str | dict[str, Any] | None = None,
+    progress: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, in eval mode.
 
@@ -99,6 +102,8 @@ def load_model(
             (the checkpoint's own dtype). Defaults to float32: bfloat16 is much slower on CPUs.
         device_map: Passed to ``from_pretrained`` (e.g. ``"auto"`` spreads the model over all
             GPUs). Cannot be combined with ``device``.
+        progress: Draw a progress bar on stderr while a built-in model is converted from
+            GGUF (the first load only). Off by default: library code stays quiet.
 
     Returns:
         The model and its tokenizer.
@@ -116,12 +121,12 @@ def load_model(
 
     spec = _BUILTINS.get(name_or_path)
     if spec is not None:
-        directory = _converted_dir(name_or_path, spec)
+        directory = _converted_dir(name_or_path, spec, progress=progress)
         try:
             model, tokenizer = _from_dir(directory, kwargs)
         except (OSError, ValueError, SafetensorError) as exc:  # damage the marker misses
             logger.warning("cached %s is unreadable (%s); converting again", name_or_path, exc)
-            directory = _converted_dir(name_or_path, spec, force=True)
+            directory = _converted_dir(name_or_path, spec, force=True, progress=progress)
             model, tokenizer = _from_dir(directory, kwargs)
         model.name_or_path = model.config.name_or_path = name_or_path  # not the cache path
     elif Path(name_or_path).expanduser().is_dir():
@@ -235,8 +240,12 @@ def _is_complete(directory: Path) -> bool:
         return False
 
 
-def _converted_dir(name: str, spec: _Builtin, *, force: bool = False) -> Path:
-    """Return the safetensors copy of a built-in model, converting it from GGUF if needed."""
+def _converted_dir(name: str, spec: _Builtin, *, force: bool = False, progress: bool = False) -> Path:
+    """Return the safetensors copy of a built-in model, converting it from GGUF if needed.
+
+    With `progress`, a bar on stderr steps through locating the GGUF file, de-quantising
+    it (the long step), and writing the safetensors copy.
+    """
     target = cache_root() / "models" / name
     if not force and _is_complete(target):
         return target
@@ -246,13 +255,20 @@ def _converted_dir(name: str, spec: _Builtin, *, force: bool = False) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=target.parent))
+    steps = tqdm(total=3, desc=f"converting {name} (once)", unit="step", file=sys.stderr, disable=not progress,
+                 bar_format="{desc}: {n}/{total} {postfix} [{elapsed}]")
     try:
         logger.info("converting %s from GGUF to safetensors in %s (once; ~1 min)", name, target)
+        steps.set_postfix_str("locating the GGUF file")
         gguf = _gguf_path(name, spec, found, staging / "gguf")
+        steps.update(1)
+        steps.set_postfix_str("de-quantising")
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
         )
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        steps.update(1)
+        steps.set_postfix_str("writing safetensors")
         model.hf_quantizer = None  # else save_pretrained refuses a GGUF-loaded model
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
@@ -262,7 +278,10 @@ def _converted_dir(name: str, spec: _Builtin, *, force: bool = False) -> Path:
         sizes = {p.name: p.stat().st_size for p in staging.iterdir() if p.is_file()}
         (staging / _MARKER).write_text(json.dumps({"source": spec.gguf_file, "files": sizes}))
         _install(staging, target)
+        steps.update(1)
+        steps.set_postfix_str("done")
     finally:
+        steps.close()
         shutil.rmtree(staging, ignore_errors=True)
     return target
 

@@ -1,0 +1,7 @@
+"""`python -m agentmem.cli` runs the `agentmem` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,133 @@
+"""`agentmem bench compaction|engine|soak|recall`: the benchmark programs.
+
+Each prints a table and ends with one JSON line; the measuring code is in `agentmem.bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .common import DEFAULT_MODEL, load, positive_int, ratio, say
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `bench` and its subcommands."""
+    bench = sub.add_parser(
+        "bench", help="benchmarks (programs that print a table and one JSON line)",
+        description="Benchmarks of the compaction methods and the memory engine. Each prints a table, progress "
+                    "lines on stderr, and ends with one JSON line on stdout.")
+    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+
+    comp = bench_sub.add_parser(
+        "compaction", help="quality / speed / size of every method at several ratios",
+        description="Prefill real text, compact it with every method at every ratio, teacher-force its real "
+                    "continuation and compare next-token distributions (KL, NLL gap) with the full cache. "
+                    "Writes a quality-vs-ratio plot.")
+    comp.add_argument("--model", default=DEFAULT_MODEL, help="built-in name, HF id or local path")
+    comp.add_argument("--ratios", type=ratio, nargs="+", default=[5, 10, 20, 50], help="default: 5 10 20 50")
+    comp.add_argument("--methods", nargs="+", default=None, help="default: all methods")
+    comp.add_argument("--context", type=positive_int, default=3072, help="context tokens (default 3072)")
+    comp.add_argument("--continuation", type=positive_int, default=128, help="teacher-forced tokens (default 128)")
+    comp.add_argument("--contexts", type=positive_int, default=1, help="how many contexts to average (default 1)")
+    comp.add_argument("--json", type=Path, default=None, help="write the full result here")
+    comp.add_argument("--plot", type=Path, default=None, help="PNG path (default: next to --json or ./)")
+    comp.set_defaults(func=run_compaction)
+
+    over = bench_sub.add_parser(
+        "engine", help="decode tokens/s of the engine vs plain model.generate",
+        description="Decode speed of a Session against plain model.generate on the same prompt (target: under "
+                    "10%% overhead).")
+    over.add_argument("--model", default=DEFAULT_MODEL, help="built-in name, HF id or local path")
+    over.add_argument("--prompt-tokens", type=positive_int, default=512, help="default 512")
+    over.add_argument("--new-tokens", type=positive_int, default=128, help="default 128")
+    over.add_argument("--repeats", type=positive_int, default=3, help="default 3")
+    over.add_argument("--json", type=Path, default=None, help="write the full result here")
+    over.set_defaults(func=run_engine)
+
+    soak = bench_sub.add_parser(
+        "soak", help="hundreds of scripted tool turns under a KV limit, all in SQLite",
+        description="Hundreds of scripted tool turns under a physical KV limit, every turn committed to SQLite; "
+                    "reports KV size, turn time and memory over the run.")
+    soak.add_argument("--model", default=DEFAULT_MODEL, help="built-in name, HF id or local path")
+    soak.add_argument("--turns", type=positive_int, default=500, help="default 500")
+    soak.add_argument("--limit", type=positive_int, default=2048, help="physical KV slots (default 2048)")
+    soak.add_argument("--ratio", type=ratio, default=5.0, help="compaction ratio (default 5)")
+    soak.add_argument("--method", default="am-fast", help="compaction method (default am-fast)")
+    soak.add_argument("--reply-tokens", type=positive_int, default=8, help="generated tokens per turn (default 8)")
+    soak.add_argument("--db", type=Path, default=Path("agentmem-soak.db"), help="default agentmem-soak.db")
+    soak.add_argument("--json", type=Path, default=None, help="write the full result here")
+    soak.set_defaults(func=run_soak)
+
+    rec = bench_sub.add_parser(
+        "recall", help="facts from early turns asked after 1, 3 and 6 compactions",
+        description="Facts stated in early turns are asked for again after 1, 3 and 6 compactions of the "
+                    "conversation around them.")
+    rec.add_argument("--model", default=DEFAULT_MODEL, help="built-in name, HF id or local path")
+    rec.add_argument("--limit", type=positive_int, default=2048, help="physical KV slots (default 2048)")
+    rec.add_argument("--ratio", type=ratio, default=5.0, help="compaction ratio (default 5)")
+    rec.add_argument("--method", default="am-fast", help="compaction method (default am-fast)")
+    rec.add_argument("--checkpoints", type=positive_int, nargs="+", default=[1, 3, 6],
+                     help="ask after this many compactions (default 1 3 6)")
+    rec.add_argument("--json", type=Path, default=None, help="write the full result here")
+    rec.set_defaults(func=run_recall)
+
+
+def run_compaction(args: argparse.Namespace) -> int:
+    """`agentmem bench compaction`."""
+    from ..bench import compaction as bench
+
+    model, tokenizer = load(args.model)
+    result = bench.run(model, tokenizer, ratios=args.ratios, methods=args.methods or bench.DEFAULT_METHODS,
+                       context=args.context, continuation=args.continuation, count=args.contexts,
+                       progress=say)
+    result["summary"]["model"] = args.model
+    print(bench.table(result))
+    plot = args.plot or (args.json.with_suffix(".png") if args.json else Path(f"bench-compaction-{args.model}.png"))
+    bench.plot(result, plot, f"{args.model}: {args.context}-token contexts")
+    print(f"plot: {plot}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    print(bench.summary_line(result, args.model))
+    return 0
+
+
+def run_engine(args: argparse.Namespace) -> int:
+    """`agentmem bench engine`."""
+    from ..bench import overhead
+
+    model, tokenizer = load(args.model)
+    result = overhead.run(model, tokenizer, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
+                          repeats=args.repeats, progress=say)
+    summary = {k: v for k, v in result.items() if k != "runs"} | {"model": args.model}
+    return finish(result, args, overhead.table(result), summary)
+
+
+def run_soak(args: argparse.Namespace) -> int:
+    """`agentmem bench soak`."""
+    from ..bench import soak
+
+    model, tokenizer = load(args.model)
+    result = soak.run(model, tokenizer, db=args.db, turns=args.turns, limit=args.limit, ratio=args.ratio,
+                      method=args.method, reply_tokens=args.reply_tokens, progress=say)
+    return finish(result, args, soak.table(result), result["summary"] | {"model": args.model})
+
+
+def run_recall(args: argparse.Namespace) -> int:
+    """`agentmem bench recall`."""
+    from ..bench import recall
+
+    model, tokenizer = load(args.model)
+    result = recall.run(model, tokenizer, limit=args.limit, ratio=args.ratio, method=args.method,
+                        checkpoints=tuple(args.checkpoints), progress=say)
+    return finish(result, args, recall.table(result), result["summary"] | {"model": args.model})
+
+
+def finish(result: dict, args: argparse.Namespace, text: str, summary: dict) -> int:
+    """Print the table, write the full result to --json if asked, end with the summary JSON line."""
+    print(text)
+    if getattr(args, "json", None):
+        args.json.write_text(json.dumps(result, indent=1))
+    print(json.dumps(summary))
+    return 0

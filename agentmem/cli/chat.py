@@ -1,0 +1,380 @@
+"""`agentmem chat`: talk to a model whose KV cache stays inside a policy's budget.
+
+Every turn is committed to a SQLite store, so `--session ID` continues a conversation in
+a new process from its saved KV cache (only the new message is prefilled). `--message`
+answers one message and exits, `--json` prints it as one JSON object for scripts (usage in
+LangChain's shape). Interactively, tokens stream as they are decoded, a short line marks
+each compaction, and `/stats`, `/compact`, `/save`, `/quit` act on the session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import AgentmemError, ConfigError
+from .common import (
+    DEFAULT_MODEL,
+    DEFAULT_STORE,
+    Activity,
+    bar,
+    load,
+    megabytes,
+    non_negative_float,
+    open_store,
+    positive_int,
+    progress_enabled,
+)
+
+if TYPE_CHECKING:
+    from ..engine import Reply, Session
+    from ..memory import Plan
+    from ..segments import CompactionEvent
+
+HELP = """commands:
+  /stats    KV size now (logical and physical tokens, bytes), turns, compactions
+  /compact  compact now with the policy's plan
+  /save     commit the session now (every turn is committed anyway)
+  /quit     leave (Ctrl-D too); `agentmem chat --session ID` continues later"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `chat`."""
+    chat = sub.add_parser(
+        "chat", help="chat with a model inside a fixed KV budget; sessions are stored and resumable",
+        description="Chat with a model whose older turns are compacted with Attention Matching when the policy's "
+                    "budget is reached. Every turn is committed to the store with its KV cache, so --session ID "
+                    "continues the conversation later, in another process, without prefilling it again. "
+                    "Interactive commands: /stats, /compact, /save, /quit (or Ctrl-D); Ctrl-C stops a reply.",
+        epilog="examples:\n"
+               "  agentmem chat\n"
+               "  agentmem chat --message 'My name is Ada.' --json\n"
+               "  agentmem chat --session ID --message 'What is my name?' --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    chat.add_argument("--model", default=None,
+                      help=f"built-in name, HF id or local path (default: the resumed session's model, "
+                           f"else {DEFAULT_MODEL})")
+    chat.add_argument("--policy", default="default",
+                      help="compaction policy: a preset (default, quality, aggressive, off) or a TOML file "
+                           "(default: default)")
+    chat.add_argument("--system", default=None, metavar="TEXT", help="system prompt of a new session")
+    chat.add_argument("--store", type=Path, default=DEFAULT_STORE, metavar="PATH",
+                      help=f"session database (default: ./{DEFAULT_STORE})")
+    chat.add_argument("--session", default=None, metavar="ID",
+                      help="resume this stored session (`agentmem sessions list` shows the ids); "
+                           "default: start a new one and print its id")
+    chat.add_argument("--title", default=None, help="title of a new session (default: its first message)")
+    chat.add_argument("--message", default=None, metavar="TEXT",
+                      help="answer this one message and exit ('-' reads it from stdin)")
+    chat.add_argument("--json", action="store_true",
+                      help="with --message: print one JSON object (reply, session_id, usage, finish_reason, "
+                           "compactions, kv)")
+    chat.add_argument("--max-new-tokens", type=positive_int, default=256, help="longest reply (default 256)")
+    chat.add_argument("--temperature", type=non_negative_float, default=0.0,
+                      help="sampling temperature; 0 = greedy (default)")
+    chat.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    chat.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """`agentmem chat`."""
+    from ..policies import policy_from
+
+    if args.json and args.message is None:
+        raise ConfigError("--json needs --message TEXT (interactive chat prints text)")
+    message = _read_message(args.message)
+    policy_from(args.policy)  # a bad preset or TOML file fails before the slow model load
+    store = open_store(args.store, must_exist=args.session is not None)
+    try:
+        model_name = args.model
+        if args.session is not None:
+            model_name = model_name or store.get_session(args.session)["model"]
+        chat = _Chat(args, store, model_name or DEFAULT_MODEL)
+        if message is not None:
+            return chat.once(message)
+        return chat.interact()
+    finally:
+        store.close()
+
+
+def usage(reply: Reply) -> dict[str, Any]:
+    """A reply's token counts in LangChain's `UsageMetadata` shape.
+
+    `cache_read` counts tokens served from the KV cache, `cache_creation` the tokens
+    prefilled for this reply; `input_tokens` is their sum.
+    """
+    prompt = reply.cached_tokens + reply.prompt_tokens
+    return {"input_tokens": prompt, "output_tokens": reply.completion_tokens,
+            "total_tokens": prompt + reply.completion_tokens,
+            "input_token_details": {"cache_read": reply.cached_tokens, "cache_creation": reply.prompt_tokens}}
+
+
+def kv_summary(session: Session) -> dict[str, int]:
+    """The session's KV cache now: logical tokens (what it stands for), physical tokens, bytes."""
+    stats = session.stats()
+    return {"logical_tokens": stats.logical_tokens, "physical_tokens": stats.physical_tokens, "bytes": stats.bytes}
+
+
+def describe(event: CompactionEvent) -> str:
+    """One line for a compaction event: tokens before -> after and seconds."""
+    change = f"{event.tokens_before} -> {event.tokens_after} tokens"
+    if event.status == "failed":
+        return f"[compaction of tokens {event.start}-{event.end} failed ({event.error}); dropping instead]"
+    if event.status == "fallback":
+        return f"[dropped tokens {event.start}-{event.end}: {change} in {event.seconds:.1f}s]"
+    return (f"[compacted {change} in {event.seconds:.1f}s ({event.method} x{event.ratio:.3g}, "
+            f"{event.trigger})]")
+
+
+class _Chat:
+    """One `agentmem chat` run: the model, the store and a session (made on the first message)."""
+
+    def __init__(self, args: argparse.Namespace, store, model_name: str):
+        self.args, self.store, self.model_name = args, store, model_name
+        self.model, self.tokenizer = load(model_name)
+        self.console = _Console()
+        self.session: Session | None = None
+        if args.session is not None:
+            from ..engine import Session
+
+            if args.system is not None:
+                self.console.note("note: --system is ignored when resuming; the session keeps its own")
+            self.session = self._watch(Session.resume(store, args.session, self.model, self.tokenizer,
+                                                      **self._options()))
+
+    def _options(self) -> dict[str, Any]:
+        return {"policy": self.args.policy, "seed": self.args.seed, "model_name": self.model_name}
+
+    def _start(self, first_message: str) -> Session:
+        from ..engine import Session
+
+        title = self.args.title or _title(first_message)
+        session = Session(self.model, self.tokenizer, store=self.store, system=self.args.system, title=title,
+                          **self._options())
+        return self._watch(session)
+
+    def _watch(self, session: Session) -> Session:
+        display = _CompactionDisplay(self.console)
+        session.on_before_compaction(display.before)
+        session.on_after_compaction(display.after)
+        return session
+
+    def _reply(self, text: str, *, stream: bool, stopped: threading.Event | None = None) -> tuple[Session, Reply]:
+        """Add the user's message and generate (streaming to stdout if asked); the turn is committed."""
+        session = self.session
+        if session is None:
+            session = self.session = self._start(text)
+            self.console.note(f"session {session.id} in {self.store.path}")
+        session.add("user", text)
+        with _PrefillBar(session):
+            pieces = session.stream(self.args.max_new_tokens, temperature=self.args.temperature,
+                                    stop_when=(lambda _: stopped.is_set()) if stopped is not None else None)
+            for piece in pieces:
+                if stream:
+                    self.console.write(piece)
+        return session, session.last_reply
+
+    def once(self, message: str) -> int:
+        """Answer one message; print the reply (or the JSON object)."""
+        session, reply = self._reply(message, stream=False)
+        if self.args.json:
+            print(json.dumps({"reply": reply.text, "session_id": session.id, "usage": usage(reply),
+                              "finish_reason": reply.finish_reason,
+                              "compactions": [e.to_dict() for e in reply.compactions],
+                              "kv": kv_summary(session)}))
+        else:
+            print(reply.text)
+            self.console.note(f"session {session.id} (continue with --session {session.id})")
+        return 0
+
+    def interact(self) -> int:
+        """Read messages until /quit or end of input; stream each reply."""
+        note = self.console.note
+        if self.session is not None:
+            stats = self.session.stats()
+            note(f"resumed session {self.session.id}: {len(self.session.messages)} messages, "
+                 f"{stats.logical_tokens} tokens in {stats.physical_tokens} KV slots")
+        note(f"chatting with {self.model_name} (policy {self.args.policy}); /help for commands, Ctrl-D to quit")
+        while True:
+            try:
+                line = input("> ")
+            except (EOFError, KeyboardInterrupt):
+                print()
+                break
+            text = line.strip()
+            if not text:
+                continue
+            if text.startswith("/"):
+                if self._command(text) is False:
+                    break
+                continue
+            with _ctrl_c_stops() as stopped:
+                _, reply = self._reply(text, stream=True, stopped=stopped)
+            self.console.end_line()
+            if reply.finish_reason == "stopped":
+                note("[stopped]")
+            elif reply.finish_reason == "length":
+                note(f"[cut at --max-new-tokens {self.args.max_new_tokens}]")
+        if self.session is not None:
+            note(f"session {self.session.id} saved; continue with: agentmem chat --session {self.session.id}")
+        return 0
+
+    def _command(self, text: str) -> bool:
+        """Run a slash command; False means quit. Errors print one line and the chat goes on."""
+        name = text.split()[0].lower()
+        if name in ("/quit", "/exit", "/q"):
+            return False
+        if name in ("/help", "/?"):
+            print(HELP)
+            return True
+        if name not in ("/stats", "/compact", "/save"):
+            self.console.note(f"unknown command {name}; /help lists them")
+            return True
+        session = self.session
+        if session is None:
+            self.console.note("nothing yet: say something first")
+            return True
+        try:
+            if name == "/stats":
+                print(_stats(session))
+            elif name == "/compact":
+                events = session.compact()  # the display hooks print each event
+                if not events:
+                    self.console.note("nothing to compact: every segment is pinned or recent")
+            else:
+                session.save()
+                self.console.note(f"saved session {session.id} to {self.store.path}")
+        except AgentmemError as exc:
+            self.console.note(f"error: {exc}")
+        return True
+
+
+
+class _Console:
+    """Streams reply text to stdout and puts notes (stderr) on a line of their own."""
+
+    def __init__(self) -> None:
+        self.mid_line = False
+
+    def write(self, text: str) -> None:
+        if text:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            self.mid_line = not text.endswith("\n")
+
+    def end_line(self) -> None:
+        if self.mid_line:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            self.mid_line = False
+
+    def note(self, line: str) -> None:
+        self.end_line()
+        print(line, file=sys.stderr, flush=True)
+
+
+class _CompactionDisplay:
+    """Compaction hooks: a live 'compacting' line while it runs, then one line per event."""
+
+    def __init__(self, console: _Console):
+        self.console = console
+        self.activity: Activity | None = None
+
+    def before(self, plan: Plan) -> None:
+        self.console.end_line()
+        self.activity = Activity(f"compacting {plan.tokens} tokens ({plan.reason})").start()
+
+    def after(self, event: CompactionEvent) -> None:
+        if self.activity is not None:
+            self.activity.stop()
+            self.activity = None
+        self.console.note(describe(event))
+
+
+class _PrefillBar:
+    """A bar over a long prefill, advanced after each forward pass of the model on the session's cache.
+
+    The engine prefills in chunks; a forward hook on the model counts them, so the library
+    needs no progress code. Only drawn when more than one chunk is pending.
+    """
+
+    def __init__(self, session: Session):
+        from ..engine import PREFILL_CHUNK
+
+        self.session = session
+        self.pending = len(session.ids) - session.cached
+        self.threshold = PREFILL_CHUNK
+        self.bar = self.handle = None
+
+    def __enter__(self) -> _PrefillBar:
+        if self.pending > self.threshold and progress_enabled():
+            self.bar = bar(total=self.pending, desc="prefill", unit="tok", leave=False)
+            self.handle = self.session.model.register_forward_hook(self._advance, with_kwargs=True)
+        return self
+
+    def _advance(self, module, args, kwargs, output) -> None:
+        ids = kwargs.get("input_ids")
+        if self.bar is None or ids is None or kwargs.get("past_key_values") is not self.session.cache:
+            return  # a compaction's own forward passes
+        self.bar.update(min(ids.shape[-1], self.bar.total - self.bar.n))
+        if self.bar.n >= self.bar.total:
+            self.__exit__()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+@contextmanager
+def _ctrl_c_stops() -> Iterator[threading.Event]:
+    """While inside, the first Ctrl-C sets the event (the reply ends cleanly); a second one interrupts."""
+    stopped = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stopped
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        stopped.set()
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield stopped
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stats(session: Session) -> str:
+    """What /stats prints."""
+    stats = session.stats()
+    done = [e for e in session.events if e.status in ("ok", "fallback")]
+    context = f" of {stats.context_length}" if stats.context_length else ""
+    return (f"KV: {stats.logical_tokens}{context} logical tokens in {stats.physical_tokens} physical slots, "
+            f"{megabytes(stats.bytes)}\nturns: {stats.turns}, compactions: {len(done)}, "
+            f"messages: {len(session.messages)}, session: {session.id}")
+
+
+def _read_message(message: str | None) -> str | None:
+    if message is None:
+        return None
+    text = sys.stdin.read() if message == "-" else message
+    if not text.strip():
+        raise ConfigError("--message is empty; pass the text to answer (or '-' to read it from stdin)")
+    return text
+
+
+def _title(message: str, width: int = 60) -> str:
+    line = " ".join(message.split())
+    return line if len(line) <= width else line[: width - 3] + "..."
