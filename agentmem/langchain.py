@@ -1,0 +1,815 @@
+"""`ChatAgentMem`: an agentmem session as a LangChain chat model.
+
+LangChain's contract is stateless: every call hands over the whole conversation. agentmem
+keeps a KV cache per conversation, so this module maps calls onto engine sessions kept in
+a per-process registry:
+
+- A call whose messages *extend* a session's history (same messages so far, compared in a
+  normalized form: role, text, and for assistant messages the tool calls' names and
+  arguments) reuses that session and prefills only the new messages. This is what makes the
+  usual pattern, re-sending the growing message list, cheap: `usage_metadata`'s
+  `input_token_details.cache_read` shows the tokens served from the cache.
+- `session_id` (a field, a call keyword, or `config={"configurable": {"session_id" | "thread_id": ...}}`,
+  the key LangGraph uses) names a conversation. A call whose history does not extend any
+  session of that conversation starts a *branch* (a new engine session, id `"<id>/2"`,
+  `"<id>/3"`, ...) instead of mixing histories; `response_metadata["agentmem"]["branch"]`
+  is then True and a log line says so. Without a session id, a call reuses any session it
+  extends, else starts a new one.
+- With `store` (an SQLite path) every turn is committed, and a conversation found in the
+  store is resumed from its KV checkpoint, so the cache survives a restart.
+
+Tools: `bind_tools` renders the schemas in the engine's pinned tool prompt; the model
+answers `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, parsed into
+`AIMessage.tool_calls` (unreadable blocks go to `invalid_tool_calls`). Generation stops
+after the first complete call unless `bind_tools(..., parallel_tool_calls=True)`: small
+models tend to keep writing after a call, and an agent runs the tool before going on.
+`tool_choice` "any"/"required" (or a tool name) is enforced by starting the reply with
+`<tool_call>{"name": "` (or with the name filled in); a forced call to a tool without
+parameters is complete without the model, so it is written directly.
+
+One model generates one reply at a time (a lock per loaded model); sessions of different
+models run in parallel.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import queue
+import re
+import threading
+import time
+import uuid
+import weakref
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    ChatMessage,
+    FunctionMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from langchain_core.messages.ai import InputTokenDetails, UsageMetadata
+from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+
+from . import models
+from .chat import ChatFormat
+from .engine import Session
+from .errors import ConfigError
+from .policies import Policy, policy_from
+from .sampling import generation_config
+from .toolcalls import CLOSE, OPEN, format_tool_call, parse_tool_calls
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ChatAgentMem"]
+
+_BLOCK = re.compile(re.escape(OPEN) + r"(.*?)(?:" + re.escape(CLOSE) + r"|$)", re.DOTALL)
+_NAME = re.compile(r'"name"\s*:\s*"([^"]*)"')
+_HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Options of hosted chat models that mean nothing for a local one; accepted (and ignored) so
+# code written for them runs unchanged. Anything else unknown is an error.
+_IGNORED_FIELDS = ("api_key", "max_retries", "base_url", "organization")
+_CALL_OPTIONS = {"session_id", "model", "max_tokens", "max_new_tokens", "temperature", "top_p", "top_k", "seed",
+                 "tools", "tool_choice", "parallel_tool_calls", "timeout"}
+_LANGCHAIN_OPTIONS = {"stream", "ls_structured_output_format", "structured_output_format"}
+_ANY = ("any", "required")
+_ENGINE_HAS_CHOICES = "choices" in inspect.signature(Session.stream).parameters
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass
+class _Entry:
+    """One engine session and the normalized keys of its messages (one per engine message)."""
+
+    id: str
+    thread: str | None
+    session: Session
+    keys: list[tuple]
+
+
+class _Registry:
+    """The process's engine sessions (least recently used first), model locks and stores."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.entries: OrderedDict[str, _Entry] = OrderedDict()
+        self.model_locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+        self.stores: dict[str, Any] = {}
+
+    def model_lock(self, model: Any) -> threading.Lock:
+        with self.lock:
+            return self.model_locks.setdefault(model, threading.Lock())
+
+    def store(self, path: str) -> Any:
+        from .store import Store
+
+        resolved = str(Path(path).expanduser().resolve())
+        with self.lock:
+            if resolved not in self.stores:
+                self.stores[resolved] = Store(resolved)
+            return self.stores[resolved]
+
+    def candidates(self, thread: str | None, model: Any) -> list[_Entry]:
+        with self.lock:
+            return [e for e in self.entries.values() if e.thread == thread and e.session.model is model]
+
+    def put(self, entry: _Entry, limit: int) -> None:
+        with self.lock:
+            self.entries[entry.id] = entry
+            self.entries.move_to_end(entry.id)
+            while len(self.entries) > max(1, limit):
+                old_id, old = self.entries.popitem(last=False)
+                log.debug("evicted session %s from memory (%d kept)", old_id, limit)
+
+    def discard(self, entry: _Entry) -> None:
+        with self.lock:
+            if self.entries.get(entry.id) is entry:
+                del self.entries[entry.id]
+
+    def ids(self) -> set[str]:
+        with self.lock:
+            return set(self.entries)
+
+
+_REGISTRY = _Registry()
+
+
+def clear_sessions() -> None:
+    """Forget every in-memory session of this process (stored sessions stay in their store)."""
+    with _REGISTRY.lock:
+        _REGISTRY.entries.clear()
+
+
+# --------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True)
+class _Turn:
+    """A message as the engine sees it: role, raw text, and `tools` for the tool prompt."""
+
+    role: str
+    text: str
+    kind: str = ""
+
+    @property
+    def key(self) -> tuple:
+        return _key(self.role, self.text, self.kind)
+
+
+def _key(role: str, text: str, kind: str = "") -> tuple:
+    """The normalized form two messages are compared in (tool calls by name and arguments)."""
+    if kind == "tools":
+        return ("tools", text)
+    if role == "assistant":
+        parsed = parse_tool_calls(text)
+        calls = tuple((c.name, json.dumps(c.arguments, sort_keys=True, ensure_ascii=False)) for c in parsed.calls)
+        return ("assistant", parsed.content, calls)
+    return (role, text)
+
+
+_ROLES = {"human": "user", "user": "user", "ai": "assistant", "assistant": "assistant", "system": "system",
+          "developer": "system", "tool": "tool", "function": "tool"}
+_SKIPPED_BLOCKS = {"tool_use", "tool_call", "tool_call_chunk", "invalid_tool_call", "reasoning", "thinking"}
+
+
+def _text(content: str | list, role: str) -> str:
+    """The text of a message's content; text-only models refuse images, audio and files."""
+    if isinstance(content, str):
+        return content
+    parts: list[str] = []
+    for block in content:
+        if isinstance(block, str):
+            parts.append(block)
+        elif isinstance(block, dict) and block.get("type") == "text":
+            parts.append(str(block.get("text", "")))
+        elif isinstance(block, dict) and block.get("type") in _SKIPPED_BLOCKS:
+            continue  # tool calls travel in `tool_calls`; reasoning is not replayed
+        else:
+            kind = block.get("type") if isinstance(block, dict) else type(block).__name__
+            raise ConfigError(f"agentmem models read text only, but a {role} message holds a {kind!r} content "
+                              f"block; pass its text (or a description of it) instead")
+    return "".join(parts)
+
+
+def _turns(messages: Sequence[BaseMessage], tools_prompt: str | None) -> list[_Turn]:
+    """LangChain messages as engine messages; the tool prompt (if any) comes first."""
+    turns = [_Turn("system", tools_prompt, "tools")] if tools_prompt else []
+    for message in messages:
+        if isinstance(message, ChatMessage):
+            role = _ROLES.get(message.role)
+            if role is None:
+                raise ConfigError(f"unknown chat message role {message.role!r}; use user, assistant, system or tool")
+        elif isinstance(message, (ToolMessage, FunctionMessage)):
+            role = "tool"
+        elif isinstance(message, SystemMessage):
+            role = "system"
+        elif isinstance(message, HumanMessage):
+            role = "user"
+        elif isinstance(message, AIMessage):
+            role = "assistant"
+        else:
+            raise ConfigError(f"cannot send a {type(message).__name__} to the model; use Human/AI/System/Tool messages")
+        text = _text(message.content, role)
+        if isinstance(message, AIMessage):
+            text += "".join(format_tool_call(c["name"], c["args"]) for c in message.tool_calls)
+        turns.append(_Turn(role, text))
+    if not messages:
+        raise ConfigError("no messages to answer; pass at least one message")
+    return turns
+
+
+def _split_reply(text: str, parse: bool) -> tuple[str, list[dict], list[dict]]:
+    """A reply's content, tool calls and unreadable calls (only `content` without tools)."""
+    if not parse:
+        return text, [], []
+    calls: list[dict] = []
+    invalid: list[dict] = []
+    for match in _BLOCK.finditer(text):
+        body = match.group(1).strip()
+        one = parse_tool_calls(OPEN + body + CLOSE)
+        if one.calls:
+            call = one.calls[0]
+            calls.append(tool_call(name=call.name, args=call.arguments, id=call.id))
+        else:
+            name = _NAME.search(body)
+            invalid.append(invalid_tool_call(name=name.group(1) if name else None, args=body,
+                                             id="call_" + uuid.uuid4().hex[:12],
+                                             error=one.errors[0] if one.errors else "unreadable tool call"))
+    return parse_tool_calls(text).content, calls, invalid
+
+
+# --------------------------------------------------------------------------- tools
+
+
+def _tool_name(tool: dict) -> str:
+    return tool["function"]["name"] if "function" in tool else tool["name"]
+
+
+def _tool_parameters(tool: dict) -> dict:
+    spec = tool["function"] if "function" in tool else tool
+    return spec.get("parameters") or {}
+
+
+def _choice(tool_choice: Any, tools: Sequence[dict]) -> str | None:
+    """The tool a choice forces: a name, "any" (some tool), or None (the model decides)."""
+    if tool_choice is None or tool_choice is False or tool_choice in ("auto", "none"):
+        return None
+    names = [_tool_name(t) for t in tools]
+    if tool_choice is True or tool_choice in _ANY:
+        return names[0] if len(names) == 1 else "any"
+    if isinstance(tool_choice, dict):
+        tool_choice = (tool_choice.get("function") or tool_choice).get("name")
+    if isinstance(tool_choice, str) and tool_choice in names:
+        return tool_choice
+    raise ConfigError(f"tool_choice {tool_choice!r} names no bound tool; use 'auto', 'any', 'required', None "
+                      f"or one of {names}")
+
+
+@dataclass
+class _Forcing:
+    prefix: str | None = None  # text the reply starts with
+    choices: list[str] | None = None  # continuations the text after the prefix must start with
+    complete: str | None = None  # a whole call: written without running the model
+
+
+def _forcing(tools: Sequence[dict], choice: str | None) -> _Forcing:
+    if choice is None or not tools:
+        return _Forcing()
+    if choice == "any":
+        names = [_tool_name(t) for t in tools]
+        return _Forcing(prefix=OPEN + '{"name": "', choices=[f'{n}", "arguments": ' for n in names])
+    tool = next(t for t in tools if _tool_name(t) == choice)
+    if not _tool_parameters(tool).get("properties"):
+        return _Forcing(complete=format_tool_call(choice, {}))
+    return _Forcing(prefix=OPEN + '{"name": ' + json.dumps(choice, ensure_ascii=False) + ', "arguments": {')
+
+
+# --------------------------------------------------------------------------- the chat model
+
+
+@dataclass
+class _Call:
+    """One call's resolved options; building it touches no model."""
+
+    messages: Sequence[BaseMessage]
+    tools: list[dict]
+    thread: str | None
+    model_name: str
+    max_new_tokens: int
+    sampling: dict
+    seed: int
+    stop: list[str]
+    forcing: _Forcing
+    parse: bool
+    timeout: float | None
+
+
+@dataclass
+class _Outcome:
+    text: str
+    content: str
+    tool_calls: list[dict]
+    invalid_tool_calls: list[dict]
+    usage: UsageMetadata
+    metadata: dict
+
+
+class ChatAgentMem(BaseChatModel):
+    """A LangChain chat model that keeps each conversation's KV cache within a budget.
+
+    Construction loads nothing; the model is loaded on first use and shared by every
+    instance in the process that names it (`agentmem.models.shared_model`).
+
+    Example:
+        ```python
+        from agentmem.langchain import ChatAgentMem
+
+        chat = ChatAgentMem(model="smollm2-135m", policy="default", max_tokens=128)
+        history = [("user", "Name three prime numbers.")]
+        reply = chat.invoke(history)
+        history += [reply, ("user", "And their sum?")]
+        reply = chat.invoke(history)  # only the new message is prefilled
+        reply.usage_metadata["input_token_details"]["cache_read"]  # > 0
+        ```
+
+    Per-call options (keywords of `invoke`/`stream`, or `bind(...)`): `session_id`,
+    `max_tokens`, `temperature`, `top_p`, `top_k`, `seed`, `timeout`, `model`, `stop`.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
+
+    model: str = Field(default=models.DEFAULT_MODEL, alias="model_name")
+    """Built-in model name, HuggingFace id or local directory (or a label with `loaded`)."""
+    policy: Any = "default"
+    """Compaction policy: a preset name, a dict, a TOML path or an `agentmem.policies.Policy`."""
+    max_tokens: int = Field(default=256, alias="max_new_tokens")
+    """Most tokens generated per reply."""
+    temperature: float = 0.0
+    """Sampling temperature; 0 decodes greedily."""
+    top_p: float | None = None
+    """Nucleus sampling mass (with temperature > 0)."""
+    top_k: int | None = None
+    """Top-k sampling (with temperature > 0)."""
+    stop: list[str] | None = None
+    """Stop sequences: the reply ends before the first one (it stays in the cache)."""
+    seed: int = 0
+    """Seed of the sampler (each reply draws from seed + its message index)."""
+    session_id: str | None = None
+    """Conversation id; also per call, or `configurable.session_id` / `configurable.thread_id`."""
+    store: str | None = None
+    """SQLite path: commit every turn there and resume stored conversations."""
+    device: str | None = None
+    """Device to load the model on ("cpu", "cuda", ...)."""
+    dtype: str | None = None
+    """Dtype to load the model in ("float32" by default, "bfloat16", "auto")."""
+    timeout: float | None = None
+    """Seconds a reply may take; generation then stops (finish_reason "timeout")."""
+    streaming: bool = False
+    """Generate through `_stream` even in `invoke` (callbacks then see every token)."""
+    max_sessions: int = 8
+    """Engine sessions (KV caches) this process keeps in memory; older ones are evicted."""
+    loaded: Any = Field(default=None, exclude=True, repr=False)
+    """An already loaded `(model, tokenizer)` pair; see `from_model`."""
+
+    _policy: Policy = PrivateAttr()
+
+    # ------------------------------------------------------------------ construction
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_hosted_options(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            ignored = [k for k in _IGNORED_FIELDS if k in values]
+            if ignored:
+                log.debug("ignoring %s: a local model needs none of them", ", ".join(ignored))
+                values = {k: v for k, v in values.items() if k not in ignored}
+        return values
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Check every field now, so a bad value fails at construction rather than at first use."""
+        super().model_post_init(context)
+        self._policy = policy_from(self.policy)
+        if self.max_tokens < 1:
+            raise ConfigError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.max_sessions < 1:
+            raise ConfigError(f"max_sessions must be >= 1, got {self.max_sessions}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ConfigError(f"timeout must be > 0 seconds (or None), got {self.timeout}")
+        generation_config(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        if self.stop is not None and not all(isinstance(s, str) and s for s in self.stop):
+            raise ConfigError(f"stop must be a list of non-empty strings, got {self.stop!r}")
+        if self.loaded is not None:
+            if not (isinstance(self.loaded, tuple) and len(self.loaded) == 2):
+                raise ConfigError("loaded must be a (model, tokenizer) pair; or use ChatAgentMem.from_model")
+            if self.device is not None or self.dtype is not None:
+                raise ConfigError("device and dtype apply when ChatAgentMem loads the model; move or cast a "
+                                  "loaded model yourself before passing it")
+        else:
+            _check_model_name(self.model)
+            if self.device is not None:
+                _check_device(self.device)
+            if self.dtype is not None:
+                _check_dtype(self.dtype)
+
+    @classmethod
+    def from_model(cls, model: Any, tokenizer: Any, /, **fields: Any) -> ChatAgentMem:
+        """A chat model over an already loaded transformers model and tokenizer.
+
+        Args:
+            model: a causal LM (e.g. from `agentmem.load_model`).
+            tokenizer: its tokenizer.
+            **fields: any other field; `model` defaults to the model's `name_or_path`.
+        """
+        name = fields.pop("model", None) or fields.pop("model_name", None) \
+            or str(getattr(model, "name_or_path", "") or type(model).__name__)
+        return cls(model=name, loaded=(model, tokenizer), **fields)
+
+    # ------------------------------------------------------------------ LangChain identity
+    @property
+    def _llm_type(self) -> str:
+        return "agentmem"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model": self.model, "policy": self.policy if isinstance(self.policy, (str, dict)) else repr(self.policy),
+                "max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                "top_k": self.top_k, "seed": self.seed, "store": self.store}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(ls_provider="agentmem", ls_model_type="chat",
+                                 ls_model_name=str(kwargs.get("model") or self.model),
+                                 ls_temperature=kwargs.get("temperature", self.temperature),
+                                 ls_max_tokens=kwargs.get("max_tokens", kwargs.get("max_new_tokens", self.max_tokens)))
+        if stop or self.stop:
+            params["ls_stop"] = list(stop or self.stop or [])
+        return params
+
+    # ------------------------------------------------------------------ run config -> session id
+    def invoke(self, input: LanguageModelInput, config: RunnableConfig | None = None, *,
+               stop: list[str] | None = None, **kwargs: Any) -> AIMessage:
+        """`BaseChatModel.invoke`, taking the session id from `config["configurable"]` too."""
+        return super().invoke(input, config, stop=stop, **_thread(config, kwargs))
+
+    async def ainvoke(self, input: LanguageModelInput, config: RunnableConfig | None = None, *,
+                      stop: list[str] | None = None, **kwargs: Any) -> AIMessage:
+        """`BaseChatModel.ainvoke`, taking the session id from `config["configurable"]` too."""
+        return await super().ainvoke(input, config, stop=stop, **_thread(config, kwargs))
+
+    def stream(self, input: LanguageModelInput, config: RunnableConfig | None = None, *,
+               stop: list[str] | None = None, **kwargs: Any) -> Iterator[AIMessageChunk]:
+        """`BaseChatModel.stream`, taking the session id from `config["configurable"]` too."""
+        return super().stream(input, config, stop=stop, **_thread(config, kwargs))
+
+    def astream(self, input: LanguageModelInput, config: RunnableConfig | None = None, *,
+                stop: list[str] | None = None, **kwargs: Any) -> AsyncIterator[AIMessageChunk]:
+        """`BaseChatModel.astream`, taking the session id from `config["configurable"]` too."""
+        return super().astream(input, config, stop=stop, **_thread(config, kwargs))
+
+    # ------------------------------------------------------------------ tools
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | dict | bool | None = None,
+        parallel_tool_calls: bool = False,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools: their schemas go into the pinned tool prompt of the conversation.
+
+        Args:
+            tools: LangChain tools, functions, pydantic models, or OpenAI tool dicts.
+            tool_choice: "auto"/None (the model decides), "any"/"required"/True (some tool
+                must be called), or a tool name (that tool must be called).
+            parallel_tool_calls: let the model write several calls in one reply (by default
+                the reply ends after its first complete call).
+            **kwargs: further call options bound with the tools.
+
+        Raises:
+            ConfigError: `tool_choice` names no bound tool.
+        """
+        formatted = [convert_to_openai_tool(t) for t in tools]
+        _choice(tool_choice, formatted)  # fail now, not at the first call
+        return self.bind(tools=formatted, tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls,
+                         **kwargs)
+
+    # ------------------------------------------------------------------ tokens
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of `text` with the model's own tokenizer (no special tokens added)."""
+        _, tokenizer = self._resources(self.model)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence | None = None) -> int:
+        """Tokens the messages take in the model's chat template (with the tool prompt, if tools)."""
+        _, tokenizer = self._resources(self.model)
+        formatted = [convert_to_openai_tool(t) for t in tools] if tools else []
+        chat = ChatFormat(tokenizer)
+        history: list[dict] = []
+        total = 0
+        for turn in _turns(messages, ChatFormat.tools_message(formatted)["content"] if formatted else None):
+            message = {"role": turn.role, "content": turn.text}
+            total += len(chat.message_ids(history, message))
+            history.append(message)
+        return total
+
+    # ------------------------------------------------------------------ generation
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        call = self._prepare(messages, stop, run_manager, kwargs)
+        outcome = self._run(call, lambda piece: None, threading.Event())
+        message = AIMessage(content=outcome.content, tool_calls=outcome.tool_calls,
+                            invalid_tool_calls=outcome.invalid_tool_calls, usage_metadata=outcome.usage,
+                            response_metadata=outcome.metadata)
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        """Chunks of text as decoded, then one last chunk with tool calls, usage and metadata.
+
+        The model runs in a worker thread; if the consumer stops early, the reply is cut off
+        cleanly and its session stays usable.
+        """
+        call = self._prepare(messages, stop, run_manager, kwargs)
+        pieces: queue.Queue = queue.Queue()
+        cancel = threading.Event()
+
+        def work() -> None:
+            try:
+                pieces.put(("done", self._run(call, lambda piece: pieces.put(("text", piece)), cancel)))
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
+                pieces.put(("error", exc))
+
+        threading.Thread(target=work, name="agentmem-generate", daemon=True).start()
+        visible = _Visible(call.parse)
+        try:
+            while True:
+                kind, value = pieces.get()
+                if kind == "error":
+                    raise value
+                if kind == "done":
+                    outcome: _Outcome = value
+                    break
+                delta = visible.push(value)
+                if delta:
+                    yield ChatGenerationChunk(message=AIMessageChunk(content=delta))
+        finally:
+            cancel.set()
+        if not outcome.content.startswith(visible.sent):  # cannot happen by _Visible's construction
+            log.warning("streamed text %r is not a prefix of the parsed content %r", visible.sent, outcome.content)
+        rest = outcome.content[len(visible.sent):]
+        chunks = [tool_call_chunk(name=c["name"], args=json.dumps(c["args"], ensure_ascii=False), id=c["id"], index=i)
+                  for i, c in enumerate(outcome.tool_calls)]
+        chunks += [tool_call_chunk(name=c["name"], args=c["args"], id=c["id"], index=len(chunks) + i)
+                   for i, c in enumerate(outcome.invalid_tool_calls)]
+        yield ChatGenerationChunk(message=AIMessageChunk(content=rest, tool_call_chunks=chunks,
+                                                         usage_metadata=outcome.usage,
+                                                         response_metadata=outcome.metadata, chunk_position="last"))
+
+    def _prepare(self, messages: Sequence[BaseMessage], stop: list[str] | None,
+                 run_manager: CallbackManagerForLLMRun | None, kwargs: dict) -> _Call:
+        unknown = set(kwargs) - _CALL_OPTIONS - _LANGCHAIN_OPTIONS
+        if unknown:
+            raise ConfigError(f"unknown option(s) {sorted(unknown)} for ChatAgentMem; per-call options are "
+                              f"{sorted(_CALL_OPTIONS)}")
+        tools = list(kwargs.get("tools") or [])
+        tools = [t if isinstance(t, dict) and "function" in t else convert_to_openai_tool(t) for t in tools]
+        choice = _choice(kwargs.get("tool_choice"), tools) if tools else None
+        max_new = kwargs.get("max_tokens", kwargs.get("max_new_tokens", self.max_tokens))
+        if not isinstance(max_new, int) or max_new < 1:
+            raise ConfigError(f"max_tokens must be an integer >= 1, got {max_new!r}")
+        sampling = {"temperature": kwargs.get("temperature", self.temperature), "top_p": kwargs.get("top_p", self.top_p),
+                    "top_k": kwargs.get("top_k", self.top_k)}
+        generation_config(**sampling)  # raises ConfigError on a bad value before any session is touched
+        stops = list(stop if stop is not None else self.stop or [])
+        if tools and not kwargs.get("parallel_tool_calls"):
+            stops.append(CLOSE)
+        thread = kwargs.get("session_id")
+        if thread is None and run_manager is not None:
+            metadata = getattr(run_manager, "metadata", None) or {}
+            thread = metadata.get("session_id") or metadata.get("thread_id")
+        thread = thread if thread is not None else self.session_id
+        timeout = kwargs.get("timeout", self.timeout)
+        return _Call(messages=messages, tools=tools, thread=None if thread is None else str(thread),
+                     model_name=str(kwargs.get("model") or self.model), max_new_tokens=max_new, sampling=sampling,
+                     seed=int(kwargs.get("seed", self.seed)), stop=stops, forcing=_forcing(tools, choice),
+                     parse=bool(tools), timeout=timeout)
+
+    def _resources(self, name: str) -> tuple[Any, Any]:
+        if self.loaded is not None and name == self.model:
+            return self.loaded
+        if self.loaded is None and name == self.model:
+            return models.shared_model(name, device=self.device, dtype=self.dtype)
+        _check_model_name(name)
+        return models.shared_model(name)
+
+    def _run(self, call: _Call, emit: Callable[[str], None], cancel: threading.Event) -> _Outcome:
+        """Pick or start the session, add the new messages, generate; `emit` gets text as decoded."""
+        model, tokenizer = self._resources(call.model_name)
+        tools_prompt = ChatFormat.tools_message(call.tools)["content"] if call.tools else None
+        turns = _turns(call.messages, tools_prompt)
+        with _REGISTRY.model_lock(model):
+            entry, origin = self._claim(call, turns, model, tokenizer)
+            session = entry.session
+            try:
+                for turn in turns[len(entry.keys):]:
+                    session.add(turn.role, turn.text)
+                    entry.keys.append(turn.key)
+                session.seed = call.seed
+                events_before = len(session.events)
+                timed_out = False
+                if call.forcing.complete is not None:
+                    cached = session.cached
+                    session.prefill()
+                    prompt = session.cached - cached
+                    session.add("assistant", call.forcing.complete)
+                    if session.store is not None:
+                        session.save()
+                    text, out, finish = call.forcing.complete, 0, "stop"
+                    emit(text)
+                else:
+                    deadline = time.monotonic() + call.timeout if call.timeout else None
+
+                    def stop_when(_: Session) -> bool:
+                        nonlocal timed_out
+                        timed_out = deadline is not None and time.monotonic() > deadline
+                        return cancel.is_set() or timed_out
+
+                    options: dict[str, Any] = {}
+                    if call.forcing.choices and _ENGINE_HAS_CHOICES:
+                        options["choices"] = call.forcing.choices
+                    for piece in session.stream(call.max_new_tokens, stop=call.stop or None, stop_when=stop_when,
+                                                prefix=call.forcing.prefix, **call.sampling, **options):
+                        emit(piece)
+                    reply = session.last_reply
+                    text, out, cached, prompt = reply.text, reply.completion_tokens, reply.cached_tokens, \
+                        reply.prompt_tokens
+                    finish = reply.finish_reason
+                entry.keys.append(_key("assistant", text))
+            except BaseException:
+                _REGISTRY.discard(entry)  # its state is unknown now; the next call starts afresh
+                raise
+            events = session.events[events_before:]
+            stats = session.stats()
+        content, calls, invalid = _split_reply(text, call.parse)
+        if finish == "stopped":
+            finish = "timeout" if timed_out else "cancelled"
+        reason = "tool_calls" if calls else {"stop_string": "stop"}.get(finish, finish)
+        for event in events:
+            log.info("session %s: compacted %s -> %s tokens (%s)", entry.id, event.tokens_before, event.tokens_after,
+                     event.status)
+        usage = UsageMetadata(input_tokens=prompt + cached, output_tokens=out, total_tokens=prompt + cached + out,
+                              input_token_details=InputTokenDetails(cache_read=cached, cache_creation=prompt))
+        metadata = {"model_name": call.model_name, "finish_reason": reason,
+                    "agentmem": {"session_id": entry.id, "thread_id": call.thread, "branch": origin == "branch",
+                                 "resumed": origin == "resumed", "finish_reason": finish,
+                                 "compactions": [e.to_dict() for e in events], "kv": asdict(stats)}}
+        return _Outcome(text=text, content=content, tool_calls=calls, invalid_tool_calls=invalid, usage=usage,
+                        metadata=metadata)
+
+    # ------------------------------------------------------------------ sessions
+    def _claim(self, call: _Call, turns: list[_Turn], model: Any, tokenizer: Any) -> tuple[_Entry, str]:
+        """The session this call continues: in memory, in the store, or new ("new"/"branch")."""
+        keys = [t.key for t in turns]
+        known = _REGISTRY.candidates(call.thread, model)
+        best = max((e for e in known if len(e.keys) <= len(keys) and keys[:len(e.keys)] == e.keys),
+                   key=lambda e: len(e.keys), default=None)
+        if best is not None:
+            _REGISTRY.put(best, self.max_sessions)
+            return best, "memory"
+        store = _REGISTRY.store(self.store) if self.store else None
+        stored: list[str] = []
+        if store is not None and call.thread is not None:
+            stored = [s["id"] for s in store.list_sessions()
+                      if s["id"] == call.thread or s["id"].startswith(call.thread + "/")]
+            entry = self._resume(store, stored, {e.id for e in known}, call, keys, model, tokenizer)
+            if entry is not None:
+                _REGISTRY.put(entry, self.max_sessions)
+                return entry, "resumed"
+        origin = "branch" if call.thread is not None and (known or stored) else "new"
+        sid = self._new_id(call.thread, set(stored) | _REGISTRY.ids())
+        if origin == "branch":
+            log.info("the messages do not extend any history of session %r (different messages, system prompt or "
+                     "tools); starting branch %r", call.thread, sid)
+        if store is not None:
+            from .models import model_fingerprint
+
+            store.create_session(model=call.model_name, fingerprint=model_fingerprint(model), session_id=sid,
+                                 title=call.thread, config={"surface": "langchain", "thread": call.thread})
+        session = Session(model, tokenizer, policy=self._policy, store=store, session_id=sid, tools=call.tools or None,
+                          seed=call.seed, model_name=call.model_name)
+        entry = _Entry(id=sid, thread=call.thread, session=session, keys=[t.key for t in turns[:1] if t.kind == "tools"])
+        _REGISTRY.put(entry, self.max_sessions)
+        return entry, origin
+
+    def _resume(self, store: Any, stored: list[str], in_memory: set[str], call: _Call, keys: list[tuple], model: Any,
+                tokenizer: Any) -> _Entry | None:
+        from .models import model_fingerprint
+
+        fingerprint = model_fingerprint(model)
+        best: tuple[int, str, list[tuple]] | None = None
+        for sid in stored:
+            if sid in in_memory:
+                continue  # its in-memory copy is newer and did not match
+            if store.get_session(sid)["fingerprint"] != fingerprint:
+                log.warning("stored session %r was made with another model; not resuming it", sid)
+                continue
+            skeys = [_key(m["role"], m["content"], (m.get("meta") or {}).get("kind", "")) for m in store.messages(sid)]
+            if len(skeys) <= len(keys) and keys[:len(skeys)] == skeys and (best is None or len(skeys) > best[0]):
+                best = (len(skeys), sid, skeys)
+        if best is None:
+            return None
+        _, sid, skeys = best
+        session = Session.resume(store, sid, model, tokenizer, policy=self._policy, seed=call.seed,
+                                 model_name=call.model_name)
+        log.info("resumed session %r from %s (%d messages)", sid, store.path, len(skeys))
+        return _Entry(id=sid, thread=call.thread, session=session, keys=skeys)
+
+    @staticmethod
+    def _new_id(thread: str | None, taken: set[str]) -> str:
+        if thread is None:
+            return uuid.uuid4().hex
+        if thread not in taken:
+            return thread
+        n = 2
+        while f"{thread}/{n}" in taken:
+            n += 1
+        return f"{thread}/{n}"
+
+
+class _Visible:
+    """The part of a reply a stream may show before it is complete.
+
+    With tools bound, content is what lies outside `<tool_call>` blocks, stripped: text is
+    shown up to the first block (holding back what could start one, and trailing spaces).
+    """
+
+    def __init__(self, parse: bool) -> None:
+        self.parse, self.text, self.sent = parse, "", ""
+
+    def push(self, piece: str) -> str:
+        self.text += piece
+        if not self.parse:
+            self.sent = self.text
+            return piece
+        head = self.text.split(OPEN, 1)[0]
+        if OPEN not in self.text:
+            for size in range(min(len(OPEN) - 1, len(head)), 0, -1):
+                if head.endswith(OPEN[:size]):
+                    head = head[:-size]
+                    break
+        head = head.strip()
+        if len(head) > len(self.sent) and head.startswith(self.sent):
+            delta, self.sent = head[len(self.sent):], head
+            return delta
+        return ""
+
+
+def _thread(config: RunnableConfig | None, kwargs: dict) -> dict:
+    """`kwargs` with `session_id` from the run config (`session_id` or LangGraph's `thread_id`)."""
+    if "session_id" in kwargs:
+        return kwargs
+    configurable = ensure_config(config).get("configurable") or {}
+    for key in ("session_id", "thread_id"):
+        if configurable.get(key) is not None:
+            return {**kwargs, "session_id": str(configurable[key])}
+    return kwargs
+
+
+def _check_model_name(name: str) -> None:
+    if name in models.builtin_models() or Path(name).expanduser().is_dir() or _HF_ID.match(name):
+        return
+    raise ConfigError(f"unknown model {name!r}: use a built-in name ({', '.join(models.builtin_models())}), a local "
+                      f"model directory, a HuggingFace id like 'owner/name', or ChatAgentMem.from_model(model, tokenizer)")
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"bad device {device!r} ({exc}); use e.g. 'cpu', 'cuda' or 'cuda:1'") from None
+
+
+def _check_dtype(dtype: str) -> None:
+    import torch
+
+    if dtype != "auto" and not isinstance(getattr(torch, str(dtype), None), torch.dtype):
+        raise ConfigError(f"bad dtype {dtype!r}; use 'float32', 'bfloat16', 'float16' or 'auto'")
