@@ -69,5 +69,61 @@ API summary (all importable from `agentmem.agents`):
   the KV cache is checkpointed every turn and the next run, even in a new process,
   resumes it without prefilling the history again).
 
-Status: this docstring is the contract; the modules land in the next commits.
+Modules: `tools` (tool, FunctionTool), `agent` (Agent, ModelSettings), `models` (the
+Conversation seam, LocalModel), `scripted` (ScriptedModel), `sessions` (Session,
+MemorySession, SQLiteSession), `events` (events, Usage), `constrain` (well-formed tool
+calls), `runner` (Runner, RunResult, RunResultStreaming, RunHooks).
 """
+
+from agentmem.errors import MaxTurnsExceeded, ScriptError
+from agentmem.toolcalls import ToolCall
+
+from .agent import Agent, ModelSettings
+from .events import (
+    CompactionFinishedEvent,
+    CompactionStartedEvent,
+    FinalOutputEvent,
+    RunEvent,
+    TokenEvent,
+    ToolCallEvent,
+    ToolResultEvent,
+    TurnDoneEvent,
+    Usage,
+)
+from .models import Conversation, LocalModel, Model
+from .runner import RunHooks, Runner, RunResult, RunResultStreaming
+from .scripted import ScriptedCompaction, ScriptedModel, ScriptedRequest
+from .sessions import MemorySession, Session, SQLiteSession
+from .tools import FunctionTool, tool
+
+__all__ = [
+    "Agent",
+    "CompactionFinishedEvent",
+    "CompactionStartedEvent",
+    "Conversation",
+    "FinalOutputEvent",
+    "FunctionTool",
+    "LocalModel",
+    "MaxTurnsExceeded",
+    "MemorySession",
+    "Model",
+    "ModelSettings",
+    "RunEvent",
+    "RunHooks",
+    "RunResult",
+    "RunResultStreaming",
+    "Runner",
+    "SQLiteSession",
+    "ScriptError",
+    "ScriptedCompaction",
+    "ScriptedModel",
+    "ScriptedRequest",
+    "Session",
+    "TokenEvent",
+    "ToolCall",
+    "ToolCallEvent",
+    "ToolResultEvent",
+    "TurnDoneEvent",
+    "Usage",
+    "tool",
+]

@@ -1,0 +1,114 @@
+"""`Agent` (instructions, tools, model, policy) and `ModelSettings` (how it decodes)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentmem.errors import ConfigError
+from agentmem.memory import Plan
+
+from .models import as_model
+from .tools import FunctionTool, as_tool
+
+TOOL_CHOICES = ("auto", "required", "none")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """How an agent's model decodes each reply.
+
+    Args:
+        max_new_tokens: tokens per reply at most.
+        temperature: 0 decodes greedily (the default: reproducible runs).
+        tool_choice: "auto" (the model decides), "required" (every reply starts with
+            ``<tool_call>{"name": "``), "none" (replies are final answers; calls in them
+            are not run) or a tool name (the reply starts with
+            ``<tool_call>{"name": "NAME", "arguments": ``). Forcing is done with the
+            engine's reply prefix, so even a 135M model produces a call.
+        stop: extra stop strings (a reply also stops after a tool call's ``</tool_call>``,
+            so one reply holds at most one call).
+        reset_tool_choice: after a tool ran, go back to "auto" for the rest of the run, so
+            "required" cannot loop forever.
+        constrain_calls: once a reply opens ``<tool_call>``, allow only tokens that keep the
+            call well-formed JSON with a known tool name (local models only).
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    tool_choice: str = "auto"
+    stop: tuple[str, ...] = ()
+    reset_tool_choice: bool = True
+    constrain_calls: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        else:
+            object.__setattr__(self, "stop", tuple(self.stop))
+
+    def with_(self, **changes: Any) -> ModelSettings:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class Agent:
+    """An LLM with instructions and tools, run by `Runner`.
+
+    Args:
+        name: the agent's name (for logs).
+        instructions: its system prompt (pinned in the cache by the default policies).
+        tools: `FunctionTool`s or plain functions (wrapped with `tool`).
+        model: a built-in name / HuggingFace id / path (a `LocalModel`, loaded once per
+            process on first use), a `LocalModel`, or a `ScriptedModel`.
+        policy: the compaction policy (a `Policy`, a preset name, a dict or a TOML path).
+        settings: decoding settings (`ModelSettings`).
+        stop_at_tools: tool names whose output, when they succeed, is the final output.
+        on_compaction: called with the `Plan` before each compaction; False vetoes it.
+    """
+
+    name: str
+    instructions: str | None = None
+    tools: Sequence[Any] = ()
+    model: Any = "smollm2-135m"
+    policy: Any = None
+    settings: ModelSettings = field(default_factory=ModelSettings)
+    stop_at_tools: Sequence[str] = ()
+    on_compaction: Callable[[Plan], bool | None] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError("an agent needs a name, e.g. Agent('assistant', instructions=...)")
+        self.tools = [as_tool(t) for t in self.tools]
+        names = [t.name for t in self.tools]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"tool names must be unique, got {names}")
+        self.model = as_model(self.model)
+        self.stop_at_tools = tuple(self.stop_at_tools)
+        unknown = [n for n in self.stop_at_tools if n not in names]
+        if unknown:
+            raise ConfigError(f"stop_at_tools names unknown tools {unknown}; the agent's tools are {names}")
+        choice = self.settings.tool_choice
+        if choice not in TOOL_CHOICES and choice not in names:
+            raise ConfigError(f"tool_choice must be one of {TOOL_CHOICES} or a tool name {names}, got {choice!r}")
+        if choice != "none" and choice != "auto" and not names:
+            raise ConfigError(f"tool_choice={choice!r} needs tools; this agent has none")
+
+    def tool(self, name: str) -> FunctionTool | None:
+        """The tool called `name`, or None."""
+        return next((t for t in self.tools if t.name == name), None)
+
+    def schemas(self) -> list[dict]:
+        """The tools' schemas in OpenAI function format."""
+        return [t.schema() for t in self.tools]
+
+    def clone(self, **changes: Any) -> Agent:
+        """A copy with some fields changed (the model object is shared)."""
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,369 @@
+"""Keep a tool call well-formed while it is decoded (a token filter for `Session.stream`).
+
+Once a reply contains ``<tool_call>``, `CallConstraint` lets through only tokens that keep
+the text after it a prefix of::
+
+    {"name": "<one of the tool names>", "arguments": <a JSON object>}</tool_call>
+
+where the object's keys are the tool's argument names, each at most once.
+Each candidate token's text is fed to a small character-level machine (`CallMachine`);
+tokens it rejects get logit -inf. When the token budget runs low, only the shortest
+completion (closing strings, brackets, the tag) is allowed, so the call always ends
+readable. Values are free: whether they fit the tool's schema is checked when the tool is
+invoked (and reported to the model). With this filter and a forced reply prefix even a
+135M model writes calls that parse.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+
+import torch
+
+from agentmem.toolcalls import CLOSE, OPEN
+
+log = logging.getLogger(__name__)
+
+HEAD = '{"name": "'
+MIDDLE = '", "arguments": '
+TAIL = "}" + CLOSE
+_LITERALS = {"t": "true", "f": "false", "n": "null"}
+_NUMBER_CHARS = set("0123456789-+.eE")
+_SCAN_FIRST = 2048  # candidates (by logit) checked before scanning the whole vocabulary
+_ENOUGH = 32  # allowed tokens collected before the scan stops
+
+
+class CallMachine:
+    """Character-level recogniser of the call text after ``<tool_call>`` (see the module doc)."""
+
+    def __init__(self, names: Sequence[str], keys: dict[str, Sequence[str]] | None = None):
+        self.names = tuple(names)
+        self.keys = {n: tuple(k) for n, k in (keys or {}).items()}  # tool -> its argument names
+        self.key = ""  # top-level key being written
+        self.used: list[str] = []  # top-level keys written
+        self.phase = "head"  # head | name | middle | json | tail | done
+        self.pos = 0  # position in HEAD / MIDDLE / TAIL, or the literal being matched
+        self.name = ""
+        self.stack: list[str] = []  # "{" / "["
+        self.mode = "value"  # json: value | key_or_end | key | colon | after | string | escape | hex | number | literal
+        self.is_key = False
+        self.hex_left = 0
+        self.number = ""
+        self.literal = ""
+        self.last_space = False
+
+    def copy(self) -> CallMachine:
+        twin = copy.copy(self)
+        twin.stack = list(self.stack)
+        return twin
+
+    def feed(self, text: str) -> bool:
+        """Consume `text`; False (state undefined) if it cannot continue a call."""
+        return all(self._char(ch) for ch in text)
+
+    @property
+    def done(self) -> bool:
+        return self.phase == "done"
+
+    # ------------------------------------------------------------------ one character
+    def _char(self, ch: str) -> bool:
+        if self.phase in ("head", "middle", "tail"):
+            literal = {"head": HEAD, "middle": MIDDLE, "tail": TAIL}[self.phase]
+            if ch != literal[self.pos]:
+                return False
+            self.pos += 1
+            if self.pos == len(literal):
+                self.phase, self.pos = {"head": "name", "middle": "json", "tail": "done"}[self.phase], 0
+            return True
+        if self.phase == "name":
+            if ch == '"':
+                if self.name not in self.names:
+                    return False
+                self.phase, self.pos = "middle", 1
+                return True
+            self.name += ch
+            return any(n.startswith(self.name) for n in self.names)
+        if self.phase == "json":
+            return self._json(ch)
+        return False
+
+    def _json(self, ch: str) -> bool:
+        mode = self.mode
+        if mode == "string":
+            top = self.is_key and len(self.stack) == 1 and self.name in self.keys
+            if ch == '"':
+                if top:
+                    if self.key not in self._free_keys():
+                        return False
+                    self.used.append(self.key)
+                self.mode = "colon" if self.is_key else "after"
+            elif ch == "\\":
+                self.mode = "escape"
+            elif ord(ch) < 0x20:
+                return False
+            elif top:
+                self.key += ch
+                return any(k.startswith(self.key) for k in self._free_keys())
+            return True
+        if mode == "escape":
+            if ch == "u":
+                self.mode, self.hex_left = "hex", 4
+                return True
+            if ch in '"\\/bfnrt':
+                self.mode = "string"
+                return True
+            return False
+        if mode == "hex":
+            if ch not in "0123456789abcdefABCDEF":
+                return False
+            self.hex_left -= 1
+            if self.hex_left == 0:
+                self.mode = "string"
+            return True
+        if mode == "literal":
+            if ch != self.literal[0]:
+                return False
+            self.literal = self.literal[1:]
+            if not self.literal:
+                self.mode = "after"
+            return True
+        if mode == "number":
+            if ch in _NUMBER_CHARS:
+                self.number += ch
+                return _number_prefix(self.number)
+            if not _number_complete(self.number):
+                return False
+            self.mode = "after"
+            return self._json(ch)
+        if ch == " ":  # one space between tokens at most (no runaway whitespace)
+            if self.last_space or mode == "value" and not self.stack:
+                return False
+            self.last_space = True
+            return True
+        self.last_space = False
+        if mode == "value" and not self.stack:  # the arguments themselves: an object
+            if ch != "{":
+                return False
+            self.stack.append("{")
+            self.mode = "key_or_end"
+            return True
+        if mode in ("value", "value_or_end"):
+            if mode == "value_or_end" and ch == "]":
+                return self._close("[")
+            return self._value(ch)
+        if mode in ("key_or_end", "key"):
+            if ch == "}" and mode == "key_or_end":
+                return self._close("{")
+            if ch == '"':
+                if len(self.stack) == 1 and self.name in self.keys and not self._free_keys():
+                    return False
+                self.mode, self.is_key, self.key = "string", True, ""
+                return True
+            return False
+        if mode == "colon":
+            if ch != ":":
+                return False
+            self.mode = "value"
+            return True
+        if mode == "after":
+            if ch == ",":
+                if len(self.stack) == 1 and self.name in self.keys and not self._free_keys():
+                    return False  # every argument is given already
+                self.mode = "key" if self.stack[-1] == "{" else "value"
+                return True
+            if ch in "}]":
+                return self._close("{" if ch == "}" else "[")
+            return False
+        return False
+
+    def _value(self, ch: str) -> bool:
+        if ch == '"':
+            self.mode, self.is_key = "string", False
+        elif ch == "{":
+            self.stack.append("{")
+            self.mode = "key_or_end"
+        elif ch == "[":
+            self.stack.append("[")
+            self.mode = "value_or_end"
+        elif ch in "-0123456789":
+            self.mode, self.number = "number", ch
+        elif ch in _LITERALS:
+            self.mode, self.literal = "literal", _LITERALS[ch][1:]
+        else:
+            return False
+        return True
+
+    def _close(self, bracket: str) -> bool:
+        if not self.stack or self.stack[-1] != bracket:
+            return False
+        self.stack.pop()
+        self.mode = "after"
+        if not self.stack:
+            self.phase, self.pos = "tail", 0
+        return True
+
+    def _free_keys(self) -> list[str]:
+        return [k for k in self.keys.get(self.name, ()) if k not in self.used]
+
+    # ------------------------------------------------------------------ shortest completion
+    def closer(self) -> str:
+        """The shortest text that completes the call from here."""
+        if self.phase == "done":
+            return ""
+        if self.phase == "tail":
+            return TAIL[self.pos:]
+        if self.phase == "head":
+            return HEAD[self.pos:] + min(self.names, key=len) + MIDDLE + "{}" + TAIL
+        if self.phase == "name":
+            rest = min((n for n in self.names if n.startswith(self.name)), key=len)[len(self.name):]
+            return rest + MIDDLE + "{}" + TAIL
+        if self.phase == "middle":
+            return MIDDLE[self.pos:] + "{}" + TAIL
+        mode, text = self.mode, ""
+        if mode == "value" and not self.stack:
+            return "{}" + TAIL
+        if mode == "escape":
+            text = '""'
+        elif mode == "hex":
+            text = "0" * self.hex_left + '"'
+        elif mode == "string":
+            text = '"'
+        elif mode == "literal":
+            text = self.literal
+        elif mode == "number" and not _number_complete(self.number):
+            text = "0"
+        restricted = len(self.stack) == 1 and self.name in self.keys
+        if mode in ("escape", "hex", "string") and self.is_key or mode == "colon":
+            if mode == "string" and restricted:
+                text = min((k for k in self._free_keys() if k.startswith(self.key)), key=len)[len(self.key):] + '"'
+            text += ":0"
+        elif mode == "key":
+            text += '"' + (min(self._free_keys(), key=len) if restricted else "") + '":0'
+        elif mode == "value":
+            text += "0"
+        for bracket in reversed(self.stack):
+            text += "}" if bracket == "{" else "]"
+        return text + TAIL
+
+
+class CallConstraint:
+    """A `logits_processor` for `Session.stream` that keeps tool calls readable.
+
+    Args:
+        tokenizer: the model's tokenizer (token texts are decoded once and remembered).
+        names: the tool names the call may use.
+        keys: per tool name, its argument names (top-level keys are restricted to them).
+        max_new_tokens: the reply's token budget (the call is closed before it runs out).
+        prefix: the text the reply was forced to start with (may already open the call).
+    """
+
+    def __init__(self, tokenizer, names: Sequence[str], *, max_new_tokens: int, prefix: str = "",
+                 keys: dict[str, Sequence[str]] | None = None):
+        if not names:
+            raise ValueError("CallConstraint needs at least one tool name")
+        self.tokenizer, self.names, self.budget = tokenizer, tuple(names), max_new_tokens
+        self.keys = keys
+        self.text = prefix  # reply text so far, as the sum of token texts
+        self.seen = 0
+        self.machine: CallMachine | None = None
+        self.broken = False  # the text went off the grammar (e.g. a prefix we cannot follow)
+        self._texts = _token_texts(tokenizer)
+        self._special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        self._activate()
+
+    def __call__(self, generated: list[int], logits: torch.Tensor) -> torch.Tensor:
+        for token in generated[self.seen:]:
+            self._advance(self._text(token) or "")
+        self.seen = len(generated)
+        if self.machine is None or self.broken or self.machine.done:
+            return logits
+        closer = self.machine.closer()
+        left = self.budget - len(generated)
+        if left <= len(closer) + 1:
+            allowed = self._closing(closer, logits)
+        else:
+            allowed = self._allowed(logits)
+        if not allowed:  # nothing fits (an odd vocabulary): leave the model be
+            log.warning("no token continues the tool call %r; not constraining", self.text[-40:])
+            self.broken = True
+            return logits
+        out = torch.full_like(logits, float("-inf"))
+        index = torch.tensor(allowed, device=logits.device)
+        out[index] = logits[index]
+        return out
+
+    # ------------------------------------------------------------------ helpers
+    def _activate(self) -> None:
+        at = self.text.find(OPEN)
+        if self.machine is None and at >= 0:
+            self.machine = CallMachine(self.names, self.keys)
+            if not self.machine.feed(self.text[at + len(OPEN):]):
+                self.broken = True
+
+    def _advance(self, piece: str) -> None:
+        self.text += piece
+        if self.machine is None:
+            self._activate()
+        elif not self.broken and not self.machine.done and not self.machine.feed(piece):
+            self.broken = True
+
+    def _text(self, token: int) -> str | None:
+        text = self._texts.get(token)
+        if text is None and token not in self._texts:
+            text = None if token in self._special else self.tokenizer.decode([token])
+            if text is not None and (not text or "\ufffd" in text):
+                text = None
+            self._texts[token] = text
+        return text
+
+    def _fits(self, token: int) -> bool:
+        text = self._text(token)
+        if not text or self.machine is None:
+            return False
+        return self.machine.copy().feed(text)
+
+    def _allowed(self, logits: torch.Tensor) -> list[int]:
+        order = torch.argsort(logits, descending=True).tolist()
+        allowed: list[int] = []
+        for rank, token in enumerate(order):
+            if logits[token] == float("-inf"):
+                break
+            if self._fits(token):
+                allowed.append(token)
+                if len(allowed) >= _ENOUGH:
+                    break
+            if rank + 1 >= _SCAN_FIRST and allowed:
+                break
+        return allowed
+
+    def _closing(self, closer: str, logits: torch.Tensor) -> list[int]:
+        """Tokens whose text is a non-empty prefix of `closer` (the shortest completion)."""
+        allowed = [t for t in range(logits.shape[-1]) if (text := self._text(t)) and closer.startswith(text)]
+        return allowed
+
+
+_TEXT_CACHE: dict[int, tuple[object, dict[int, str | None]]] = {}
+
+
+def _token_texts(tokenizer) -> dict[int, str | None]:
+    """One memo of decoded token texts per tokenizer object."""
+    entry = _TEXT_CACHE.get(id(tokenizer))
+    if entry is None or entry[0] is not tokenizer:
+        entry = (tokenizer, {})
+        _TEXT_CACHE[id(tokenizer)] = entry
+    return entry[1]
+
+
+def _number_prefix(text: str) -> bool:
+    """Whether `text` can still grow into a JSON number."""
+    import re
+
+    return re.fullmatch(r"-?((0|[1-9]\d*)(\.\d*)?([eE][+-]?\d*)?)?", text) is not None
+
+
+def _number_complete(text: str) -> bool:
+    import re
+
+    return re.fullmatch(r"-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?", text) is not None
