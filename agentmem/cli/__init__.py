@@ -57,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `agentmem` command with `argv` (default: `sys.argv[1:]`); returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(None if argv is None else list(argv))
+    try:
+        args = parser.parse_args(None if argv is None else list(argv))
+    except SystemExit as exc:  # --help (0) or a bad argument (2, one line already printed)
+        return exc.code if isinstance(exc.code, int) else 2
     if args.low_memory:
         _tame_allocator()
     common.configure(progress=args.progress)

@@ -164,16 +164,15 @@ def kv_series(messages: list[dict], events: list[dict]) -> tuple[list[int], list
     for e in events:
         if e["status"] in ("ok", "fallback") and e["tokens_before"] is not None and e["tokens_after"] is not None:
             marks.append((int(e["logical_tokens"] or 0), 0, int(e["tokens_before"]) - int(e["tokens_after"])))
-    xs, ys = [0], [0]
+    points = [(0, 0)]
     freed = 0
     for at, _, saved in sorted(marks):
         if saved:
-            xs.append(at)
-            ys.append(at - freed)
+            points.append((at, at - freed))
             freed += saved
-        xs.append(at)
-        ys.append(at - freed)
-    return xs, ys
+        points.append((at, at - freed))
+    points = [p for i, p in enumerate(points) if i == 0 or p != points[i - 1]]
+    return [x for x, _ in points], [y for _, y in points]
 
 
 def plot_kv(messages: list[dict], events: list[dict], path: Path, *, title: str) -> None:
