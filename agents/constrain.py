@@ -56,7 +56,7 @@ class CallMachine:
 
     def copy(self) -> CallMachine:
         twin = copy.copy(self)
-        twin.stack = list(self.stack)
+        twin.stack, twin.used = list(self.stack), list(self.used)
         return twin
 
     def feed(self, text: str) -> bool:
@@ -100,6 +100,8 @@ class CallMachine:
                     self.used.append(self.key)
                 self.mode = "colon" if self.is_key else "after"
             elif ch == "\\":
+                if top:  # argument names are plain
+                    return False
                 self.mode = "escape"
             elif ord(ch) < 0x20:
                 return False

@@ -1,0 +1,328 @@
+"""The agent SDK: tools, the run loop (ScriptedModel and tiny models), events, sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import tiny_chat_gemma3, tiny_chat_llama, tiny_tokenizer
+
+from agentmem.agents import (
+    Agent,
+    FunctionTool,
+    LocalModel,
+    MaxTurnsExceeded,
+    MemorySession,
+    ModelSettings,
+    RunHooks,
+    Runner,
+    ScriptedModel,
+    ScriptError,
+    SQLiteSession,
+    tool,
+)
+from agentmem.errors import ConfigError, ModelMismatchError
+from agentmem.policies import AnyPin, FixedRatio, PinSystem, Policy, TokenLimit
+from agentmem.toolcalls import parse_tool_calls
+
+CHILD = Path(__file__).parent / "agents_child.py"
+
+
+@tool
+def read_file(path: str, start: int = 1, tags: list[str] | None = None) -> str:
+    """Read a text file.
+
+    Args:
+        path: File to read,
+            relative to the project.
+        start (int): First line to return.
+    """
+    if path == "missing.py":
+        raise FileNotFoundError(path)
+    return f"contents of {path} from line {start}"
+
+
+@tool(name="add_numbers", description="Add two numbers.")
+async def add(a: float, b: float = 0.0) -> dict:
+    await asyncio.sleep(0)
+    return {"sum": a + b}
+
+
+def limited(limit: int = 120) -> Policy:
+    return Policy(trigger=TokenLimit(limit), ratio=FixedRatio(4), pin=AnyPin((PinSystem(),)), method="am-fast",
+                  protect_recent=16)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> LocalModel:
+    return LocalModel.from_pretrained(tiny_chat_llama(), tiny_tokenizer(), name="tiny-llama")
+
+
+# ---------------------------------------------------------------------- tools
+def test_tool_schema_from_hints_and_docstring():
+    schema = read_file.schema()
+    assert schema["type"] == "function"
+    function = schema["function"]
+    assert function["name"] == "read_file" and function["description"] == "Read a text file."
+    params = function["parameters"]
+    assert params["required"] == ["path"]
+    assert params["properties"]["path"] == {"type": "string", "description": "File to read, relative to the project."}
+    assert params["properties"]["start"] == {"type": "integer", "default": 1, "description": "First line to return."}
+    assert params["properties"]["tags"]["default"] is None and "description" not in params["properties"]["tags"]
+    assert add.name == "add_numbers" and add.description == "Add two numbers." and add.is_async
+    assert add.parameters["properties"]["a"]["type"] == "number" and add.parameters["required"] == ["a"]
+
+
+def test_tool_failures_are_observations():
+    assert read_file.invoke({"path": "a.py"}) == "contents of a.py from line 1"
+    assert read_file.invoke({"path": "a.py", "start": "3"}) == "contents of a.py from line 3"  # pydantic coerces
+    assert read_file.invoke({"start": 2}).startswith("error: invalid arguments for read_file: path")
+    assert "Extra inputs" in read_file.invoke({"path": "a", "bogus": 1})
+    assert read_file.invoke({"path": "missing.py"}) == "error: FileNotFoundError: missing.py"
+    out = read_file.run({"path": "missing.py"})
+    assert out.is_error and not read_file.run({"path": "x"}).is_error
+    assert add.invoke({"a": 1, "b": 2}) == '{"sum": 3.0}'  # non-strings are JSON-dumped
+    assert asyncio.run(add.ainvoke({"a": 2})) == '{"sum": 2.0}'
+
+
+def test_tool_forms_and_bad_tools():
+    def plain(x: int) -> int:
+        return x * 2
+
+    agent = Agent("a", tools=[plain], model=ScriptedModel([]))
+    assert isinstance(agent.tools[0], FunctionTool) and agent.tools[0].invoke({"x": 4}) == "8"
+    assert tool()(plain).name == "plain" and tool(plain).invoke({"x": 1}) == "2"
+    with pytest.raises(ConfigError):
+        tool(lambda *args: None)
+    with pytest.raises(ConfigError):
+        Agent("a", tools=[plain, plain], model=ScriptedModel([]))
+    with pytest.raises(ConfigError):
+        Agent("a", tools=[plain], model=ScriptedModel([]), settings=ModelSettings(tool_choice="nope"))
+    with pytest.raises(ConfigError):
+        Agent("a", tools=[plain], model=ScriptedModel([]), stop_at_tools=["other"])
+
+
+# ---------------------------------------------------------------------- the loop, scripted
+def test_loop_calls_tool_then_answers():
+    model = ScriptedModel([ScriptedModel.call("read_file", path="a.py"), "It holds the contents."])
+    agent = Agent("reader", instructions="Read files.", tools=[read_file], model=model)
+    result = Runner.run_sync(agent, "What is in a.py?")
+    model.assert_done()
+    assert result.final_output == "It holds the contents." and result.turns == 2
+    assert [i["role"] for i in result.new_items] == ["user", "assistant", "tool", "assistant"]
+    assert result.new_items[1]["content"].endswith("</tool_call>")
+    assert result.new_items[2]["content"] == "contents of a.py from line 1"
+    second = model.requests[1]
+    assert second.messages[0] == {"role": "system", "content": "Read files."}
+    assert second.messages[-1] == {"role": "tool", "content": "contents of a.py from line 1"}
+    assert "</tool_call>" in second.stop and second.tools == [read_file.schema()]
+    assert result.usage.requests == 2 and result.usage.cached_tokens > 0
+
+
+def test_model_mistakes_become_observations():
+    model = ScriptedModel([ScriptedModel.call("delete_everything"), '<tool_call>{"name": oops}</tool_call>',
+                           ScriptedModel.call("read_file", path="missing.py"), ScriptedModel.call("add_numbers", a=1),
+                           "done"])
+    agent = Agent("a", tools=[read_file, add], model=model)
+    result = Runner.run_sync(agent, "go")
+    tools = [i["content"] for i in result.new_items if i["role"] == "tool"]
+    assert tools[0].startswith("error: there is no tool 'delete_everything'")
+    assert tools[1].startswith("error: could not read tool call")
+    assert tools[2] == "error: FileNotFoundError: missing.py"
+    assert tools[3] == '{"sum": 1.0}'  # an async tool
+    assert result.final_output == "done"
+
+
+def test_stop_at_tools_and_max_turns():
+    model = ScriptedModel([ScriptedModel.call("read_file", path="x.py"), "never used"])
+    agent = Agent("a", tools=[read_file], model=model, stop_at_tools=["read_file"])
+    result = Runner.run_sync(agent, "go")
+    assert result.final_output == "contents of x.py from line 1" and result.turns == 1
+    with pytest.raises(ScriptError):
+        model.assert_done()
+
+    looping = ScriptedModel([ScriptedModel.call("read_file", path="x.py")] * 3)
+    agent = Agent("a", tools=[read_file], model=looping)
+    with pytest.raises(MaxTurnsExceeded) as info:
+        Runner.run_sync(agent, "go", max_turns=3)
+    partial = info.value.result
+    assert partial.turns == 3 and partial.final_output is None and len(partial.new_items) == 7
+    looping.assert_done()
+
+
+def test_scripted_model_is_strict():
+    agent = Agent("a", tools=[read_file], model=ScriptedModel([ScriptedModel.call("read_file", path="a")]))
+    with pytest.raises(ScriptError, match="asked for reply 2"):
+        Runner.run_sync(agent, "go")
+    forced = Agent("a", tools=[read_file], model=ScriptedModel(["plain text"]),
+                   settings=ModelSettings(tool_choice="required"))
+    with pytest.raises(ScriptError, match="must start with"):
+        Runner.run_sync(forced, "go")
+    assert forced.model.requests[0].prefix == '<tool_call>{"name": "'
+    named = Agent("a", tools=[read_file], model=ScriptedModel([ScriptedModel.call("read_file", path="b"), "ok"]),
+                  settings=ModelSettings(tool_choice="read_file"))
+    result = Runner.run_sync(named, "go")
+    assert named.model.requests[0].prefix == '<tool_call>{"name": "read_file", "arguments": '
+    assert named.model.requests[1].prefix is None  # reset to "auto" after the call
+    assert result.final_output == "ok"
+    with pytest.raises(ConfigError):
+        ScriptedModel([42])
+
+
+def test_scripted_compactions_reach_hooks_and_can_be_vetoed():
+    seen = []
+
+    class Hooks(RunHooks):
+        def on_compaction(self, agent, plan):
+            seen.append(plan.reason)
+            return len(seen) != 2  # veto the second one
+
+    model = ScriptedModel([ScriptedModel.compaction(reason="first"), "one two three",
+                           ScriptedModel.compaction(reason="second", after_chunks=1), ScriptedModel.call("read_file",
+                                                                                                          path="q"),
+                           "end"])
+    agent = Agent("a", tools=[read_file], model=model)
+    events = list(Runner.run_streamed(agent, "hi", hooks=Hooks()))
+    types = [e.type for e in events]
+    assert types[:2] == ["compaction_started", "compaction_finished"] and types[2] == "token"
+    assert seen == ["first"] and model.remaining == 3
+    result = Runner.run_streamed(agent, "again", hooks=Hooks())
+    events = list(result)
+    started = [e for e in events if e.type == "compaction_started"]
+    assert started[0].vetoed and not any(e.type == "compaction_finished" for e in events)
+    assert [e.type for e in events][:2] == ["token", "compaction_started"]  # after one piece of text
+    assert [c.status for c in result.compactions] == ["vetoed"]
+    model.assert_done()
+
+
+# ---------------------------------------------------------------------- tiny real models
+def test_streamed_events_with_online_compaction_and_veto(tiny):
+    agent = Agent("long", instructions="sys", model=tiny, policy=limited(),
+                  settings=ModelSettings(max_new_tokens=160, tool_choice="none"))
+    result = Runner.run_streamed(agent, "Write a long answer.")
+    events = list(result)
+    types = [e.type for e in events]
+    assert types[-2:] == ["turn_done", "final_output"] and result.is_complete
+    assert types.count("compaction_started") >= 1 and types.count("compaction_finished") >= 1
+    first = types.index("compaction_started")
+    assert types[first + 1] == "compaction_finished" and "token" in types[:first] and "token" in types[first:]
+    finished = [e.event for e in events if e.type == "compaction_finished"]
+    assert finished == result.compactions and all(e.status == "ok" for e in finished)
+    started = next(e for e in events if e.type == "compaction_started")
+    assert started.plan.reason and started.plan.spans and started.plan.stats.physical_tokens >= 120
+    assert "".join(e.text for e in events if e.type == "token") == result.replies[0].text
+
+    plans = []
+    vetoing = agent.clone(on_compaction=lambda plan: plans.append(plan) or False)
+    result = Runner.run_streamed(vetoing, "Write a long answer.")
+    events = list(result)
+    assert plans and all(e.vetoed for e in events if e.type == "compaction_started")
+    assert not any(e.type == "compaction_finished" for e in events)
+    assert {c.status for c in result.compactions} == {"vetoed"}
+
+
+@pytest.mark.parametrize("make", [tiny_chat_llama, tiny_chat_gemma3], ids=["llama", "gemma3"])
+@pytest.mark.parametrize("choice", ["required", "read_file"])
+def test_forced_tool_choice_gives_parsable_calls_from_random_models(make, choice):
+    model = LocalModel.from_pretrained(make(seed=3), tiny_tokenizer())
+    agent = Agent("a", tools=[read_file, add], model=model, policy="off",
+                  settings=ModelSettings(max_new_tokens=40, tool_choice=choice))
+    result = Runner.run_sync(agent, "call something", max_turns=4)
+    call_text = result.new_items[1]["content"]
+    parsed = parse_tool_calls(call_text)
+    assert parsed.errors == [] and len(parsed.calls) == 1, call_text
+    call = parsed.calls[0]
+    assert call.name in ("read_file", "add_numbers") and (choice == "required" or call.name == choice)
+    allowed = read_file.parameters["properties"] if call.name == "read_file" else add.parameters["properties"]
+    assert set(call.arguments) <= set(allowed)
+    assert result.replies[0].finish_reason == "stop_string"
+
+
+def test_run_sync_run_and_streamed_agree(tiny):
+    agent = Agent("a", instructions="Be brief.", tools=[read_file], model=tiny, policy="off",
+                  settings=ModelSettings(max_new_tokens=24, tool_choice="read_file"))
+    sync = Runner.run_sync(agent, "read a file")
+    async_result = asyncio.run(Runner.run(agent, "read a file"))
+
+    async def consume():
+        streamed = Runner.run_streamed(agent, "read a file")
+        events = [e async for e in streamed.stream_events()]
+        return streamed, events
+
+    streamed, events = asyncio.run(consume())
+    iterated = Runner.run_streamed(agent, "read a file")
+    events_sync = list(iterated)
+    for other in (async_result, streamed, iterated):
+        assert other.new_items == sync.new_items and other.final_output == sync.final_output
+        assert other.usage == sync.usage
+    assert [e.type for e in events] == [e.type for e in events_sync]
+    with pytest.raises(ConfigError):
+        list(iterated)  # consumed once
+
+
+def test_memory_session_replays_history(tiny):
+    agent = Agent("a", instructions="Be brief.", model=tiny, policy="off", settings=ModelSettings(max_new_tokens=8))
+    session = MemorySession()
+    first = Runner.run_sync(agent, "first", session=session)
+    assert session.get_items() == first.new_items
+    second = Runner.run_sync(agent, "second", session=session)
+    assert second.replies[0].cached_tokens == 0  # replayed: the history is prefilled again
+    assert [i["content"] for i in session.get_items() if i["role"] == "user"] == ["first", "second"]
+    # the same conversation passed as input gives the same reply
+    chained = Runner.run_sync(agent, first.to_input_list() + [{"role": "user", "content": "second"}])
+    assert chained.final_output == second.final_output
+    assert session.pop_item()["role"] == "assistant" and len(session.get_items()) == 3
+    session.clear_session()
+    assert session.get_items() == []
+
+
+def test_sqlite_session_resumes_the_cache(tiny, tmp_path):
+    db = tmp_path / "agents.db"
+    agent = Agent("a", instructions="Be brief.", tools=[read_file], model=tiny, policy="off",
+                  settings=ModelSettings(max_new_tokens=16, tool_choice="read_file"))
+    session = SQLiteSession("chat-1", db)
+    first = Runner.run_sync(agent, "read a file", session=session)
+    stored = session.get_items()
+    assert stored == first.new_items and [i["role"] for i in stored][:3] == ["user", "assistant", "tool"]
+
+    again = SQLiteSession("chat-1", db)  # a new object: resumes from the store
+    assert again.get_items() == stored
+    second = Runner.run_sync(agent.clone(settings=agent.settings.with_(tool_choice="auto")), "and now?",
+                             session=again)
+    reply = second.replies[0]
+    assert reply.cached_tokens > 0 and reply.prompt_tokens < reply.cached_tokens
+    assert again.get_items() == stored + second.new_items
+
+    again.add_items([{"role": "user", "content": "pending note"}])
+    assert again.get_items()[-1]["content"] == "pending note"
+    assert again.pop_item()["content"] == "pending note"
+    last = again.pop_item()
+    assert last == second.new_items[-1] and again.get_items() == stored + second.new_items[:-1]
+    third = Runner.run_sync(agent.clone(settings=agent.settings.with_(tool_choice="none")), "x", session=again)
+    assert third.replies[0].cached_tokens == 0  # rebuilt after the pop: one prefill
+    assert SQLiteSession("chat-1", db).get_items() == stored + second.new_items[:-1] + third.new_items
+
+    with pytest.raises(ModelMismatchError):
+        other = LocalModel.from_pretrained(tiny_chat_llama(seed=5), tiny_tokenizer(), name="other")
+        Runner.run_sync(agent.clone(model=other), "hi", session=SQLiteSession("chat-1", db))
+    again.clear_session()
+    assert again.get_items() == [] and SQLiteSession("chat-1", db).get_items() == []
+
+
+def test_sqlite_session_resumes_across_processes(tmp_path):
+    db = tmp_path / "agents.db"
+    child = subprocess.run([sys.executable, str(CHILD), str(db), "shared"], capture_output=True, text=True,
+                           timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert child.returncode == 0, child.stderr
+    report = json.loads(child.stdout.strip().splitlines()[-1])
+    assert report["items"] == 2
+    model = LocalModel.from_pretrained(tiny_chat_llama(), tiny_tokenizer())
+    agent = Agent("child", instructions="Be brief.", model=model, policy="off", settings=ModelSettings(max_new_tokens=12))
+    result = Runner.run_sync(agent, "hello from the second process", session=SQLiteSession("shared", db))
+    assert result.replies[0].cached_tokens > 0
+    assert result.replies[0].prompt_tokens < report["prompt_tokens"]  # the history was not prefilled again
