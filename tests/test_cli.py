@@ -149,6 +149,17 @@ def test_chat_interactive(tiny: Path, capsys: pytest.CaptureFixture, monkeypatch
     assert "hello there" in out and "second message" in out
 
 
+def test_chat_compact_is_committed_on_quit(tiny: Path, capsys: pytest.CaptureFixture,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    (tiny / "small.toml").write_text(SMALL_POLICY)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello there, how are you today?\n/compact\n/quit\n"))
+    code, _, err = run(capsys, "chat", "--policy", "small.toml", "--max-new-tokens", "20", "--system", "Be terse.")
+    assert code == 0 and "(am-fast x4, manual)]" in err
+    session_id = err.split("session ", 1)[1].split()[0]
+    code, out, _ = run(capsys, "sessions", "export", session_id)
+    assert [e["trigger"] for e in json.loads(out)["events"]] == ["manual"]
+
+
 def test_chat_interactive_ends_at_end_of_input(tiny: Path, capsys: pytest.CaptureFixture,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n"))

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 HELP = """commands:
   /stats    KV size now (logical and physical tokens, bytes), turns, compactions
   /compact  compact now with the policy's plan
-  /save     commit the session now (every turn is committed anyway)
+  /save     commit the session now (every turn, and a /compact when you leave, is committed anyway)
   /quit     leave (Ctrl-D too); `agentmem chat --session ID` continues later"""
 
 
@@ -141,6 +141,7 @@ class _Chat:
         self.model, self.tokenizer = load(model_name)
         self.console = _Console()
         self.session: Session | None = None
+        self.unsaved = False  # a /compact since the last commit
         if args.session is not None:
             from ..engine import Session
 
@@ -173,6 +174,7 @@ class _Chat:
             session = self.session = self._start(text)
             self.console.note(f"session {session.id} in {self.store.path}")
         session.add("user", text)
+        self.unsaved = False  # the turn's commit includes it
         with _PrefillBar(session):
             pieces = session.stream(self.args.max_new_tokens, temperature=self.args.temperature,
                                     stop_when=(lambda _: stopped.is_set()) if stopped is not None else None)
@@ -202,9 +204,10 @@ class _Chat:
             note(f"resumed session {self.session.id}: {len(self.session.messages)} messages, "
                  f"{stats.logical_tokens} tokens in {stats.physical_tokens} KV slots")
         note(f"chatting with {self.model_name} (policy {self.args.policy}); /help for commands, Ctrl-D to quit")
+        prompt = "> " if _is_terminal(sys.stdin) else ""  # no prompts in the output of a piped script
         while True:
             try:
-                line = input("> ")
+                line = input(prompt)
             except (EOFError, KeyboardInterrupt):
                 print()
                 break
@@ -223,6 +226,8 @@ class _Chat:
             elif reply.finish_reason == "length":
                 note(f"[cut at --max-new-tokens {self.args.max_new_tokens}]")
         if self.session is not None:
+            if self.unsaved:
+                self.session.save()
             note(f"session {self.session.id} saved; continue with: agentmem chat --session {self.session.id}")
         return 0
 
@@ -246,10 +251,12 @@ class _Chat:
                 print(_stats(session))
             elif name == "/compact":
                 events = session.compact()  # the display hooks print each event
+                self.unsaved = bool(events)
                 if not events:
                     self.console.note("nothing to compact: every segment is pinned or recent")
             else:
                 session.save()
+                self.unsaved = False
                 self.console.note(f"saved session {session.id} to {self.store.path}")
         except AgentmemError as exc:
             self.console.note(f"error: {exc}")
@@ -364,6 +371,13 @@ def _stats(session: Session) -> str:
     return (f"KV: {stats.logical_tokens}{context} logical tokens in {stats.physical_tokens} physical slots, "
             f"{megabytes(stats.bytes)}\nturns: {stats.turns}, compactions: {len(done)}, "
             f"messages: {len(session.messages)}, session: {session.id}")
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _read_message(message: str | None) -> str | None:

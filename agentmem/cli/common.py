@@ -95,11 +95,23 @@ def say(line: str) -> None:
 
 
 def load(name: str):
-    """Load a model and its tokenizer with a conversion progress bar; report the time on stderr."""
+    """Load a model and its tokenizer with a conversion progress bar; report the time on stderr.
+
+    transformers' own loading bars follow the same switch (restored afterwards).
+    """
+    from transformers.utils import logging as hf_logging
+
     from .. import models
 
     began = time.perf_counter()
-    model, tokenizer = models.load_model(name, progress=progress_enabled())
+    shown = hf_logging.is_progress_bar_enabled()
+    if not progress_enabled():
+        hf_logging.disable_progress_bar()
+    try:
+        model, tokenizer = models.load_model(name, progress=progress_enabled())
+    finally:
+        if shown and not hf_logging.is_progress_bar_enabled():
+            hf_logging.enable_progress_bar()
     print(f"loaded {name} in {time.perf_counter() - began:.1f}s", file=sys.stderr)
     return model, tokenizer
 
