@@ -82,11 +82,13 @@ __all__ = ["ChatAgentMem"]
 
 _BLOCK = re.compile(re.escape(OPEN) + r"(.*?)(?:" + re.escape(CLOSE) + r"|$)", re.DOTALL)
 _NAME = re.compile(r'"name"\s*:\s*"([^"]*)"')
+_ARGUMENTS = re.compile(r'"(?:arguments|parameters|args)"\s*:\s*')
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Options of hosted chat models that mean nothing for a local one; accepted (and ignored) so
 # code written for them runs unchanged. Anything else unknown is an error.
 _IGNORED_FIELDS = ("api_key", "max_retries", "base_url", "organization")
-_CALL_OPTIONS = {"session_id", "model", "max_tokens", "max_new_tokens", "temperature", "top_p", "top_k", "seed",
+_CALL_OPTIONS = {"session_id", "model", "max_tokens", "max_new_tokens", "temperature", "top_p", "top_k",
+                 "repetition_penalty", "seed",
                  "tools", "tool_choice", "parallel_tool_calls", "timeout"}
 _LANGCHAIN_OPTIONS = {"stream", "ls_structured_output_format", "structured_output_format"}
 _ANY = ("any", "required")
@@ -251,10 +253,25 @@ def _split_reply(text: str, parse: bool) -> tuple[str, list[dict], list[dict]]:
             calls.append(tool_call(name=call.name, args=call.arguments, id=call.id))
         else:
             name = _NAME.search(body)
-            invalid.append(invalid_tool_call(name=name.group(1) if name else None, args=body,
+            invalid.append(invalid_tool_call(name=name.group(1) if name else None, args=_arguments_text(body),
                                              id="call_" + uuid.uuid4().hex[:12],
                                              error=one.errors[0] if one.errors else "unreadable tool call"))
     return parse_tool_calls(text).content, calls, invalid
+
+
+def _arguments_text(body: str) -> str:
+    """The raw text a broken call gives as its arguments (the whole body if none is marked).
+
+    LangChain keeps `args` of an invalid call as the unparsed argument text; in streams it
+    re-parses that text leniently, as it does for any provider's truncated call.
+    """
+    found = _ARGUMENTS.search(body)
+    if found is None:
+        return body
+    text = body[found.end():].rstrip()
+    if text.endswith("}") and text.count("}") > text.count("{"):  # the call object's own closing brace
+        text = text[:-1].rstrip()
+    return text
 
 
 # --------------------------------------------------------------------------- tools
@@ -298,9 +315,15 @@ def _forcing(tools: Sequence[dict], choice: str | None) -> _Forcing:
         names = [_tool_name(t) for t in tools]
         return _Forcing(prefix=OPEN + '{"name": "', choices=[f'{n}", "arguments": ' for n in names])
     tool = next(t for t in tools if _tool_name(t) == choice)
-    if not _tool_parameters(tool).get("properties"):
+    parameters = _tool_parameters(tool)
+    properties = parameters.get("properties") or {}
+    if not properties:
         return _Forcing(complete=format_tool_call(choice, {}))
-    return _Forcing(prefix=OPEN + '{"name": ' + json.dumps(choice, ensure_ascii=False) + ', "arguments": {')
+    # Start the arguments with the schema's first (required) key: small models otherwise copy
+    # the prompt's `{...}` placeholder instead of writing arguments.
+    first = next((k for k in parameters.get("required") or [] if k in properties), next(iter(properties)))
+    opening = json.dumps(first, ensure_ascii=False) + ": " + ('"' if properties[first].get("type") == "string" else "")
+    return _Forcing(prefix=OPEN + '{"name": ' + json.dumps(choice, ensure_ascii=False) + ', "arguments": {' + opening)
 
 
 # --------------------------------------------------------------------------- the chat model
@@ -320,6 +343,7 @@ class _Call:
     stop: list[str]
     forcing: _Forcing
     parse: bool
+    single_call: bool  # end the reply once it holds one complete call
     timeout: float | None
 
 
@@ -369,6 +393,8 @@ class ChatAgentMem(BaseChatModel):
     """Nucleus sampling mass (with temperature > 0)."""
     top_k: int | None = None
     """Top-k sampling (with temperature > 0)."""
+    repetition_penalty: float | None = None
+    """Penalty (> 1) on tokens already in the conversation; small models loop less with ~1.1."""
     stop: list[str] | None = None
     """Stop sequences: the reply ends before the first one (it stays in the cache)."""
     seed: int = 0
@@ -414,6 +440,8 @@ class ChatAgentMem(BaseChatModel):
         if self.timeout is not None and self.timeout <= 0:
             raise ConfigError(f"timeout must be > 0 seconds (or None), got {self.timeout}")
         generation_config(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        if self.repetition_penalty is not None and self.repetition_penalty <= 0:
+            raise ConfigError(f"repetition_penalty must be > 0 (1 is none), got {self.repetition_penalty}")
         if self.stop is not None and not all(isinstance(s, str) and s for s in self.stop):
             raise ConfigError(f"stop must be a list of non-empty strings, got {self.stop!r}")
         if self.loaded is not None:
@@ -451,7 +479,8 @@ class ChatAgentMem(BaseChatModel):
     def _identifying_params(self) -> dict[str, Any]:
         return {"model": self.model, "policy": self.policy if isinstance(self.policy, (str, dict)) else repr(self.policy),
                 "max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                "top_k": self.top_k, "seed": self.seed, "store": self.store}
+                "top_k": self.top_k, "repetition_penalty": self.repetition_penalty, "seed": self.seed,
+                "store": self.store}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(ls_provider="agentmem", ls_model_type="chat",
@@ -594,12 +623,12 @@ class ChatAgentMem(BaseChatModel):
         max_new = kwargs.get("max_tokens", kwargs.get("max_new_tokens", self.max_tokens))
         if not isinstance(max_new, int) or max_new < 1:
             raise ConfigError(f"max_tokens must be an integer >= 1, got {max_new!r}")
-        sampling = {"temperature": kwargs.get("temperature", self.temperature), "top_p": kwargs.get("top_p", self.top_p),
-                    "top_k": kwargs.get("top_k", self.top_k)}
+        sampling = {name: kwargs.get(name, getattr(self, name))
+                    for name in ("temperature", "top_p", "top_k", "repetition_penalty")}
         generation_config(**sampling)  # raises ConfigError on a bad value before any session is touched
         stops = list(stop if stop is not None else self.stop or [])
         if tools and not kwargs.get("parallel_tool_calls"):
-            stops.append(CLOSE)
+            stops.append(CLOSE)  # with _ends_with_call: the reply ends after its first complete call
         thread = kwargs.get("session_id")
         if thread is None and run_manager is not None:
             metadata = getattr(run_manager, "metadata", None) or {}
@@ -609,7 +638,8 @@ class ChatAgentMem(BaseChatModel):
         return _Call(messages=messages, tools=tools, thread=None if thread is None else str(thread),
                      model_name=str(kwargs.get("model") or self.model), max_new_tokens=max_new, sampling=sampling,
                      seed=int(kwargs.get("seed", self.seed)), stop=stops, forcing=_forcing(tools, choice),
-                     parse=bool(tools), timeout=timeout)
+                     parse=bool(tools), single_call=bool(tools) and not kwargs.get("parallel_tool_calls"),
+                     timeout=timeout)
 
     def _resources(self, name: str) -> tuple[Any, Any]:
         if self.loaded is not None and name == self.model:
@@ -633,7 +663,7 @@ class ChatAgentMem(BaseChatModel):
                     entry.keys.append(turn.key)
                 session.seed = call.seed
                 events_before = len(session.events)
-                timed_out = False
+                timed_out = call_done = False
                 if call.forcing.complete is not None:
                     cached = session.cached
                     session.prefill()
@@ -641,21 +671,24 @@ class ChatAgentMem(BaseChatModel):
                     session.add("assistant", call.forcing.complete)
                     if session.store is not None:
                         session.save()
-                    text, out, finish = call.forcing.complete, 0, "stop"
+                    text, out, finish, call_done = call.forcing.complete, 0, "stop", True
                     emit(text)
                 else:
                     deadline = time.monotonic() + call.timeout if call.timeout else None
+                    shown: list[str] = []  # the reply's text so far (the prefix is its first piece)
 
                     def stop_when(_: Session) -> bool:
-                        nonlocal timed_out
+                        nonlocal timed_out, call_done
                         timed_out = deadline is not None and time.monotonic() > deadline
-                        return cancel.is_set() or timed_out
+                        call_done = call.single_call and _ends_with_call("".join(shown))
+                        return cancel.is_set() or timed_out or call_done
 
                     options: dict[str, Any] = {}
                     if call.forcing.choices and _ENGINE_HAS_CHOICES:
                         options["choices"] = call.forcing.choices
                     for piece in session.stream(call.max_new_tokens, stop=call.stop or None, stop_when=stop_when,
                                                 prefix=call.forcing.prefix, **call.sampling, **options):
+                        shown.append(piece)
                         emit(piece)
                     reply = session.last_reply
                     text, out, cached, prompt = reply.text, reply.completion_tokens, reply.cached_tokens, \
@@ -669,7 +702,7 @@ class ChatAgentMem(BaseChatModel):
             stats = session.stats()
         content, calls, invalid = _split_reply(text, call.parse)
         if finish == "stopped":
-            finish = "timeout" if timed_out else "cancelled"
+            finish = "stop" if call_done else "timeout" if timed_out else "cancelled"
         reason = "tool_calls" if calls else {"stop_string": "stop"}.get(finish, finish)
         for event in events:
             log.info("session %s: compacted %s -> %s tokens (%s)", entry.id, event.tokens_before, event.tokens_after,
@@ -779,6 +812,19 @@ class _Visible:
             delta, self.sent = head[len(self.sent):], head
             return delta
         return ""
+
+
+def _ends_with_call(text: str) -> bool:
+    """Whether `text` holds a `<tool_call>` whose JSON object is complete (closing tag or not)."""
+    start = text.find(OPEN)
+    if start < 0:
+        return False
+    body = text[start + len(OPEN):].lstrip()
+    try:
+        value, _ = json.JSONDecoder().raw_decode(body)
+    except ValueError:
+        return False
+    return isinstance(value, dict)
 
 
 def _thread(config: RunnableConfig | None, kwargs: dict) -> dict:

@@ -135,3 +135,88 @@ class TestChatAgentMemIntegration(_Tiny, ChatModelIntegrationTests):
     @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
     def test_agent_loop(self, model: BaseChatModel) -> None:
         super().test_agent_loop(model)
+
+
+# ---------------------------------------------------------------------------- slow tier: SmolLM2
+
+COPIES_SCHEMA = ("SmolLM2-135M writes the forced call but copies schema keys (exclusiveMaximum, ...) into the "
+                 "arguments, so args != {'input': 3}")
+LOOPS = ("SmolLM2-135M starts the forced Joke call but repeats itself ('a cat is a cat ...') or adds keys after "
+         "the arguments, so the JSON is unreadable; forced calls with short arguments pass (test_tool_choice)")
+
+
+TOOLS_AND_STRUCTURED_OUTPUT = {
+    "test_tool_calling", "test_tool_calling_async", "test_bind_runnables_as_tools", "test_tool_choice",
+    "test_tool_calling_with_no_arguments", "test_tool_message_histories_string_content",
+    "test_tool_message_histories_list_content", "test_tool_message_error_status", "test_structured_few_shot_examples",
+    "test_structured_output", "test_structured_output_async", "test_structured_output_pydantic_2_v1",
+    "test_structured_output_optional_param", "test_unicode_tool_call_integration", "test_agent_loop",
+}
+
+
+@pytest.mark.slow
+class TestChatAgentMemSmolLM2(ChatModelIntegrationTests):
+    """The tool-calling and structured-output groups on the real SmolLM2-135M-Instruct."""
+
+    @property
+    def chat_model_class(self) -> type[BaseChatModel]:
+        return ChatAgentMem
+
+    @property
+    def chat_model_params(self) -> dict:
+        return {"model": "smollm2-135m", "max_tokens": 96}
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
+
+    @property
+    def has_structured_output(self) -> bool:
+        return True
+
+    @property
+    def supports_model_override(self) -> bool:
+        return False
+
+    @pytest.mark.xfail(reason=COPIES_SCHEMA)
+    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
+    def test_tool_calling(self, model: BaseChatModel) -> None:
+        super().test_tool_calling(model)
+
+    @pytest.mark.xfail(reason=COPIES_SCHEMA)
+    async def test_tool_calling_async(self, model: BaseChatModel) -> None:
+        await super().test_tool_calling_async(model)
+
+    @pytest.mark.xfail(reason=LOOPS)
+    @pytest.mark.parametrize("schema_type", SCHEMA_TYPES)
+    def test_structured_output(self, model: BaseChatModel, schema_type: str) -> None:
+        super().test_structured_output(model, schema_type)
+
+    @pytest.mark.xfail(reason=LOOPS)
+    @pytest.mark.parametrize("schema_type", SCHEMA_TYPES)
+    async def test_structured_output_async(self, model: BaseChatModel, schema_type: str) -> None:
+        await super().test_structured_output_async(model, schema_type)
+
+    @pytest.mark.xfail(reason=LOOPS)
+    def test_structured_output_pydantic_2_v1(self, model: BaseChatModel) -> None:
+        super().test_structured_output_pydantic_2_v1(model)
+
+    @pytest.mark.xfail(reason=LOOPS)
+    def test_structured_output_optional_param(self, model: BaseChatModel) -> None:
+        super().test_structured_output_optional_param(model)
+
+    @pytest.mark.xfail(reason="without tool_choice SmolLM2-135M answers in prose instead of calling get_weather")
+    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
+    def test_agent_loop(self, model: BaseChatModel) -> None:
+        super().test_agent_loop(model)
+
+    @pytest.mark.xfail(reason="greedy SmolLM2-135M keeps writing the customer description and never closes the "
+                              "call within max_tokens (it succeeds with repetition_penalty=1.1)")
+    def test_unicode_tool_call_integration(self, model: BaseChatModel, *, tool_choice: str | None = None,
+                                           force_tool_call: bool = True) -> None:
+        super().test_unicode_tool_call_integration(model, tool_choice=tool_choice, force_tool_call=force_tool_call)
+
+
+for _name in dir(ChatModelIntegrationTests):  # the other groups run in the fast tier
+    if _name.startswith("test_") and _name not in TOOLS_AND_STRUCTURED_OUTPUT:
+        setattr(TestChatAgentMemSmolLM2, _name, None)
