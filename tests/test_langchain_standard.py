@@ -143,6 +143,9 @@ COPIES_SCHEMA = ("SmolLM2-135M writes the forced call but copies schema keys (ex
                  "arguments, so args != {'input': 3}")
 LOOPS = ("SmolLM2-135M starts the forced Joke call but repeats itself ('a cat is a cat ...') or adds keys after "
          "the arguments, so the JSON is unreadable; forced calls with short arguments pass (test_tool_choice)")
+# The pydantic Joke passes; the TypedDict / JSON-schema variants render a different schema text.
+SMOL_SCHEMA_TYPES = ["pydantic", pytest.param("typeddict", marks=pytest.mark.xfail(reason=LOOPS)),
+                     pytest.param("json_schema", marks=pytest.mark.xfail(reason=LOOPS))]
 
 
 TOOLS_AND_STRUCTURED_OUTPUT = {
@@ -187,13 +190,11 @@ class TestChatAgentMemSmolLM2(ChatModelIntegrationTests):
     async def test_tool_calling_async(self, model: BaseChatModel) -> None:
         await super().test_tool_calling_async(model)
 
-    @pytest.mark.xfail(reason=LOOPS)
-    @pytest.mark.parametrize("schema_type", SCHEMA_TYPES)
+    @pytest.mark.parametrize("schema_type", SMOL_SCHEMA_TYPES)
     def test_structured_output(self, model: BaseChatModel, schema_type: str) -> None:
         super().test_structured_output(model, schema_type)
 
-    @pytest.mark.xfail(reason=LOOPS)
-    @pytest.mark.parametrize("schema_type", SCHEMA_TYPES)
+    @pytest.mark.parametrize("schema_type", SMOL_SCHEMA_TYPES)
     async def test_structured_output_async(self, model: BaseChatModel, schema_type: str) -> None:
         await super().test_structured_output_async(model, schema_type)
 
