@@ -1,24 +1,35 @@
-"""`agentmem demo`: the example coding agent (a placeholder until it is built).
+"""`agentmem demo`: the example coding agent on the bundled sample project.
 
-Its interface to the rest of the CLI is `add_parser(sub)` alone: it registers `demo`
-and points `func` at whatever runs it.
+The agent (`agentmem.coding_agent`) works on a copy of a small project whose test fails,
+inside a physical KV limit that a long run crosses several times; the console shows each
+tool call and each compaction, and the session lands in `agentmem-demo.db` (compaction
+events in its `compactions` table) so `agentmem demo --resume` continues it.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from ..errors import AgentmemError
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register `demo`."""
-    demo = sub.add_parser("demo", help="the example coding agent (not built yet)",
-                          description="An example coding agent on the built-in model, inside a fixed KV budget "
-                                      "(not built yet; `agentmem compact` shows compaction on real text).")
+    from ..coding_agent.__main__ import add_arguments
+
+    demo = sub.add_parser(
+        "demo", help="the example coding agent fixing a failing test inside a KV budget",
+        description="Copies a small project with a failing test to ./agentmem-demo and lets the coding agent work "
+                    "on it with the built-in model, compacting its KV cache each time it reaches --limit. Prints "
+                    "each tool call and compaction, then a summary and one JSON line. The session is kept in "
+                    "./agentmem-demo.db (events in the `compactions` table); --resume continues it.")
+    add_arguments(demo)
     demo.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Placeholder: the coding-agent demo does not exist yet."""
-    raise AgentmemError("the coding-agent demo is not built yet")
+    """Run the coding agent with the parsed options (the model loads with a progress bar)."""
+    from ..agents import LocalModel
+    from ..coding_agent.__main__ import run_from_args
+    from . import common
+
+    model, tokenizer = common.load(args.model)
+    return run_from_args(args, model=LocalModel.from_pretrained(model, tokenizer, name=args.model))

@@ -7,13 +7,35 @@ does not apply) goes back to the model as an observation, not as a crash.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from agentmem.agents import FunctionTool, tool
 
-from .workspace import Workspace
+from .workspace import Workspace, WorkspaceError
 
 
-def workspace_tools(workspace: Workspace) -> list[FunctionTool]:
-    """The five tools of the coding agent, bound to `workspace`."""
+class RepeatGuard:
+    """Refuses a call identical to an earlier one while no file changed since: small models loop."""
+
+    def __init__(self) -> None:
+        self.version = 0  # bumped by every successful write or patch
+        self.seen: set[tuple[str, str, int]] = set()
+
+    def check(self, name: str, arguments: dict[str, Any]) -> None:
+        key = (name, json.dumps(arguments, sort_keys=True), self.version)
+        if key in self.seen:
+            raise WorkspaceError(f"you already called {name} with these arguments and no file changed since; "
+                                 "its output is above. Try another tool or other arguments")
+        self.seen.add(key)
+
+    def changed(self) -> None:
+        self.version += 1
+
+
+def workspace_tools(workspace: Workspace, *, guard: RepeatGuard | None = None) -> list[FunctionTool]:
+    """The coding agent's tools bound to `workspace` (with `guard`, repeated no-op calls are refused)."""
+    guard = guard or RepeatGuard()
 
     @tool
     def list_files(folder: str = ".") -> str:
@@ -22,6 +44,7 @@ def workspace_tools(workspace: Workspace) -> list[FunctionTool]:
         Args:
             folder: A folder inside the project ("." for all of it).
         """
+        guard.check("list_files", {"folder": folder})
         return workspace.list_files(folder)
 
     @tool
@@ -33,6 +56,7 @@ def workspace_tools(workspace: Workspace) -> list[FunctionTool]:
             start: First line to show (1-based).
             end: Last line to show (default: the end of the file).
         """
+        guard.check("read_file", {"path": path, "start": start, "end": end})
         return workspace.read_file(path, start, end)
 
     @tool
@@ -43,6 +67,7 @@ def workspace_tools(workspace: Workspace) -> list[FunctionTool]:
             pattern: What to look for.
             folder: A folder or file inside the project to search in.
         """
+        guard.check("search", {"pattern": pattern, "folder": folder})
         return workspace.search(pattern, folder)
 
     @tool
@@ -54,7 +79,9 @@ def workspace_tools(workspace: Workspace) -> list[FunctionTool]:
             old: Text to replace; it must occur exactly once in the file.
             new: Text to put in its place.
         """
-        return workspace.patch_file(path, old, new)
+        done = workspace.patch_file(path, old, new)
+        guard.changed()
+        return done
 
     @tool
     def write_file(path: str, content: str) -> str:
@@ -64,11 +91,17 @@ def workspace_tools(workspace: Workspace) -> list[FunctionTool]:
             path: File to write, relative to the project.
             content: The whole new content of the file.
         """
-        return workspace.write_file(path, content)
+        done = workspace.write_file(path, content)
+        guard.changed()
+        return done
 
     @tool
     def run_tests() -> str:
-        """Run the project's tests; shows the exit code and the (shortened) output."""
-        return workspace.run_tests()
+        """Run the project's tests. Failing tests come back as an error with the (shortened) output."""
+        guard.check("run_tests", {})
+        output = workspace.run_tests()
+        if not output.startswith("exit code 0"):
+            raise WorkspaceError("tests fail: " + output)
+        return output
 
     return [list_files, read_file, search, patch_file, write_file, run_tests]

@@ -1,0 +1,206 @@
+"""The example coding agent: an `agentmem.agents.Agent` fixing a failing test under a KV limit.
+
+`run` copies the bundled sample project into a workspace, starts (or resumes) a session in
+an SQLite file, and streams the agent's run to a console: each tool call, each compaction
+(tokens before -> after, seconds) and the final result. The policy keeps the physical KV
+cache under `limit` tokens, so a long run compacts its older turns again and again.
+
+With the 135M default model the agent is not a strong coder; its tool calls are still
+real (the call syntax and tool names are enforced by constrained decoding, the arguments
+are the model's own) and so are the compactions. Pass a larger model for real work.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from agentmem.agents import Agent, ModelSettings, Runner, SQLiteSession, tool
+from agentmem.agents.events import (
+    CompactionFinishedEvent,
+    CompactionStartedEvent,
+    FinalOutputEvent,
+    ToolCallEvent,
+    ToolResultEvent,
+    TurnDoneEvent,
+)
+from agentmem.errors import ConfigError, MaxTurnsExceeded
+from agentmem.policies import AnyPin, FixedRatio, PinFirstUser, PinSystem, PinToolSchemas, Policy, TokenLimit
+
+from . import SAMPLE_PROJECT
+from .tools import workspace_tools
+from .workspace import Workspace
+
+INSTRUCTIONS = (
+    "You are a careful coding agent working in a small Python project. Use the tools to "
+    "look at the files, run the tests, find the bug and fix it with patch_file. Make one "
+    "tool call per reply. You are done when run_tests passes."
+)
+TASK = "The tests of this project fail. Find the bug in the code and fix it so that all tests pass."
+MARKER = ".agentmem-demo.json"  # in the workspace: which store and session it belongs to
+
+
+def demo_policy(limit: int, ratio: float, method: str = "am-fast") -> Policy:
+    """Compact everything but the instructions, the tools, the task and the newest tokens."""
+    if limit < 256:
+        raise ConfigError(f"--limit {limit} is too small for the agent's prompt; use 256 or more")
+    return Policy(trigger=TokenLimit(limit), ratio=FixedRatio(ratio),
+                  pin=AnyPin((PinSystem(), PinToolSchemas(), PinFirstUser())), method=method,
+                  protect_recent=min(128, limit // 8))
+
+
+def build_agent(workspace: Workspace, *, model: Any = "smollm2-135m", policy: Policy | str = "default",
+                temperature: float = 0.7, max_new_tokens: int = 160) -> Agent:
+    """The coding agent: the workspace tools; the run ends when `run_tests` passes."""
+    tools = workspace_tools(workspace)
+
+    return Agent("coding-agent", instructions=INSTRUCTIONS, tools=tools, model=model, policy=policy,
+                 settings=ModelSettings(max_new_tokens=max_new_tokens, temperature=temperature,
+                                        tool_choice="required", reset_tool_choice=False),
+                 stop_at_tools=["run_tests"])
+
+
+@dataclass
+class DemoResult:
+    """What a demo run did (also printed as the last JSON line)."""
+
+    session_id: str
+    store: str
+    workspace: str
+    turns: int = 0
+    tool_calls: int = 0
+    tool_errors: int = 0
+    compactions: int = 0
+    tokens_before: list[int] = field(default_factory=list)
+    tokens_after: list[int] = field(default_factory=list)
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    peak_physical_tokens: int = 0
+    tests_pass: bool = False
+    finished: bool = False
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def prepare(workspace_dir: Path, store: Path, *, resume: bool, fresh: bool) -> tuple[Workspace, str | None]:
+    """The workspace to use and the session id to resume (None for a new session)."""
+    marker = workspace_dir / MARKER
+    if workspace_dir.exists() and any(workspace_dir.iterdir()):
+        if not marker.exists():
+            raise ConfigError(f"{workspace_dir} exists and was not made by the demo; pass another --workspace")
+        info = json.loads(marker.read_text())
+        if resume:
+            if Path(info["store"]) != store.resolve():
+                raise ConfigError(f"{workspace_dir} belongs to the store {info['store']}; pass --store with it")
+            return Workspace(workspace_dir), info["session_id"]
+        if not fresh:
+            raise ConfigError(f"{workspace_dir} holds an earlier demo run: pass --resume to continue it "
+                              "or --fresh to start over")
+        import shutil
+
+        shutil.rmtree(workspace_dir)
+    elif resume:
+        raise ConfigError(f"nothing to resume: {workspace_dir} does not exist; run without --resume first")
+    return Workspace.from_template(SAMPLE_PROJECT, workspace_dir), None
+
+
+def run(*, model: Any = "smollm2-135m", workspace_dir: Path = Path("agentmem-demo"),
+        store: Path = Path("agentmem-demo.db"), limit: int = 2048, ratio: float = 4.0, method: str = "am-fast",
+        max_turns: int = 24, temperature: float = 0.7, resume: bool = False, fresh: bool = False,
+        console: TextIO | None = None) -> DemoResult:
+    """Run (or resume) the coding agent on the sample project and report what happened."""
+    out = _Console(console)
+    workspace, session_id = prepare(Path(workspace_dir), Path(store), resume=resume, fresh=fresh)
+    policy = demo_policy(limit, ratio, method)
+    agent = build_agent(workspace, model=model, policy=policy, temperature=temperature)
+    session = SQLiteSession(session_id or f"demo-{int(time.time())}", db_path=str(store))
+    (workspace.root / MARKER).write_text(json.dumps({"store": str(Path(store).resolve()),
+                                                     "session_id": session.session_id}))
+    result = DemoResult(session_id=session.session_id, store=str(store), workspace=str(workspace.root))
+    out.line(f"workspace {workspace.root}  |  store {store} (session {session.session_id})")
+    out.line(f"model {getattr(agent.model, 'name', agent.model)}  |  KV limit {limit} tokens, compaction "
+             f"x{ratio:g} ({method}), at most {max_turns} turns")
+    began = time.perf_counter()
+    task = "Continue: the tests still need to pass." if session_id else TASK
+    streamed = Runner.run_streamed(agent, task, session=session, max_turns=max_turns)
+    try:
+        for event in streamed:
+            _show(event, result, out)
+    except MaxTurnsExceeded:
+        out.line(f"stopped after {max_turns} turns (--max-turns)")
+    usage = streamed.usage
+    result.prompt_tokens, result.cached_tokens = usage.prompt_tokens, usage.cached_tokens
+    result.completion_tokens = usage.completion_tokens
+    result.seconds = time.perf_counter() - began
+    result.tests_pass = workspace.run_tests().startswith("exit code 0")
+    out.line(f"result: tests {'pass' if result.tests_pass else 'still fail'}; {result.turns} turns, "
+             f"{result.tool_calls} tool calls ({result.tool_errors} refused or failed), {result.compactions} "
+             f"compactions, {result.seconds:.0f} s")
+    out.line(f"tokens: {result.prompt_tokens} prefilled, {result.cached_tokens} reused from the KV cache, "
+             f"{result.completion_tokens} generated; peak physical KV {result.peak_physical_tokens} tokens")
+    out.line(f"continue with: agentmem demo --resume   (compaction events: table `compactions` in {store})")
+    return result
+
+
+def _show(event: Any, result: DemoResult, out: _Console) -> None:
+    if isinstance(event, ToolCallEvent):
+        args = ", ".join(f"{k}={_short(v)}" for k, v in event.call.arguments.items())
+        out.part(f"turn {event.turn:>2}  {event.call.name}({args})")
+        result.tool_calls += 1
+    elif isinstance(event, ToolResultEvent):
+        if event.call is None:
+            out.part(f"turn {event.turn:>2}  (unreadable call)")
+        lines = event.output.strip().splitlines() or [""]
+        note = lines[0][:70] + (f" (+{len(lines) - 1} lines)" if len(lines) > 1 else "")
+        out.line(f"  -> {'error: ' if event.is_error and not note.startswith('error') else ''}{note}")
+        result.tool_errors += int(event.is_error)
+    elif isinstance(event, CompactionStartedEvent) and event.vetoed:
+        out.line("  compaction vetoed")
+    elif isinstance(event, CompactionFinishedEvent):
+        e = event.event
+        result.compactions += 1
+        result.tokens_before.append(e.tokens_before)
+        result.tokens_after.append(e.tokens_after)
+        out.line(f"  compaction {result.compactions}: {e.tokens_before} -> {e.tokens_after} tokens "
+                 f"({e.method} x{e.ratio:g}, {e.seconds:.1f} s, {e.status})")
+    elif isinstance(event, TurnDoneEvent):
+        result.turns = event.turn
+    elif isinstance(event, FinalOutputEvent):
+        result.finished = True
+        out.line(f"finished: {_short(event.output, 200)}")
+    stats = getattr(event, "stats", None)
+    if stats is not None:
+        result.peak_physical_tokens = max(result.peak_physical_tokens, stats.physical_tokens)
+
+
+def _short(value: Any, width: int = 40) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= width else text[: width - 3] + '..."'
+
+
+class _Console:
+    """Prints progress lines; `part` starts a line that the next `line` completes."""
+
+    def __init__(self, stream: TextIO | None):
+        self.stream = stream
+        self.open = False
+
+    def part(self, text: str) -> None:
+        if self.stream is not None:
+            if self.open:
+                self.stream.write("\n")
+            self.stream.write(text)
+            self.stream.flush()
+            self.open = True
+
+    def line(self, text: str) -> None:
+        if self.stream is not None:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+            self.open = False
