@@ -53,6 +53,10 @@ def parse_tool_calls(text: str) -> ParsedReply:
     """Split `text` into plain content and tool calls (lenient; see the module docstring)."""
     calls: list[ToolCall] = []
     errors: list[str] = []
+    for size in range(len(CLOSE) - 1, 1, -1):  # a closing tag cut off by the token budget
+        if text.endswith(CLOSE[:size]):
+            text = text[:-size]
+            break
     for match in _BLOCK.finditer(text):
         body = match.group(1).strip()
         try:

@@ -17,6 +17,7 @@ invoked (and reported to the model). With this filter and a forced reply prefix 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from collections.abc import Sequence
 
@@ -38,9 +39,15 @@ _ENOUGH = 32  # allowed tokens collected before the scan stops
 class CallMachine:
     """Character-level recogniser of the call text after ``<tool_call>`` (see the module doc)."""
 
-    def __init__(self, names: Sequence[str], keys: dict[str, Sequence[str]] | None = None):
+    def __init__(self, names: Sequence[str], keys: dict[str, Sequence[str]] | None = None,
+                 enums: dict[str, dict[str, Sequence[str]]] | None = None,
+                 required: dict[str, Sequence[str]] | None = None):
         self.names = tuple(names)
+        self.required = {n: tuple(k) for n, k in (required or {}).items()}  # tool -> required arguments
         self.keys = {n: tuple(k) for n, k in (keys or {}).items()}  # tool -> its argument names
+        self.enums = {n: {k: tuple(v) for k, v in e.items()} for n, e in (enums or {}).items()}
+        self.options: tuple[str, ...] | None = None  # allowed values of the string being written
+        self.value = ""  # that string so far
         self.key = ""  # top-level key being written
         self.used: list[str] = []  # top-level keys written
         self.phase = "head"  # head | name | middle | json | tail | done
@@ -91,6 +98,14 @@ class CallMachine:
 
     def _json(self, ch: str) -> bool:
         mode = self.mode
+        if mode == "string" and self.options is not None:  # a top-level value with an enum
+            if ch == '"':
+                if self.value not in self.options:
+                    return False
+                self.options, self.mode = None, "after"
+                return True
+            self.value += ch
+            return ch != "\\" and any(o.startswith(self.value) for o in self.options)
         if mode == "string":
             top = self.is_key and len(self.stack) == 1 and self.name in self.keys
             if ch == '"':
@@ -157,7 +172,7 @@ class CallMachine:
             return self._value(ch)
         if mode in ("key_or_end", "key"):
             if ch == "}" and mode == "key_or_end":
-                return self._close("{")
+                return not (len(self.stack) == 1 and self._missing()) and self._close("{")
             if ch == '"':
                 if len(self.stack) == 1 and self.name in self.keys and not self._free_keys():
                     return False
@@ -176,12 +191,19 @@ class CallMachine:
                 self.mode = "key" if self.stack[-1] == "{" else "value"
                 return True
             if ch in "}]":
+                if ch == "}" and len(self.stack) == 1 and self._missing():
+                    return False  # a required argument is not given yet
                 return self._close("{" if ch == "}" else "[")
             return False
         return False
 
     def _value(self, ch: str) -> bool:
-        if ch == '"':
+        options = self.enums.get(self.name, {}).get(self.used[-1]) if len(self.stack) == 1 and self.used else None
+        if options is not None:
+            if ch != '"':
+                return False
+            self.mode, self.is_key, self.options, self.value = "string", False, options, ""
+        elif ch == '"':
             self.mode, self.is_key = "string", False
         elif ch == "{":
             self.stack.append("{")
@@ -206,6 +228,21 @@ class CallMachine:
             self.phase, self.pos = "tail", 0
         return True
 
+    def _default(self, key: str | None) -> str:
+        """The shortest value allowed for top-level argument `key` (None: any)."""
+        options = self.enums.get(self.name, {}).get(key) if key else None
+        return json.dumps(min(options, key=len)) if options else "0"
+
+    def _arguments(self, name: str) -> str:
+        """The shortest arguments object for tool `name`: its required arguments, shortest values."""
+        options = self.enums.get(name, {})
+        values = (json.dumps(min(options[k], key=len)) if k in options else "0" for k in self.required.get(name, ()))
+        return "{" + ", ".join(f'"{k}": {v}' for k, v in zip(self.required.get(name, ()), values)) + "}"
+
+    def _missing(self) -> list[str]:
+        """Required top-level arguments not written yet."""
+        return [k for k in self.required.get(self.name, ()) if k not in self.used]
+
     def _free_keys(self) -> list[str]:
         return [k for k in self.keys.get(self.name, ()) if k not in self.used]
 
@@ -217,19 +254,23 @@ class CallMachine:
         if self.phase == "tail":
             return TAIL[self.pos:]
         if self.phase == "head":
-            return HEAD[self.pos:] + min(self.names, key=len) + MIDDLE + "{}" + TAIL
+            name = min(self.names, key=lambda n: len(n) + len(self._arguments(n)))
+            return HEAD[self.pos:] + name + MIDDLE + self._arguments(name) + TAIL
         if self.phase == "name":
-            rest = min((n for n in self.names if n.startswith(self.name)), key=len)[len(self.name):]
-            return rest + MIDDLE + "{}" + TAIL
+            name = min((n for n in self.names if n.startswith(self.name)),
+                       key=lambda n: len(n) + len(self._arguments(n)))
+            return name[len(self.name):] + MIDDLE + self._arguments(name) + TAIL
         if self.phase == "middle":
-            return MIDDLE[self.pos:] + "{}" + TAIL
-        mode, text = self.mode, ""
+            return MIDDLE[self.pos:] + self._arguments(self.name) + TAIL
+        mode, text, key = self.mode, "", None
         if mode == "value" and not self.stack:
-            return "{}" + TAIL
+            return self._arguments(self.name) + TAIL
         if mode == "escape":
             text = '""'
         elif mode == "hex":
             text = "0" * self.hex_left + '"'
+        elif mode == "string" and self.options is not None:
+            text = min((o for o in self.options if o.startswith(self.value)), key=len)[len(self.value):] + '"'
         elif mode == "string":
             text = '"'
         elif mode == "literal":
@@ -238,16 +279,37 @@ class CallMachine:
             text = "0"
         restricted = len(self.stack) == 1 and self.name in self.keys
         if mode in ("escape", "hex", "string") and self.is_key or mode == "colon":
+            key = self.used[-1] if mode == "colon" and self.used else self.key
             if mode == "string" and restricted:
-                text = min((k for k in self._free_keys() if k.startswith(self.key)), key=len)[len(self.key):] + '"'
-            text += ":0"
+                key = min([k for k in self._missing() if k.startswith(self.key)]
+                          or [k for k in self._free_keys() if k.startswith(self.key)], key=len)
+                text = key[len(self.key):] + '"'
+            text += ":" + self._default(key if restricted else None)
         elif mode == "key":
-            text += '"' + (min(self._free_keys(), key=len) if restricted else "") + '":0'
+            key = min(self._missing() or self._free_keys(), key=len) if restricted else ""
+            text += '"' + key + '":' + self._default(key if restricted else None)
         elif mode == "value":
-            text += "0"
-        for bracket in reversed(self.stack):
-            text += "}" if bracket == "{" else "]"
+            text += self._default(self.used[-1] if len(self.stack) == 1 and self.used else None)
+        missing = [k for k in self._missing() if k != key]
+        empty = mode == "key_or_end" and len(self.stack) == 1
+        rest = ", ".join(f'"{k}": {self._default(k)}' for k in missing)
+        if rest and not empty:
+            rest = ", " + rest
+        for depth, bracket in reversed(list(enumerate(self.stack))):
+            text += (rest if depth == 0 else "") + ("}" if bracket == "{" else "]")
         return text + TAIL
+
+
+def string_enums(parameters: dict) -> dict[str, list[str]]:
+    """Top-level arguments whose JSON schema allows only listed strings (e.g. a `Literal` hint)."""
+    enums: dict[str, list[str]] = {}
+    for key, spec in parameters.get("properties", {}).items():
+        values = spec.get("enum")
+        if values is None and "const" in spec:
+            values = [spec["const"]]
+        if values and all(isinstance(v, str) and v and "\\" not in v and '"' not in v for v in values):
+            enums[key] = list(values)
+    return enums
 
 
 class CallConstraint:
@@ -262,11 +324,13 @@ class CallConstraint:
     """
 
     def __init__(self, tokenizer, names: Sequence[str], *, max_new_tokens: int, prefix: str = "",
-                 keys: dict[str, Sequence[str]] | None = None):
+                 keys: dict[str, Sequence[str]] | None = None,
+                 enums: dict[str, dict[str, Sequence[str]]] | None = None,
+                 required: dict[str, Sequence[str]] | None = None):
         if not names:
             raise ValueError("CallConstraint needs at least one tool name")
         self.tokenizer, self.names, self.budget = tokenizer, tuple(names), max_new_tokens
-        self.keys = keys
+        self.keys, self.enums, self.required = keys, enums, required
         self.text = prefix  # reply text so far, as the sum of token texts
         self.seen = 0
         self.machine: CallMachine | None = None
@@ -286,7 +350,7 @@ class CallConstraint:
         if left <= len(closer) + 1:
             allowed = self._closing(closer, logits)
         else:
-            allowed = self._allowed(logits)
+            allowed = self._allowed(logits, left)
         if not allowed:  # nothing fits (an odd vocabulary): leave the model be
             log.warning("no token continues the tool call %r; not constraining", self.text[-40:])
             self.broken = True
@@ -300,7 +364,7 @@ class CallConstraint:
     def _activate(self) -> None:
         at = self.text.find(OPEN)
         if self.machine is None and at >= 0:
-            self.machine = CallMachine(self.names, self.keys)
+            self.machine = CallMachine(self.names, self.keys, self.enums, self.required)
             if not self.machine.feed(self.text[at + len(OPEN):]):
                 self.broken = True
 
@@ -320,19 +384,21 @@ class CallConstraint:
             self._texts[token] = text
         return text
 
-    def _fits(self, token: int) -> bool:
+    def _fits(self, token: int, left: int) -> bool:
+        """`token` continues the call and leaves room to close it (one token per character, at worst)."""
         text = self._text(token)
         if not text or self.machine is None:
             return False
-        return self.machine.copy().feed(text)
+        twin = self.machine.copy()
+        return twin.feed(text) and len(twin.closer()) < left
 
-    def _allowed(self, logits: torch.Tensor) -> list[int]:
+    def _allowed(self, logits: torch.Tensor, left: int) -> list[int]:
         order = torch.argsort(logits, descending=True).tolist()
         allowed: list[int] = []
         for rank, token in enumerate(order):
             if logits[token] == float("-inf"):
                 break
-            if self._fits(token):
+            if self._fits(token, left):
                 allowed.append(token)
                 if len(allowed) >= _ENOUGH:
                     break

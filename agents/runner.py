@@ -30,7 +30,7 @@ from agentmem.segments import CompactionEvent
 from agentmem.toolcalls import CLOSE, OPEN, ToolCall, parse_tool_calls
 
 from .agent import Agent
-from .constrain import HEAD, MIDDLE, CallConstraint
+from .constrain import HEAD, MIDDLE, CallConstraint, string_enums
 from .events import (
     CompactionFinishedEvent,
     CompactionStartedEvent,
@@ -71,6 +71,14 @@ class RunHooks:
 
     def on_compaction_end(self, agent: Agent, event: CompactionEvent) -> None:
         """After a compaction (or a fallback drop)."""
+
+    def allowed_tools(self, agent: Agent, turn: int) -> Sequence[str] | None:
+        """Tool names reply `turn` may call (None: all of them).
+
+        With constrained decoding (`ModelSettings.constrain_calls`) the model cannot name
+        any other tool; without it, calling one is answered with an error observation.
+        """
+        return None
 
 
 @dataclass
@@ -232,7 +240,8 @@ def _run_stream(agent: Agent, result: RunResult, *, session: Session | None, max
             result.turns += 1
             turn = buffer.turn = result.turns
             hooks.on_turn_start(agent, turn)
-            prefix, stops, processor = _decoding(agent, conversation, choice)
+            allowed = hooks.allowed_tools(agent, turn)
+            prefix, stops, processor = _decoding(agent, conversation, choice, allowed)
             for piece in conversation.stream(settings.max_new_tokens, stop=stops, temperature=settings.temperature,
                                              prefix=prefix, logits_processor=processor):
                 yield from buffer.drain()
@@ -248,7 +257,7 @@ def _run_stream(agent: Agent, result: RunResult, *, session: Session | None, max
             for call in [] if done else parsed.calls:
                 yield ToolCallEvent(call, turn)
                 hooks.on_tool_start(agent, call)
-                output = _call_tool(agent, call, run_coroutine)
+                output = _call_tool(agent, call, run_coroutine, allowed)
                 hooks.on_tool_end(agent, call, output.text)
                 _observe(conversation, result, output.text)
                 yield ToolResultEvent(call, output.text, output.is_error, turn)
@@ -289,10 +298,13 @@ def _open(agent: Agent, session: Session | None) -> tuple[Any, SQLiteSession | N
     return conversation, None
 
 
-def _decoding(agent: Agent, conversation: Any, choice: str) -> tuple[str | None, list[str], Any]:
+def _decoding(agent: Agent, conversation: Any, choice: str,
+              allowed: Sequence[str] | None = None) -> tuple[str | None, list[str], Any]:
     """The reply's forced prefix, stop strings and token filter for this tool choice."""
     stops = list(agent.settings.stop)
-    names = [t.name for t in agent.tools]
+    names = [t.name for t in agent.tools if allowed is None or t.name in allowed]
+    if allowed is not None and choice not in ("none", "auto", "required") and choice not in names:
+        choice = "required" if names else "none"
     if choice == "none" or not names:
         return None, stops, None
     stops.append(CLOSE)  # one call per reply: decoding stops when the call is closed
@@ -300,13 +312,19 @@ def _decoding(agent: Agent, conversation: Any, choice: str) -> tuple[str | None,
     processor = None
     if agent.settings.constrain_calls and getattr(conversation, "tokenizer", None) is not None:
         keys = {t.name: list(t.parameters.get("properties", {})) for t in agent.tools}
+        enums = {t.name: string_enums(t.parameters) for t in agent.tools}
+        required = {t.name: list(t.parameters.get("required", [])) for t in agent.tools}
         processor = CallConstraint(conversation.tokenizer, names, max_new_tokens=agent.settings.max_new_tokens,
-                                   prefix=prefix or "", keys=keys)
+                                   prefix=prefix or "", keys=keys, enums=enums, required=required)
     return prefix, stops, processor
 
 
-def _call_tool(agent: Agent, call: ToolCall, run_coroutine: RunCoroutine) -> ToolOutput:
+def _call_tool(agent: Agent, call: ToolCall, run_coroutine: RunCoroutine,
+               allowed: Sequence[str] | None = None) -> ToolOutput:
     tool = agent.tool(call.name)
+    if tool is not None and allowed is not None and call.name not in allowed:
+        return ToolOutput(f"error: {call.name} cannot be used now; the tools you can call are: "
+                          f"{', '.join(allowed) or 'none'}", True)
     if tool is None:
         names = ", ".join(t.name for t in agent.tools)
         return ToolOutput(f"error: there is no tool {call.name!r}; the tools are: {names}", True)

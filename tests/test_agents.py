@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from conftest import tiny_chat_gemma3, tiny_chat_llama, tiny_tokenizer
@@ -231,7 +232,7 @@ def test_streamed_events_with_online_compaction_and_veto(tiny):
 def test_forced_tool_choice_gives_parsable_calls_from_random_models(make, choice):
     model = LocalModel.from_pretrained(make(seed=3), tiny_tokenizer())
     agent = Agent("a", tools=[read_file, add], model=model, policy="off",
-                  settings=ModelSettings(max_new_tokens=40, tool_choice=choice))
+                  settings=ModelSettings(max_new_tokens=64, tool_choice=choice))
     result = Runner.run_sync(agent, "call something", max_turns=4)
     call_text = result.new_items[1]["content"]
     parsed = parse_tool_calls(call_text)
@@ -240,7 +241,76 @@ def test_forced_tool_choice_gives_parsable_calls_from_random_models(make, choice
     assert call.name in ("read_file", "add_numbers") and (choice == "required" or call.name == choice)
     allowed = read_file.parameters["properties"] if call.name == "read_file" else add.parameters["properties"]
     assert set(call.arguments) <= set(allowed)
+    schema = (read_file if call.name == "read_file" else add).parameters
+    assert set(schema["required"]) <= set(call.arguments), call_text  # required arguments are enforced
     assert result.replies[0].finish_reason == "stop_string"
+
+
+@tool
+def open_file(path: Literal["a.py", "b/c.py", "a.pyi"], mode: Literal["r"] = "r", lines: int = 10) -> str:
+    """Open one of the project's files.
+
+    Args:
+        path: Which file.
+        mode: How.
+        lines: How many lines.
+    """
+    return f"{path} {mode} {lines}"
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("budget", [96, 48])
+def test_enum_arguments_are_enforced_even_when_the_budget_runs_out(seed, budget):
+    model = LocalModel.from_pretrained(tiny_chat_llama(seed=seed), tiny_tokenizer())
+    conversation = model.open(system=None, tools=[open_file.schema()], policy="off")
+    conversation.add("user", "open something")
+    from agentmem.agents.constrain import CallConstraint, string_enums
+
+    assert string_enums(open_file.parameters) == {"path": ["a.py", "b/c.py", "a.pyi"], "mode": ["r"]}
+    prefix = '<tool_call>{"name": "open_file", "arguments": {"path": ' if budget > 48 else \
+        '<tool_call>{"name": "open_file", "arguments": {'
+    processor = CallConstraint(conversation.tokenizer, ["open_file"], max_new_tokens=budget, prefix=prefix,
+                               keys={"open_file": ["path", "mode", "lines"]},
+                               enums={"open_file": string_enums(open_file.parameters)},
+                               required={"open_file": ["path", "lines"]})
+    for _ in conversation.stream(budget, prefix=prefix, stop="</tool_call>", temperature=1.0,
+                                 logits_processor=processor):
+        pass
+    parsed = parse_tool_calls(conversation.last_reply.text)
+    assert parsed.errors == [] and len(parsed.calls) == 1, conversation.last_reply.text
+    arguments = parsed.calls[0].arguments
+    assert arguments["path"] in ("a.py", "b/c.py", "a.pyi") and arguments.get("mode", "r") == "r"
+    assert "lines" in arguments  # required (here by the test) even when the budget forced the close
+
+
+class OnlyAdd(RunHooks):
+    def allowed_tools(self, agent, turn):
+        return ["add_numbers"] if turn == 1 else None
+
+
+def test_allowed_tools_hook_narrows_each_turn():
+    model = ScriptedModel([ScriptedModel.call("read_file", path="a.py"), ScriptedModel.call("read_file", path="a.py"),
+                           "done"])
+    agent = Agent("a", tools=[read_file, add], model=model)
+    result = Runner.run_sync(agent, "go", hooks=OnlyAdd())
+    model.assert_done()
+    assert result.new_items[2]["content"].startswith("error: read_file cannot be used now")
+    assert result.new_items[4]["content"] == "contents of a.py from line 1"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_allowed_tools_constrain_decoding(seed):
+    model = LocalModel.from_pretrained(tiny_chat_llama(seed=seed), tiny_tokenizer())
+    agent = Agent("a", tools=[read_file, add], model=model, policy="off",
+                  settings=ModelSettings(max_new_tokens=40, tool_choice="required", temperature=1.0))
+    events = []
+    try:
+        for event in Runner.run_streamed(agent, "go", hooks=OnlyAdd(), max_turns=1):
+            events.append(event)
+    except MaxTurnsExceeded:
+        pass
+    calls = [e.call for e in events if e.type == "tool_call"]
+    assert [c.name for c in calls] == ["add_numbers"]
 
 
 def test_run_sync_run_and_streamed_agree(tiny):

@@ -22,6 +22,7 @@ def test_lenient_forms():
     assert parse_tool_calls('<tool_call> {"name": "f", "parameters": {"y": 3}} </tool_call>').calls[0] \
         .arguments == {"y": 3}
     assert parse_tool_calls('<tool_call>{"name": "f"}</tool_call>').calls[0].arguments == {}
+    assert parse_tool_calls('<tool_call>{"name": "f", "arguments": {"x": 1}}</tool_').calls[0].arguments == {"x": 1}
 
 
 def test_unreadable_calls_are_errors_not_calls():

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from agentmem.agents import Agent, ModelSettings, Runner, SQLiteSession, tool
+from agentmem.agents import Agent, ModelSettings, RunHooks, Runner, SQLiteSession
 from agentmem.agents.events import (
     CompactionFinishedEvent,
     CompactionStartedEvent,
@@ -31,7 +31,7 @@ from agentmem.errors import ConfigError, MaxTurnsExceeded
 from agentmem.policies import AnyPin, FixedRatio, PinFirstUser, PinSystem, PinToolSchemas, Policy, TokenLimit
 
 from . import SAMPLE_PROJECT
-from .tools import workspace_tools
+from .tools import RepeatGuard, workspace_tools
 from .workspace import Workspace
 
 INSTRUCTIONS = (
@@ -40,6 +40,7 @@ INSTRUCTIONS = (
     "tool call per reply. You are done when run_tests passes."
 )
 TASK = "The tests of this project fail. Find the bug in the code and fix it so that all tests pass."
+READ_ONLY = ("test_*.py", "tests/*")  # the agent fixes the code, not the tests
 MARKER = ".agentmem-demo.json"  # in the workspace: which store and session it belongs to
 
 
@@ -54,13 +55,30 @@ def demo_policy(limit: int, ratio: float, method: str = "am-fast") -> Policy:
 
 def build_agent(workspace: Workspace, *, model: Any = "smollm2-135m", policy: Policy | str = "default",
                 temperature: float = 0.7, max_new_tokens: int = 160) -> Agent:
-    """The coding agent: the workspace tools; the run ends when `run_tests` passes."""
-    tools = workspace_tools(workspace)
+    """The coding agent: the workspace tools but write_file; the run ends when `run_tests` passes.
 
-    return Agent("coding-agent", instructions=INSTRUCTIONS, tools=tools, model=model, policy=policy,
-                 settings=ModelSettings(max_new_tokens=max_new_tokens, temperature=temperature,
-                                        tool_choice="required", reset_tool_choice=False),
-                 stop_at_tools=["run_tests"])
+    The tools share a `RepeatGuard` (reachable as `agent.guard`); `Steer(agent.guard)` as
+    the run's hooks keeps replies from calling tools that have nothing new to show.
+    """
+    guard = RepeatGuard(workspace.files())
+    tools = [t for t in workspace_tools(workspace, guard=guard, known_paths=True) if t.name != "write_file"]
+    agent = Agent("coding-agent", instructions=INSTRUCTIONS, tools=tools, model=model, policy=policy,
+                  settings=ModelSettings(max_new_tokens=max_new_tokens, temperature=temperature,
+                                         tool_choice="required", reset_tool_choice=False),
+                  stop_at_tools=["run_tests"])
+    agent.guard = guard
+    return agent
+
+
+class Steer(RunHooks):
+    """Lets a reply call only tools that can still show something new (see `RepeatGuard.exhausted`)."""
+
+    def __init__(self, guard: RepeatGuard):
+        self.guard = guard
+
+    def allowed_tools(self, agent: Agent, turn: int) -> list[str] | None:
+        allowed = [t.name for t in agent.tools if not self.guard.exhausted(t.name)]
+        return allowed or None
 
 
 @dataclass
@@ -79,7 +97,7 @@ class DemoResult:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
-    peak_physical_tokens: int = 0
+    peak_physical_tokens: int = 0  # physical KV size when a compaction was triggered (0: none was)
     tests_pass: bool = False
     finished: bool = False
     seconds: float = 0.0
@@ -98,7 +116,7 @@ def prepare(workspace_dir: Path, store: Path, *, resume: bool, fresh: bool) -> t
         if resume:
             if Path(info["store"]) != store.resolve():
                 raise ConfigError(f"{workspace_dir} belongs to the store {info['store']}; pass --store with it")
-            return Workspace(workspace_dir), info["session_id"]
+            return Workspace(workspace_dir, read_only=READ_ONLY), info["session_id"]
         if not fresh:
             raise ConfigError(f"{workspace_dir} holds an earlier demo run: pass --resume to continue it "
                               "or --fresh to start over")
@@ -107,7 +125,7 @@ def prepare(workspace_dir: Path, store: Path, *, resume: bool, fresh: bool) -> t
         shutil.rmtree(workspace_dir)
     elif resume:
         raise ConfigError(f"nothing to resume: {workspace_dir} does not exist; run without --resume first")
-    return Workspace.from_template(SAMPLE_PROJECT, workspace_dir), None
+    return Workspace.from_template(SAMPLE_PROJECT, workspace_dir, read_only=READ_ONLY), None
 
 
 def run(*, model: Any = "smollm2-135m", workspace_dir: Path = Path("agentmem-demo"),
@@ -128,7 +146,7 @@ def run(*, model: Any = "smollm2-135m", workspace_dir: Path = Path("agentmem-dem
              f"x{ratio:g} ({method}), at most {max_turns} turns")
     began = time.perf_counter()
     task = "Continue: the tests still need to pass." if session_id else TASK
-    streamed = Runner.run_streamed(agent, task, session=session, max_turns=max_turns)
+    streamed = Runner.run_streamed(agent, task, session=session, max_turns=max_turns, hooks=Steer(agent.guard))
     try:
         for event in streamed:
             _show(event, result, out)
@@ -160,8 +178,10 @@ def _show(event: Any, result: DemoResult, out: _Console) -> None:
         note = lines[0][:70] + (f" (+{len(lines) - 1} lines)" if len(lines) > 1 else "")
         out.line(f"  -> {'error: ' if event.is_error and not note.startswith('error') else ''}{note}")
         result.tool_errors += int(event.is_error)
-    elif isinstance(event, CompactionStartedEvent) and event.vetoed:
-        out.line("  compaction vetoed")
+    elif isinstance(event, CompactionStartedEvent):
+        result.peak_physical_tokens = max(result.peak_physical_tokens, event.plan.stats.physical_tokens)
+        if event.vetoed:
+            out.line("  compaction vetoed")
     elif isinstance(event, CompactionFinishedEvent):
         e = event.event
         result.compactions += 1
@@ -174,9 +194,6 @@ def _show(event: Any, result: DemoResult, out: _Console) -> None:
     elif isinstance(event, FinalOutputEvent):
         result.finished = True
         out.line(f"finished: {_short(event.output, 200)}")
-    stats = getattr(event, "stats", None)
-    if stats is not None:
-        result.peak_physical_tokens = max(result.peak_physical_tokens, stats.physical_tokens)
 
 
 def _short(value: Any, width: int = 40) -> str:

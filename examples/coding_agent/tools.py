@@ -8,7 +8,8 @@ does not apply) goes back to the model as an observation, not as a crash.
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from agentmem.agents import FunctionTool, tool
 
@@ -16,38 +17,60 @@ from .workspace import Workspace, WorkspaceError
 
 
 class RepeatGuard:
-    """Refuses a call identical to an earlier one while no file changed since: small models loop."""
+    """Refuses a call identical to an earlier one while no file changed since: small models loop.
 
-    def __init__(self) -> None:
+    It also knows when a tool has nothing new to give (`exhausted`), which the coding agent
+    uses to narrow the tools a reply may call.
+    """
+
+    def __init__(self, files: Sequence[str] = ()) -> None:
         self.version = 0  # bumped by every successful write or patch
+        self.files = set(files)
         self.seen: set[tuple[str, str, int]] = set()
+        self.subjects: dict[str, set[str]] = {}  # tool -> what it looked at since the last change
 
-    def check(self, name: str, arguments: dict[str, Any]) -> None:
+    def check(self, name: str, arguments: dict[str, Any], subject: str = "") -> None:
         key = (name, json.dumps(arguments, sort_keys=True), self.version)
         if key in self.seen:
             raise WorkspaceError(f"you already called {name} with these arguments and no file changed since; "
                                  "its output is above. Try another tool or other arguments")
         self.seen.add(key)
+        self.subjects.setdefault(name, set()).add(subject)
 
     def changed(self) -> None:
         self.version += 1
+        self.subjects.clear()
+
+    def exhausted(self, name: str) -> bool:
+        """True when calling `name` again cannot show anything new until a file changes."""
+        seen = self.subjects.get(name, set())
+        if name in ("list_files", "run_tests"):
+            return bool(seen)
+        if name == "read_file":
+            return bool(self.files) and self.files <= seen
+        return False
 
 
-def workspace_tools(workspace: Workspace, *, guard: RepeatGuard | None = None) -> list[FunctionTool]:
-    """The coding agent's tools bound to `workspace` (with `guard`, repeated no-op calls are refused)."""
-    guard = guard or RepeatGuard()
+def workspace_tools(workspace: Workspace, *, guard: RepeatGuard | None = None,
+                    known_paths: bool = False) -> list[FunctionTool]:
+    """The coding agent's tools bound to `workspace`.
+
+    Args:
+        workspace: the folder the tools may touch.
+        guard: refuses repeated no-op calls (default: a new `RepeatGuard`).
+        known_paths: type the `path` of read_file and patch_file as one of the files that
+            exist now (a JSON-schema enum, which the agent SDK enforces while decoding):
+            this keeps a small model from inventing file names; new files can still be
+            written with write_file.
+    """
+    guard = guard or RepeatGuard(workspace.files())
 
     @tool
-    def list_files(folder: str = ".") -> str:
-        """List the files of the project with their sizes.
+    def list_files() -> str:
+        """List the files of the project with their sizes."""
+        guard.check("list_files", {})
+        return workspace.list_files()
 
-        Args:
-            folder: A folder inside the project ("." for all of it).
-        """
-        guard.check("list_files", {"folder": folder})
-        return workspace.list_files(folder)
-
-    @tool
     def read_file(path: str, start: int = 1, end: int | None = None) -> str:
         """Read a file with line numbers.
 
@@ -56,21 +79,9 @@ def workspace_tools(workspace: Workspace, *, guard: RepeatGuard | None = None) -
             start: First line to show (1-based).
             end: Last line to show (default: the end of the file).
         """
-        guard.check("read_file", {"path": path, "start": start, "end": end})
+        guard.check("read_file", {"path": path, "start": start, "end": end}, subject=path)
         return workspace.read_file(path, start, end)
 
-    @tool
-    def search(pattern: str, folder: str = ".") -> str:
-        """Find lines matching a regular expression (or plain text) in the project's files.
-
-        Args:
-            pattern: What to look for.
-            folder: A folder or file inside the project to search in.
-        """
-        guard.check("search", {"pattern": pattern, "folder": folder})
-        return workspace.search(pattern, folder)
-
-    @tool
     def patch_file(path: str, old: str, new: str) -> str:
         """Replace one exact, unique piece of a file's text.
 
@@ -82,6 +93,22 @@ def workspace_tools(workspace: Workspace, *, guard: RepeatGuard | None = None) -
         done = workspace.patch_file(path, old, new)
         guard.changed()
         return done
+
+    if known_paths:
+        files = tuple(workspace.files())
+        if files:
+            read_file.__annotations__["path"] = patch_file.__annotations__["path"] = Literal[files]
+
+    @tool
+    def search(pattern: str, folder: str = ".") -> str:
+        """Find lines matching a regular expression (or plain text) in the project's files.
+
+        Args:
+            pattern: What to look for.
+            folder: A folder or file inside the project to search in.
+        """
+        guard.check("search", {"pattern": pattern, "folder": folder})
+        return workspace.search(pattern, folder)
 
     @tool
     def write_file(path: str, content: str) -> str:
@@ -104,4 +131,4 @@ def workspace_tools(workspace: Workspace, *, guard: RepeatGuard | None = None) -
             raise WorkspaceError("tests fail: " + output)
         return output
 
-    return [list_files, read_file, search, patch_file, write_file, run_tests]
+    return [list_files, tool(read_file), search, tool(patch_file), write_file, run_tests]

@@ -7,6 +7,7 @@ timeout and their output is capped, so a runaway test cannot hang or flood the a
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import shutil
@@ -34,6 +35,8 @@ class Workspace:
         timeout: seconds a command may run.
         output_cap: characters of command output kept (head and tail).
         read_cap: characters a single read returns at most.
+        read_only: glob patterns of files the tools may read but not change (e.g. the tests,
+            so an agent cannot make them pass by editing them).
     """
 
     root: Path
@@ -41,6 +44,7 @@ class Workspace:
     timeout: float = 60.0
     output_cap: int = 2000
     read_cap: int = 4000
+    read_only: tuple[str, ...] = ()  # glob patterns (relative paths) tools may read but not change
 
     def __post_init__(self) -> None:
         root = Path(self.root).expanduser().resolve()
@@ -80,18 +84,20 @@ class Workspace:
         return full.relative_to(self.root).as_posix() or "."
 
     # ------------------------------------------------------------------ tools
-    def list_files(self, folder: str = ".") -> str:
+    def files(self, folder: str = ".") -> list[str]:
+        """Paths of the files under `folder`, relative to the root (hidden and cache folders skipped)."""
         base = self.resolve(folder)
         if not base.is_dir():
             raise WorkspaceError(f"{folder} is not a folder")
         found = []
         for dirpath, dirnames, filenames in os.walk(base):
             dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
-            for name in sorted(filenames):
-                full = Path(dirpath) / name
-                if full.suffix in (".pyc",):
-                    continue
-                found.append(f"{self.relative(full)} ({full.stat().st_size} bytes)")
+            found.extend(self.relative(Path(dirpath) / n) for n in sorted(filenames)
+                         if not n.endswith(".pyc") and not n.startswith("."))
+        return found
+
+    def list_files(self, folder: str = ".") -> str:
+        found = [f"{p} ({(self.root / p).stat().st_size} bytes)" for p in self.files(folder)]
         return "\n".join(found) if found else "(no files)"
 
     def read_file(self, path: str, start: int = 1, end: int | None = None) -> str:
@@ -133,8 +139,16 @@ class Workspace:
         more = f"\n... and {len(hits) - len(shown)} more" if len(hits) > len(shown) else ""
         return "\n".join(shown) + more
 
-    def write_file(self, path: str, content: str) -> str:
+    def writable(self, path: str) -> Path:
+        """`path` resolved for a change, or WorkspaceError when it is read-only."""
         full = self.resolve(path)
+        relative = self.relative(full)
+        if any(fnmatch.fnmatch(relative, pattern) for pattern in self.read_only):
+            raise WorkspaceError(f"{relative} is read-only in this workspace; change the code, not the tests")
+        return full
+
+    def write_file(self, path: str, content: str) -> str:
+        full = self.writable(path)
         if full.is_dir():
             raise WorkspaceError(f"{path} is a folder")
         full.parent.mkdir(parents=True, exist_ok=True)
@@ -142,7 +156,7 @@ class Workspace:
         return f"wrote {self.relative(full)} ({len(content.splitlines())} lines)"
 
     def patch_file(self, path: str, old: str, new: str) -> str:
-        full = self.resolve(path)
+        full = self.writable(path)
         if not full.is_file():
             raise WorkspaceError(f"{path} is not a file")
         text = full.read_text(encoding="utf-8")
