@@ -5,13 +5,14 @@ the text after it a prefix of::
 
     {"name": "<one of the tool names>", "arguments": <a JSON object>}</tool_call>
 
-where the object's keys are the tool's argument names, each at most once.
-Each candidate token's text is fed to a small character-level machine (`CallMachine`);
-tokens it rejects get logit -inf. When the token budget runs low, only the shortest
-completion (closing strings, brackets, the tag) is allowed, so the call always ends
-readable. Values are free: whether they fit the tool's schema is checked when the tool is
-invoked (and reported to the model). With this filter and a forced reply prefix even a
-135M model writes calls that parse.
+where the object's keys are the tool's argument names, each at most once, every required
+argument is given, an argument typed `string` is a JSON string and one with an `enum` of
+strings is one of them. Each candidate token's text is fed to a small character-level
+machine (`CallMachine`); tokens it rejects get logit -inf, and so do tokens after which
+the call could no longer be closed within the token budget, so the call always ends
+readable. Other values are free: whether they fit the tool's schema is checked when the
+tool is invoked (and reported to the model). With this filter and a forced reply prefix
+even a 135M model writes calls that parse.
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ class CallMachine:
 
     def __init__(self, names: Sequence[str], keys: dict[str, Sequence[str]] | None = None,
                  enums: dict[str, dict[str, Sequence[str]]] | None = None,
-                 required: dict[str, Sequence[str]] | None = None):
+                 required: dict[str, Sequence[str]] | None = None,
+                 strings: dict[str, Sequence[str]] | None = None):
         self.names = tuple(names)
+        self.strings = {n: set(k) for n, k in (strings or {}).items()}  # tool -> arguments that are strings
         self.required = {n: tuple(k) for n, k in (required or {}).items()}  # tool -> required arguments
         self.keys = {n: tuple(k) for n, k in (keys or {}).items()}  # tool -> its argument names
         self.enums = {n: {k: tuple(v) for k, v in e.items()} for n, e in (enums or {}).items()}
@@ -205,6 +208,8 @@ class CallMachine:
             self.mode, self.is_key, self.options, self.value = "string", False, options, ""
         elif ch == '"':
             self.mode, self.is_key = "string", False
+        elif len(self.stack) == 1 and self.used and self.used[-1] in self.strings.get(self.name, ()):
+            return False  # this argument is a string
         elif ch == "{":
             self.stack.append("{")
             self.mode = "key_or_end"
@@ -228,16 +233,18 @@ class CallMachine:
             self.phase, self.pos = "tail", 0
         return True
 
-    def _default(self, key: str | None) -> str:
-        """The shortest value allowed for top-level argument `key` (None: any)."""
-        options = self.enums.get(self.name, {}).get(key) if key else None
-        return json.dumps(min(options, key=len)) if options else "0"
+    def _default(self, key: str | None, name: str | None = None) -> str:
+        """The shortest value allowed for top-level argument `key` of tool `name` (None: any)."""
+        name = self.name if name is None else name
+        options = self.enums.get(name, {}).get(key) if key else None
+        if options:
+            return json.dumps(min(options, key=len))
+        return '""' if key in self.strings.get(name, ()) else "0"
 
     def _arguments(self, name: str) -> str:
         """The shortest arguments object for tool `name`: its required arguments, shortest values."""
-        options = self.enums.get(name, {})
-        values = (json.dumps(min(options[k], key=len)) if k in options else "0" for k in self.required.get(name, ()))
-        return "{" + ", ".join(f'"{k}": {v}' for k, v in zip(self.required.get(name, ()), values)) + "}"
+        required = self.required.get(name, ())
+        return "{" + ", ".join(f'"{k}": {self._default(k, name)}' for k in required) + "}"
 
     def _missing(self) -> list[str]:
         """Required top-level arguments not written yet."""
@@ -300,6 +307,11 @@ class CallMachine:
         return text + TAIL
 
 
+def string_arguments(parameters: dict) -> list[str]:
+    """Top-level arguments typed as plain strings."""
+    return [k for k, spec in parameters.get("properties", {}).items() if spec.get("type") == "string"]
+
+
 def string_enums(parameters: dict) -> dict[str, list[str]]:
     """Top-level arguments whose JSON schema allows only listed strings (e.g. a `Literal` hint)."""
     enums: dict[str, list[str]] = {}
@@ -326,11 +338,12 @@ class CallConstraint:
     def __init__(self, tokenizer, names: Sequence[str], *, max_new_tokens: int, prefix: str = "",
                  keys: dict[str, Sequence[str]] | None = None,
                  enums: dict[str, dict[str, Sequence[str]]] | None = None,
-                 required: dict[str, Sequence[str]] | None = None):
+                 required: dict[str, Sequence[str]] | None = None,
+                 strings: dict[str, Sequence[str]] | None = None):
         if not names:
             raise ValueError("CallConstraint needs at least one tool name")
         self.tokenizer, self.names, self.budget = tokenizer, tuple(names), max_new_tokens
-        self.keys, self.enums, self.required = keys, enums, required
+        self.keys, self.enums, self.required, self.strings = keys, enums, required, strings
         self.text = prefix  # reply text so far, as the sum of token texts
         self.seen = 0
         self.machine: CallMachine | None = None
@@ -364,7 +377,7 @@ class CallConstraint:
     def _activate(self) -> None:
         at = self.text.find(OPEN)
         if self.machine is None and at >= 0:
-            self.machine = CallMachine(self.names, self.keys, self.enums, self.required)
+            self.machine = CallMachine(self.names, self.keys, self.enums, self.required, self.strings)
             if not self.machine.feed(self.text[at + len(OPEN):]):
                 self.broken = True
 

@@ -243,6 +243,8 @@ def test_forced_tool_choice_gives_parsable_calls_from_random_models(make, choice
     assert set(call.arguments) <= set(allowed)
     schema = (read_file if call.name == "read_file" else add).parameters
     assert set(schema["required"]) <= set(call.arguments), call_text  # required arguments are enforced
+    if call.name == "read_file":
+        assert isinstance(call.arguments["path"], str), call_text  # string-typed arguments are strings
     assert result.replies[0].finish_reason == "stop_string"
 
 
@@ -272,7 +274,7 @@ def test_enum_arguments_are_enforced_even_when_the_budget_runs_out(seed, budget)
     processor = CallConstraint(conversation.tokenizer, ["open_file"], max_new_tokens=budget, prefix=prefix,
                                keys={"open_file": ["path", "mode", "lines"]},
                                enums={"open_file": string_enums(open_file.parameters)},
-                               required={"open_file": ["path", "lines"]})
+                               required={"open_file": ["path", "lines"]}, strings={"open_file": ["note"]})
     for _ in conversation.stream(budget, prefix=prefix, stop="</tool_call>", temperature=1.0,
                                  logits_processor=processor):
         pass

@@ -102,3 +102,13 @@ def test_sample_project_has_a_failing_test(tmp_path):
     ws = Workspace.from_template(SAMPLE_PROJECT, tmp_path / "copy")
     out = ws.run_tests()
     assert out.startswith("exit code 1") and "test_top_words_most_frequent_first" in out
+
+
+def test_read_only_patterns_protect_files(ws):
+    guarded = Workspace(ws.root, read_only=("pkg/*",))
+    with pytest.raises(WorkspaceError, match="read-only"):
+        guarded.patch_file("pkg/mod.py", "line 1\n", "x\n")
+    with pytest.raises(WorkspaceError, match="read-only"):
+        guarded.write_file("pkg/new.py", "x")
+    assert guarded.is_writable("notes.txt") and not guarded.is_writable("pkg/mod.py")
+    assert not guarded.is_writable("../outside.txt")

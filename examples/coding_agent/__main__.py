@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=2048, help="physical KV limit in tokens (default 2048)")
     parser.add_argument("--ratio", type=float, default=4.0, help="compaction ratio (default 4)")
     parser.add_argument("--method", default="am-fast", help="compaction method (default am-fast)")
-    parser.add_argument("--max-turns", type=int, default=24, help="model replies at most (default 24)")
+    parser.add_argument("--max-turns", type=int, default=40, help="model replies at most (default 40)")
     parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default 0.7)")
     parser.add_argument("--resume", action="store_true", help="continue the session of an earlier run")
     parser.add_argument("--fresh", action="store_true", help="replace an earlier run's workspace")

@@ -71,10 +71,18 @@ def build_agent(workspace: Workspace, *, model: Any = "smollm2-135m", policy: Po
 
 
 class Steer(RunHooks):
-    """Lets a reply call only tools that can still show something new (see `RepeatGuard.exhausted`)."""
+    """Lets a reply call only tools that can still show something new (see `RepeatGuard.exhausted`).
+
+    A tool whose call just failed also sits out the next reply: small models otherwise
+    repeat the same failing call until the turns run out.
+    """
 
     def __init__(self, guard: RepeatGuard):
         self.guard = guard
+
+    def on_tool_end(self, agent: Agent, call: Any, output: str) -> None:
+        if output.startswith("error") and call.name != "run_tests":
+            self.guard.resting.add(call.name)  # a failed call is not retried the very next turn
 
     def allowed_tools(self, agent: Agent, turn: int) -> list[str] | None:
         allowed = [t.name for t in agent.tools if not self.guard.exhausted(t.name)]
@@ -130,7 +138,7 @@ def prepare(workspace_dir: Path, store: Path, *, resume: bool, fresh: bool) -> t
 
 def run(*, model: Any = "smollm2-135m", workspace_dir: Path = Path("agentmem-demo"),
         store: Path = Path("agentmem-demo.db"), limit: int = 2048, ratio: float = 4.0, method: str = "am-fast",
-        max_turns: int = 24, temperature: float = 0.7, resume: bool = False, fresh: bool = False,
+        max_turns: int = 40, temperature: float = 0.7, resume: bool = False, fresh: bool = False,
         console: TextIO | None = None) -> DemoResult:
     """Run (or resume) the coding agent on the sample project and report what happened."""
     out = _Console(console)

@@ -28,13 +28,16 @@ class RepeatGuard:
         self.files = set(files)
         self.seen: set[tuple[str, str, int]] = set()
         self.subjects: dict[str, set[str]] = {}  # tool -> what it looked at since the last change
+        self.resting: set[str] = set()  # tools whose last call was a refused repeat
 
     def check(self, name: str, arguments: dict[str, Any], subject: str = "") -> None:
         key = (name, json.dumps(arguments, sort_keys=True), self.version)
         if key in self.seen:
+            self.resting.add(name)
             raise WorkspaceError(f"you already called {name} with these arguments and no file changed since; "
                                  "its output is above. Try another tool or other arguments")
         self.seen.add(key)
+        self.resting.clear()
         self.subjects.setdefault(name, set()).add(subject)
 
     def changed(self) -> None:
@@ -42,7 +45,12 @@ class RepeatGuard:
         self.subjects.clear()
 
     def exhausted(self, name: str) -> bool:
-        """True when calling `name` again cannot show anything new until a file changes."""
+        """True when calling `name` again cannot show anything new until a file changes.
+
+        A tool whose last call was a refused repeat also rests until another call goes through.
+        """
+        if name in self.resting:
+            return True
         seen = self.subjects.get(name, set())
         if name in ("list_files", "run_tests"):
             return bool(seen)
@@ -59,9 +67,9 @@ def workspace_tools(workspace: Workspace, *, guard: RepeatGuard | None = None,
         workspace: the folder the tools may touch.
         guard: refuses repeated no-op calls (default: a new `RepeatGuard`).
         known_paths: type the `path` of read_file and patch_file as one of the files that
-            exist now (a JSON-schema enum, which the agent SDK enforces while decoding):
-            this keeps a small model from inventing file names; new files can still be
-            written with write_file.
+            exist now, and patch_file's as one that is not read-only (a JSON-schema enum,
+            which the agent SDK enforces while decoding): this keeps a small model from
+            inventing file names; new files can still be written with write_file.
     """
     guard = guard or RepeatGuard(workspace.files())
 
@@ -96,8 +104,11 @@ def workspace_tools(workspace: Workspace, *, guard: RepeatGuard | None = None,
 
     if known_paths:
         files = tuple(workspace.files())
+        changeable = tuple(f for f in files if workspace.is_writable(f))
         if files:
-            read_file.__annotations__["path"] = patch_file.__annotations__["path"] = Literal[files]
+            read_file.__annotations__["path"] = Literal[files]
+        if changeable:
+            patch_file.__annotations__["path"] = Literal[changeable]
 
     @tool
     def search(pattern: str, folder: str = ".") -> str:

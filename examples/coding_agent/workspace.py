@@ -139,6 +139,14 @@ class Workspace:
         more = f"\n... and {len(hits) - len(shown)} more" if len(hits) > len(shown) else ""
         return "\n".join(shown) + more
 
+    def is_writable(self, path: str) -> bool:
+        """Whether the tools may change `path` (inside the workspace and not read-only)."""
+        try:
+            self.writable(path)
+        except WorkspaceError:
+            return False
+        return True
+
     def writable(self, path: str) -> Path:
         """`path` resolved for a change, or WorkspaceError when it is read-only."""
         full = self.resolve(path)
