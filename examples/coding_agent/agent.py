@@ -82,10 +82,13 @@ class Steer(RunHooks):
 
     def on_tool_end(self, agent: Agent, call: Any, output: str) -> None:
         if output.startswith("error") and call.name != "run_tests":
-            self.guard.resting.add(call.name)  # a failed call is not retried the very next turn
+            self.guard.rest(call.name)  # a failed call is not retried the very next turn
 
     def allowed_tools(self, agent: Agent, turn: int) -> list[str] | None:
         allowed = [t.name for t in agent.tools if not self.guard.exhausted(t.name)]
+        if not allowed:  # every tool rests: let them try again, but not the one that just failed
+            allowed = [t.name for t in agent.tools if not self.guard.exhausted(t.name, resting=False)]
+            allowed = [n for n in allowed if n != self.guard.last_failed] or allowed
         return allowed or None
 
 

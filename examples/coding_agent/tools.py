@@ -29,27 +29,34 @@ class RepeatGuard:
         self.seen: set[tuple[str, str, int]] = set()
         self.subjects: dict[str, set[str]] = {}  # tool -> what it looked at since the last change
         self.resting: set[str] = set()  # tools whose last call was a refused repeat
+        self.last_failed: str | None = None  # the tool that failed most recently
 
     def check(self, name: str, arguments: dict[str, Any], subject: str = "") -> None:
         key = (name, json.dumps(arguments, sort_keys=True), self.version)
         if key in self.seen:
-            self.resting.add(name)
+            self.rest(name)
             raise WorkspaceError(f"you already called {name} with these arguments and no file changed since; "
                                  "its output is above. Try another tool or other arguments")
         self.seen.add(key)
         self.resting.clear()
         self.subjects.setdefault(name, set()).add(subject)
 
+    def rest(self, name: str) -> None:
+        """`name` just failed: leave it out until another call goes through."""
+        self.resting.add(name)
+        self.last_failed = name
+
     def changed(self) -> None:
         self.version += 1
         self.subjects.clear()
 
-    def exhausted(self, name: str) -> bool:
+    def exhausted(self, name: str, *, resting: bool = True) -> bool:
         """True when calling `name` again cannot show anything new until a file changes.
 
-        A tool whose last call was a refused repeat also rests until another call goes through.
+        With `resting`, a tool whose last call failed or was a refused repeat also counts
+        until another call goes through.
         """
-        if name in self.resting:
+        if resting and name in self.resting:
             return True
         seen = self.subjects.get(name, set())
         if name in ("list_files", "run_tests"):
