@@ -281,7 +281,8 @@ def test_corrupt_database_is_one_line(tiny: Path, capsys: pytest.CaptureFixture,
     (["chat", "--policy", "nope", "--message", "hi"], "unknown policy 'nope'"),
     (["scenario", "aime", "--problems-file", "missing.jsonl"], "no problems file at missing.jsonl"),
     (["sessions", "export", "x", "--store", "."], "is a directory"),
-    (["demo"], "the coding-agent demo is not built yet"),
+    (["demo", "--limit", "100"], "--limit 100 is too small"),
+    (["demo", "--resume"], "nothing to resume"),
     (["no-such-command"], "invalid choice"),
 ])
 def test_user_errors_are_one_line(tiny: Path, capsys: pytest.CaptureFixture, argv: list[str], words: str) -> None:

@@ -145,8 +145,8 @@ def run(*, model: Any = "smollm2-135m", workspace_dir: Path = Path("agentmem-dem
         console: TextIO | None = None) -> DemoResult:
     """Run (or resume) the coding agent on the sample project and report what happened."""
     out = _Console(console)
+    policy = demo_policy(limit, ratio, method)  # bad options fail before anything is written
     workspace, session_id = prepare(Path(workspace_dir), Path(store), resume=resume, fresh=fresh)
-    policy = demo_policy(limit, ratio, method)
     agent = build_agent(workspace, model=model, policy=policy, temperature=temperature)
     session = SQLiteSession(session_id or f"demo-{int(time.time())}", db_path=str(store))
     (workspace.root / MARKER).write_text(json.dumps({"store": str(Path(store).resolve()),
