@@ -364,8 +364,13 @@ def attention_forward(
         capture.record(layer_idx, query, scaling)
         if capture.transform is not None and (capture.layers is None or layer_idx in capture.layers):
             key, value, attention_mask = capture.transform(layer_idx, query, key, value, attention_mask)
+    value_dim = value.shape[-1]
     if key.shape[-1] == query.shape[-1] + 1:
         query = torch.cat([query, query.new_ones(query.shape[:-1] + (1,))], dim=-1)
+        if value_dim == key.shape[-1] - 1:
+            # PyTorch's fast (flash) CPU kernel needs equal key and value widths; without this
+            # zero column SDPA falls back to its math path, 3-5x slower in prefill and decode.
+            value = torch.cat([value, value.new_zeros(value.shape[:-1] + (1,))], dim=-1)
     groups = query.shape[1] // key.shape[1]
     gqa = {}
     if groups > 1 and _SDPA_GQA:
@@ -394,6 +399,8 @@ def attention_forward(
         is_causal=is_causal,
         **gqa,
     )
+    if out.shape[-1] != value_dim:
+        out = out[..., :value_dim]
     return out.transpose(1, 2).contiguous(), None
 
 
