@@ -33,7 +33,6 @@ models run in parallel.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import queue
@@ -63,6 +62,7 @@ from .engine import Session
 from .errors import ConfigError
 from .policies import Policy, policy_from
 from .sampling import generation_config
+from .constrain import call_constraint
 from .langchain_history import _REGISTRY, _Entry, _key, _Turn, _turns, clear_sessions
 from .toolcalls import CLOSE, OPEN, format_tool_call, parse_tool_calls
 
@@ -82,7 +82,6 @@ _CALL_OPTIONS = {"session_id", "model", "max_tokens", "max_new_tokens", "tempera
                  "tools", "tool_choice", "parallel_tool_calls", "timeout"}
 _LANGCHAIN_OPTIONS = {"stream", "ls_structured_output_format", "structured_output_format"}
 _ANY = ("any", "required")
-_ENGINE_HAS_CHOICES = "choices" in inspect.signature(Session.stream).parameters
 
 
 def _split_reply(text: str, parse: bool) -> tuple[str, list[dict], list[dict]]:
@@ -530,7 +529,11 @@ class ChatAgentMem(BaseChatModel):
                         return cancel.is_set() or timed_out or call_done
 
                     options: dict[str, Any] = {}
-                    if call.forcing.choices and _ENGINE_HAS_CHOICES:
+                    if call.tools and call.parse:  # calls stay well-formed: names, arguments, types
+                        options["logits_processor"] = call_constraint(
+                            session.tokenizer, call.tools, max_new_tokens=call.max_new_tokens,
+                            prefix=call.forcing.prefix or "")
+                    elif call.forcing.choices:
                         options["choices"] = call.forcing.choices
                     for piece in session.stream(call.max_new_tokens, stop=call.stop or None, stop_when=stop_when,
                                                 prefix=call.forcing.prefix, **call.sampling, **options):

@@ -30,7 +30,7 @@ from agentmem.segments import CompactionEvent
 from agentmem.toolcalls import CLOSE, OPEN, ToolCall, parse_tool_calls
 
 from .agent import Agent
-from .constrain import HEAD, MIDDLE, CallConstraint, string_arguments, string_enums
+from agentmem.constrain import HEAD, MIDDLE, call_constraint
 from .events import (
     CompactionFinishedEvent,
     CompactionStartedEvent,
@@ -311,12 +311,9 @@ def _decoding(agent: Agent, conversation: Any, choice: str,
     prefix = OPEN + HEAD if choice == "required" else OPEN + HEAD + choice + MIDDLE if choice in names else None
     processor = None
     if agent.settings.constrain_calls and getattr(conversation, "tokenizer", None) is not None:
-        keys = {t.name: list(t.parameters.get("properties", {})) for t in agent.tools}
-        enums = {t.name: string_enums(t.parameters) for t in agent.tools}
-        required = {t.name: list(t.parameters.get("required", [])) for t in agent.tools}
-        strings = {t.name: string_arguments(t.parameters) for t in agent.tools}
-        processor = CallConstraint(conversation.tokenizer, names, max_new_tokens=agent.settings.max_new_tokens,
-                                   prefix=prefix or "", keys=keys, enums=enums, required=required, strings=strings)
+        schemas = [t.schema() for t in agent.tools if t.name in names]
+        processor = call_constraint(conversation.tokenizer, schemas, max_new_tokens=agent.settings.max_new_tokens,
+                                    prefix=prefix or "")
     return prefix, stops, processor
 
 

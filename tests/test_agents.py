@@ -245,6 +245,7 @@ def test_forced_tool_choice_gives_parsable_calls_from_random_models(make, choice
     assert set(schema["required"]) <= set(call.arguments), call_text  # required arguments are enforced
     if call.name == "read_file":
         assert isinstance(call.arguments["path"], str), call_text  # string-typed arguments are strings
+        assert isinstance(call.arguments.get("start", 1), int), call_text  # and integers integers
     assert result.replies[0].finish_reason == "stop_string"
 
 
@@ -266,7 +267,7 @@ def test_enum_arguments_are_enforced_even_when_the_budget_runs_out(seed, budget)
     model = LocalModel.from_pretrained(tiny_chat_llama(seed=seed), tiny_tokenizer())
     conversation = model.open(system=None, tools=[open_file.schema()], policy="off")
     conversation.add("user", "open something")
-    from agentmem.agents.constrain import CallConstraint, string_enums
+    from agentmem.constrain import CallConstraint, string_enums
 
     assert string_enums(open_file.parameters) == {"path": ["a.py", "b/c.py", "a.pyi"], "mode": ["r"]}
     prefix = '<tool_call>{"name": "open_file", "arguments": {"path": ' if budget > 48 else \
@@ -274,7 +275,8 @@ def test_enum_arguments_are_enforced_even_when_the_budget_runs_out(seed, budget)
     processor = CallConstraint(conversation.tokenizer, ["open_file"], max_new_tokens=budget, prefix=prefix,
                                keys={"open_file": ["path", "mode", "lines"]},
                                enums={"open_file": string_enums(open_file.parameters)},
-                               required={"open_file": ["path", "lines"]}, strings={"open_file": ["note"]})
+                               required={"open_file": ["path", "lines"]}, strings={"open_file": ["note"]},
+                               integers={"open_file": ["lines"]})
     for _ in conversation.stream(budget, prefix=prefix, stop="</tool_call>", temperature=1.0,
                                  logits_processor=processor):
         pass
@@ -282,7 +284,7 @@ def test_enum_arguments_are_enforced_even_when_the_budget_runs_out(seed, budget)
     assert parsed.errors == [] and len(parsed.calls) == 1, conversation.last_reply.text
     arguments = parsed.calls[0].arguments
     assert arguments["path"] in ("a.py", "b/c.py", "a.pyi") and arguments.get("mode", "r") == "r"
-    assert "lines" in arguments  # required (here by the test) even when the budget forced the close
+    assert isinstance(arguments["lines"], int)  # required (here by the test) and an integer
 
 
 class OnlyAdd(RunHooks):

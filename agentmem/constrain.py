@@ -6,8 +6,8 @@ the text after it a prefix of::
     {"name": "<one of the tool names>", "arguments": <a JSON object>}</tool_call>
 
 where the object's keys are the tool's argument names, each at most once, every required
-argument is given, an argument typed `string` is a JSON string and one with an `enum` of
-strings is one of them. Each candidate token's text is fed to a small character-level
+argument is given, an argument typed `string` is a JSON string, one typed `integer` an
+integer, and one with an `enum` of strings is one of them. Each candidate token's text is fed to a small character-level
 machine (`CallMachine`); tokens it rejects get logit -inf, and so do tokens after which
 the call could no longer be closed within the token budget, so the call always ends
 readable. Other values are free: whether they fit the tool's schema is checked when the
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
-from agentmem.toolcalls import CLOSE, OPEN
+from .toolcalls import CLOSE, OPEN
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +43,12 @@ class CallMachine:
     def __init__(self, names: Sequence[str], keys: dict[str, Sequence[str]] | None = None,
                  enums: dict[str, dict[str, Sequence[str]]] | None = None,
                  required: dict[str, Sequence[str]] | None = None,
-                 strings: dict[str, Sequence[str]] | None = None):
+                 strings: dict[str, Sequence[str]] | None = None,
+                 integers: dict[str, Sequence[str]] | None = None):
         self.names = tuple(names)
         self.strings = {n: set(k) for n, k in (strings or {}).items()}  # tool -> arguments that are strings
+        self.integers = {n: set(k) for n, k in (integers or {}).items()}  # tool -> arguments that are integers
+        self.integer = False  # the number being written must be an integer
         self.required = {n: tuple(k) for n, k in (required or {}).items()}  # tool -> required arguments
         self.keys = {n: tuple(k) for n, k in (keys or {}).items()}  # tool -> its argument names
         self.enums = {n: {k: tuple(v) for k, v in e.items()} for n, e in (enums or {}).items()}
@@ -151,6 +154,8 @@ class CallMachine:
             return True
         if mode == "number":
             if ch in _NUMBER_CHARS:
+                if self.integer and ch in ".eE+":
+                    return False
                 self.number += ch
                 return _number_prefix(self.number)
             if not _number_complete(self.number):
@@ -210,6 +215,10 @@ class CallMachine:
             self.mode, self.is_key = "string", False
         elif len(self.stack) == 1 and self.used and self.used[-1] in self.strings.get(self.name, ()):
             return False  # this argument is a string
+        elif len(self.stack) == 1 and self.used and self.used[-1] in self.integers.get(self.name, ()):
+            if ch not in "-0123456789":
+                return False  # this argument is an integer
+            self.mode, self.number, self.integer = "number", ch, True
         elif ch == "{":
             self.stack.append("{")
             self.mode = "key_or_end"
@@ -217,7 +226,7 @@ class CallMachine:
             self.stack.append("[")
             self.mode = "value_or_end"
         elif ch in "-0123456789":
-            self.mode, self.number = "number", ch
+            self.mode, self.number, self.integer = "number", ch, False
         elif ch in _LITERALS:
             self.mode, self.literal = "literal", _LITERALS[ch][1:]
         else:
@@ -307,9 +316,22 @@ class CallMachine:
         return text + TAIL
 
 
-def string_arguments(parameters: dict) -> list[str]:
-    """Top-level arguments typed as plain strings."""
-    return [k for k, spec in parameters.get("properties", {}).items() if spec.get("type") == "string"]
+def typed_arguments(parameters: dict, kind: str) -> list[str]:
+    """Top-level arguments of JSON-schema type `kind` alone (e.g. "string", "integer")."""
+    return [k for k, spec in parameters.get("properties", {}).items() if spec.get("type") == kind]
+
+
+def call_constraint(tokenizer, tools: Sequence[dict], *, max_new_tokens: int, prefix: str = "") -> CallConstraint:
+    """A `CallConstraint` for tool schemas in OpenAI function format (`{"type": "function", ...}`)."""
+    functions = [t.get("function", t) for t in tools]
+    names = [f["name"] for f in functions]
+    parameters = {f["name"]: f.get("parameters") or {} for f in functions}
+    return CallConstraint(tokenizer, names, max_new_tokens=max_new_tokens, prefix=prefix,
+                          keys={n: list(p.get("properties", {})) for n, p in parameters.items()},
+                          enums={n: string_enums(p) for n, p in parameters.items()},
+                          required={n: list(p.get("required", [])) for n, p in parameters.items()},
+                          strings={n: typed_arguments(p, "string") for n, p in parameters.items()},
+                          integers={n: typed_arguments(p, "integer") for n, p in parameters.items()})
 
 
 def string_enums(parameters: dict) -> dict[str, list[str]]:
@@ -339,11 +361,13 @@ class CallConstraint:
                  keys: dict[str, Sequence[str]] | None = None,
                  enums: dict[str, dict[str, Sequence[str]]] | None = None,
                  required: dict[str, Sequence[str]] | None = None,
-                 strings: dict[str, Sequence[str]] | None = None):
+                 strings: dict[str, Sequence[str]] | None = None,
+                 integers: dict[str, Sequence[str]] | None = None):
         if not names:
             raise ValueError("CallConstraint needs at least one tool name")
         self.tokenizer, self.names, self.budget = tokenizer, tuple(names), max_new_tokens
         self.keys, self.enums, self.required, self.strings = keys, enums, required, strings
+        self.integers = integers
         self.text = prefix  # reply text so far, as the sum of token texts
         self.seen = 0
         self.machine: CallMachine | None = None
@@ -377,7 +401,8 @@ class CallConstraint:
     def _activate(self) -> None:
         at = self.text.find(OPEN)
         if self.machine is None and at >= 0:
-            self.machine = CallMachine(self.names, self.keys, self.enums, self.required, self.strings)
+            self.machine = CallMachine(self.names, self.keys, self.enums, self.required, self.strings,
+                                       self.integers)
             if not self.machine.feed(self.text[at + len(OPEN):]):
                 self.broken = True
 
