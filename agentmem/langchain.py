@@ -472,7 +472,10 @@ class ChatAgentMem(BaseChatModel):
                     for name in ("temperature", "top_p", "top_k", "repetition_penalty")}
         generation_config(**sampling)  # raises ConfigError on a bad value before any session is touched
         stops = list(stop if stop is not None else self.stop or [])
-        if tools and not kwargs.get("parallel_tool_calls"):
+        forbidden = tools and kwargs.get("tool_choice") == "none"
+        if forbidden:
+            stops.append(OPEN)  # no calls: a reply that starts one ends there (the tools stay in the prompt)
+        elif tools and not kwargs.get("parallel_tool_calls"):
             stops.append(CLOSE)  # with _ends_with_call: the reply ends after its first complete call
         thread = kwargs.get("session_id")
         if thread is None and run_manager is not None:
@@ -483,7 +486,8 @@ class ChatAgentMem(BaseChatModel):
         return _Call(messages=messages, tools=tools, thread=None if thread is None else str(thread),
                      model_name=str(kwargs.get("model") or self.model), max_new_tokens=max_new, sampling=sampling,
                      seed=int(kwargs.get("seed", self.seed)), stop=stops, forcing=_forcing(tools, choice),
-                     parse=bool(tools), single_call=bool(tools) and not kwargs.get("parallel_tool_calls"),
+                     parse=bool(tools) and not forbidden,
+                     single_call=bool(tools) and not forbidden and not kwargs.get("parallel_tool_calls"),
                      timeout=timeout)
 
     def _resources(self, name: str) -> tuple[Any, Any]:

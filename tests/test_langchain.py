@@ -265,6 +265,18 @@ def test_unreadable_calls_are_invalid_not_lost():
     assert invalid[0]["name"] == "add" and "could not read" in invalid[0]["error"]
 
 
+def test_tool_choice_none_keeps_tools_in_the_prompt_but_allows_no_call(chat):
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    from agentmem.toolcalls import OPEN
+
+    call = chat._prepare([HumanMessage("Add")], None, None, {"tools": [convert_to_openai_tool(add)],
+                                                             "tool_choice": "none"})
+    assert call.tools and not call.parse and not call.single_call and OPEN in call.stop
+    reply = chat.bind_tools([add], tool_choice="none").invoke("Add")
+    assert not reply.tool_calls and not reply.invalid_tool_calls and OPEN not in reply.content
+
+
 def test_bad_tool_choice_fails_at_bind(chat):
     with pytest.raises(ConfigError, match="names no bound tool"):
         chat.bind_tools([add], tool_choice="subtract")
