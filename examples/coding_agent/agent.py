@@ -171,8 +171,9 @@ def run(*, model: Any = "smollm2-135m", workspace_dir: Path = Path("agentmem-dem
     out.line(f"result: tests {'pass' if result.tests_pass else 'still fail'}; {result.turns} turns, "
              f"{result.tool_calls} tool calls ({result.tool_errors} refused or failed), {result.compactions} "
              f"compactions, {result.seconds:.0f} s")
+    peak = f"; KV reached the {limit}-token limit at {result.peak_physical_tokens}" if result.compactions else ""
     out.line(f"tokens: {result.prompt_tokens} prefilled, {result.cached_tokens} reused from the KV cache, "
-             f"{result.completion_tokens} generated; peak physical KV {result.peak_physical_tokens} tokens")
+             f"{result.completion_tokens} generated{peak}")
     out.line(f"continue with: agentmem demo --resume   (compaction events: table `compactions` in {store})")
     return result
 
@@ -208,7 +209,7 @@ def _show(event: Any, result: DemoResult, out: _Console) -> None:
 
 
 def _short(value: Any, width: int = 40) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else json.dumps(value)
+    text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= width else text[: width - 3] + '..."'
 
 
