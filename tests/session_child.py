@@ -2,8 +2,9 @@
 
 Usage: python session_child.py DB SESSION_ID TURNS LOGITS_DIR [--resume]
 
-After each committed turn it writes `LOGITS_DIR/turn-N.pt` (the next-token logits the
-session would continue with) and prints `committed N`; tests kill it at any moment.
+Just before it commits turn N it writes `LOGITS_DIR/turn-N.pt` (the next-token logits the
+session will continue with), and after the commit it prints `committed N`; tests kill it at
+any moment, so every committed turn has its logits file.
 """
 
 from __future__ import annotations
@@ -36,9 +37,14 @@ def main() -> None:
     start = session.turns
     for turn in range(start + 1, start + turns + 1):
         session.add("user", f"turn {turn}: tell me more")
-        session.generate(24)  # commits the turn
-        logits = session.next_token_logits()
-        torch.save(logits, out / f"turn-{session.turns}.pt")
+        session.generate(24, save=False)
+        # The logits file is written before the commit, so a kill can never leave a committed
+        # turn without one (a fork computes them without touching what is committed).
+        logits = session.fork().next_token_logits()
+        scratch = out / f"turn-{session.turns}.pt.tmp"
+        torch.save(logits, scratch)
+        scratch.rename(out / f"turn-{session.turns}.pt")
+        session.save()  # commits the turn
         print(f"committed {session.turns}", flush=True)
 
 
