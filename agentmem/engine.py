@@ -217,9 +217,10 @@ class Session:
         True before a decode step (finish reason "stopped"). `prefix` is text the reply is
         made to start with (e.g. `<tool_call>` to require a tool call); it is part of the
         reply's text and is yielded first. `choices` constrains the text after the prefix to
-        go on with exactly one of these strings (e.g. the tool names), then decoding is free. `logits_processor(generated_ids, logits)` may return changed
-        next-token logits (vocab,) before each choice (e.g. to keep a tool call well-formed). With a store the turn is committed when the
-        reply ends.
+        go on with exactly one of these strings, then decoding is free.
+        `logits_processor(generated_ids, logits)` may return changed next-token logits
+        (vocab,) before each choice (`agentmem.constrain.call_constraint` keeps a tool call
+        well-formed this way). With a store the turn is committed when the reply ends.
         """
         if max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")

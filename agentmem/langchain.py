@@ -36,20 +36,18 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import re
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import InputTokenDetails, UsageMetadata
-from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
+from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
 from langchain_core.tools import BaseTool
@@ -63,17 +61,14 @@ from .errors import ConfigError
 from .policies import Policy, policy_from
 from .sampling import generation_config
 from .constrain import call_constraint
+from .langchain_tools import _choice, _ends_with_call, _Forcing, _forcing, _split_reply, _Visible
 from .langchain_history import _REGISTRY, _Entry, _key, _Turn, _turns, clear_sessions
-from .toolcalls import CLOSE, OPEN, format_tool_call, parse_tool_calls
+from .toolcalls import CLOSE, OPEN
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ChatAgentMem", "clear_sessions"]
 
-_BLOCK = re.compile(re.escape(OPEN) + r"(.*?)(?:" + re.escape(CLOSE) + r"|$)", re.DOTALL)
-_NAME = re.compile(r'"name"\s*:\s*"([^"]*)"')
-_ARGUMENTS = re.compile(r'"(?:arguments|parameters|args)"\s*:\s*')
-_HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Options of hosted chat models that mean nothing for a local one; accepted (and ignored) so
 # code written for them runs unchanged. Anything else unknown is an error.
 _IGNORED_FIELDS = ("api_key", "max_retries", "base_url", "organization")
@@ -81,94 +76,6 @@ _CALL_OPTIONS = {"session_id", "model", "max_tokens", "max_new_tokens", "tempera
                  "repetition_penalty", "seed",
                  "tools", "tool_choice", "parallel_tool_calls", "timeout"}
 _LANGCHAIN_OPTIONS = {"stream", "ls_structured_output_format", "structured_output_format"}
-_ANY = ("any", "required")
-
-
-def _split_reply(text: str, parse: bool) -> tuple[str, list[dict], list[dict]]:
-    """A reply's content, tool calls and unreadable calls (only `content` without tools)."""
-    if not parse:
-        return text, [], []
-    calls: list[dict] = []
-    invalid: list[dict] = []
-    for match in _BLOCK.finditer(text):
-        body = match.group(1).strip()
-        one = parse_tool_calls(OPEN + body + CLOSE)
-        if one.calls:
-            call = one.calls[0]
-            calls.append(tool_call(name=call.name, args=call.arguments, id=call.id))
-        else:
-            name = _NAME.search(body)
-            invalid.append(invalid_tool_call(name=name.group(1) if name else None, args=_arguments_text(body),
-                                             id="call_" + uuid.uuid4().hex[:12],
-                                             error=one.errors[0] if one.errors else "unreadable tool call"))
-    return parse_tool_calls(text).content, calls, invalid
-
-
-def _arguments_text(body: str) -> str:
-    """The raw text a broken call gives as its arguments (the whole body if none is marked).
-
-    LangChain keeps `args` of an invalid call as the unparsed argument text; in streams it
-    re-parses that text leniently, as it does for any provider's truncated call.
-    """
-    found = _ARGUMENTS.search(body)
-    if found is None:
-        return body
-    text = body[found.end():].rstrip()
-    if text.endswith("}") and text.count("}") > text.count("{"):  # the call object's own closing brace
-        text = text[:-1].rstrip()
-    return text
-
-
-# --------------------------------------------------------------------------- tools
-
-
-def _tool_name(tool: dict) -> str:
-    return tool["function"]["name"] if "function" in tool else tool["name"]
-
-
-def _tool_parameters(tool: dict) -> dict:
-    spec = tool["function"] if "function" in tool else tool
-    return spec.get("parameters") or {}
-
-
-def _choice(tool_choice: Any, tools: Sequence[dict]) -> str | None:
-    """The tool a choice forces: a name, "any" (some tool), or None (the model decides)."""
-    if tool_choice is None or tool_choice is False or tool_choice in ("auto", "none"):
-        return None
-    names = [_tool_name(t) for t in tools]
-    if tool_choice is True or tool_choice in _ANY:
-        return names[0] if len(names) == 1 else "any"
-    if isinstance(tool_choice, dict):
-        tool_choice = (tool_choice.get("function") or tool_choice).get("name")
-    if isinstance(tool_choice, str) and tool_choice in names:
-        return tool_choice
-    raise ConfigError(f"tool_choice {tool_choice!r} names no bound tool; use 'auto', 'any', 'required', None "
-                      f"or one of {names}")
-
-
-@dataclass
-class _Forcing:
-    prefix: str | None = None  # text the reply starts with
-    choices: list[str] | None = None  # continuations the text after the prefix must start with
-    complete: str | None = None  # a whole call: written without running the model
-
-
-def _forcing(tools: Sequence[dict], choice: str | None) -> _Forcing:
-    if choice is None or not tools:
-        return _Forcing()
-    if choice == "any":
-        names = [_tool_name(t) for t in tools]
-        return _Forcing(prefix=OPEN + '{"name": "', choices=[f'{n}", "arguments": ' for n in names])
-    tool = next(t for t in tools if _tool_name(t) == choice)
-    parameters = _tool_parameters(tool)
-    properties = parameters.get("properties") or {}
-    if not properties:
-        return _Forcing(complete=format_tool_call(choice, {}))
-    # Start the arguments with the schema's first (required) key: small models otherwise copy
-    # the prompt's `{...}` placeholder instead of writing arguments.
-    first = next((k for k in parameters.get("required") or [] if k in properties), next(iter(properties)))
-    opening = json.dumps(first, ensure_ascii=False) + ": " + ('"' if properties[first].get("type") == "string" else "")
-    return _Forcing(prefix=OPEN + '{"name": ' + json.dumps(choice, ensure_ascii=False) + ', "arguments": {' + opening)
 
 
 # --------------------------------------------------------------------------- the chat model
@@ -537,8 +444,6 @@ class ChatAgentMem(BaseChatModel):
                         options["logits_processor"] = call_constraint(
                             session.tokenizer, call.tools, max_new_tokens=call.max_new_tokens,
                             prefix=call.forcing.prefix or "")
-                    elif call.forcing.choices:
-                        options["choices"] = call.forcing.choices
                     for piece in session.stream(call.max_new_tokens, stop=call.stop or None, stop_when=stop_when,
                                                 prefix=call.forcing.prefix, **call.sampling, **options):
                         shown.append(piece)
@@ -639,47 +544,6 @@ class ChatAgentMem(BaseChatModel):
         return f"{thread}/{n}"
 
 
-class _Visible:
-    """The part of a reply a stream may show before it is complete.
-
-    With tools bound, content is what lies outside `<tool_call>` blocks, stripped: text is
-    shown up to the first block (holding back what could start one, and trailing spaces).
-    """
-
-    def __init__(self, parse: bool) -> None:
-        self.parse, self.text, self.sent = parse, "", ""
-
-    def push(self, piece: str) -> str:
-        self.text += piece
-        if not self.parse:
-            self.sent = self.text
-            return piece
-        head = self.text.split(OPEN, 1)[0]
-        if OPEN not in self.text:
-            for size in range(min(len(OPEN) - 1, len(head)), 0, -1):
-                if head.endswith(OPEN[:size]):
-                    head = head[:-size]
-                    break
-        head = head.strip()
-        if len(head) > len(self.sent) and head.startswith(self.sent):
-            delta, self.sent = head[len(self.sent):], head
-            return delta
-        return ""
-
-
-def _ends_with_call(text: str) -> bool:
-    """Whether `text` holds a `<tool_call>` whose JSON object is complete (closing tag or not)."""
-    start = text.find(OPEN)
-    if start < 0:
-        return False
-    body = text[start + len(OPEN):].lstrip()
-    try:
-        value, _ = json.JSONDecoder().raw_decode(body)
-    except ValueError:
-        return False
-    return isinstance(value, dict)
-
-
 def _thread(config: RunnableConfig | None, kwargs: dict) -> dict:
     """`kwargs` with `session_id` from the run config (`session_id` or LangGraph's `thread_id`)."""
     if "session_id" in kwargs:
@@ -692,7 +556,7 @@ def _thread(config: RunnableConfig | None, kwargs: dict) -> dict:
 
 
 def _check_model_name(name: str) -> None:
-    if name in models.builtin_models() or Path(name).expanduser().is_dir() or _HF_ID.match(name):
+    if models.is_model_name(name):
         return
     raise ConfigError(f"unknown model {name!r}: use a built-in name ({', '.join(models.builtin_models())}), a local "
                       f"model directory, a HuggingFace id like 'owner/name', or ChatAgentMem.from_model(model, tokenizer)")

@@ -36,7 +36,7 @@ from transformers import (
 
 from agentmem.errors import ConfigError, ModelNotAvailableError
 
-__all__ = ["builtin_models", "cache_root", "load_model", "model_fingerprint", "shared_model"]
+__all__ = ["builtin_models", "cache_root", "is_model_name", "load_model", "model_fingerprint", "shared_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,11 @@ _BUILTINS: dict[str, _Builtin] = {
 def builtin_models() -> dict[str, str]:
     """Return the built-in model names with a one-line description of each."""
     return {name: spec.description for name, spec in _BUILTINS.items()}
+
+
+def is_model_name(name: str) -> bool:
+    """Whether `load_model` accepts `name` as a name: built-in, local directory or HF id."""
+    return name in _BUILTINS or Path(name).expanduser().is_dir() or bool(_HF_ID.match(name))
 
 
 def cache_root() -> Path:

@@ -41,7 +41,12 @@ class ParsedReply:
 
     content: str
     calls: list[ToolCall]
-    errors: list[str]  # one line per block that was meant as a call but could not be read
+    unreadable: list[tuple[str, str]]  # (block text, why) per block meant as a call that could not be read
+
+    @property
+    def errors(self) -> list[str]:
+        """One line per unreadable block, to show the model."""
+        return [f"could not read tool call {body[:120]!r}: {why}" for body, why in self.unreadable]
 
 
 def format_tool_call(name: str, arguments: dict[str, Any]) -> str:
@@ -52,7 +57,7 @@ def format_tool_call(name: str, arguments: dict[str, Any]) -> str:
 def parse_tool_calls(text: str) -> ParsedReply:
     """Split `text` into plain content and tool calls (lenient; see the module docstring)."""
     calls: list[ToolCall] = []
-    errors: list[str] = []
+    unreadable: list[tuple[str, str]] = []
     for size in range(len(CLOSE) - 1, 1, -1):  # a closing tag cut off by the token budget
         if text.endswith(CLOSE[:size]):
             text = text[:-size]
@@ -62,9 +67,9 @@ def parse_tool_calls(text: str) -> ParsedReply:
         try:
             calls.append(_call_from(body))
         except ValueError as exc:
-            errors.append(f"could not read tool call {body[:120]!r}: {exc}")
+            unreadable.append((body, str(exc)))
     content = _BLOCK.sub("", text).strip()
-    return ParsedReply(content=content, calls=calls, errors=errors)
+    return ParsedReply(content=content, calls=calls, unreadable=unreadable)
 
 
 def _call_from(body: str) -> ToolCall:

@@ -102,7 +102,6 @@ class DemoResult:
     turns: int = 0
     tool_calls: int = 0
     tool_errors: int = 0
-    compactions: int = 0
     tokens_before: list[int] = field(default_factory=list)
     tokens_after: list[int] = field(default_factory=list)
     prompt_tokens: int = 0
@@ -113,8 +112,12 @@ class DemoResult:
     finished: bool = False
     seconds: float = 0.0
 
+    @property
+    def compactions(self) -> int:
+        return len(self.tokens_before)
+
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {**self.__dict__, "compactions": self.compactions}
 
 
 def prepare(workspace_dir: Path, store: Path, *, resume: bool, fresh: bool) -> tuple[Workspace, str | None]:
@@ -196,7 +199,6 @@ def _show(event: Any, result: DemoResult, out: _Console) -> None:
             out.line("  compaction vetoed")
     elif isinstance(event, CompactionFinishedEvent):
         e = event.event
-        result.compactions += 1
         result.tokens_before.append(e.tokens_before)
         result.tokens_after.append(e.tokens_after)
         out.line(f"  compaction {result.compactions}: {e.tokens_before} -> {e.tokens_after} tokens "
