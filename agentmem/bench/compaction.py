@@ -15,6 +15,11 @@ as `pydoc_data.topics`, not text written for the test):
 - `recovered`: 1 - nll_gap / nll_gap(streaming) (share of the baseline's gap recovered);
 - decode tokens/s with the full cache and a 10x `am` cache (`decode_speedup`).
 
+With kvpress installed (`pip install "agentmem[kvpress]"`), its presses run on the same
+model and text as outside peers (`kvpress-*` methods, see `kvpress_peers`); a press
+prunes during the prefill, so its `time_ratio` is the prefill's extra time over a plain
+prefill.
+
 Prints a table, writes a PNG plot (KL vs ratio, one line per method) and optionally
 a JSON file; ends with one JSON line.
 """
@@ -31,8 +36,25 @@ import torch
 
 from .. import hf
 from ..compaction import METHODS, compact
+from ..errors import ConfigError
+from . import kvpress_peers
 
 DEFAULT_METHODS = list(METHODS)
+
+
+def default_methods() -> list[str]:
+    """agentmem's methods, plus kvpress's presses when kvpress is installed."""
+    return DEFAULT_METHODS + ([] if kvpress_peers.unavailable() else list(kvpress_peers.PRESSES))
+
+
+def check_methods(methods: list[str]) -> None:
+    """Refuse unknown names, and kvpress names when kvpress is missing, before any work."""
+    known = DEFAULT_METHODS + list(kvpress_peers.PRESSES)
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    if any(m in kvpress_peers.PRESSES for m in methods) and (why := kvpress_peers.unavailable()):
+        raise ConfigError(why)
 
 
 @dataclass
@@ -131,6 +153,7 @@ def run(
     progress=print,
 ) -> dict:
     """Run the benchmark and return {"rows": [...], "summary": {...}} (rows averaged over contexts)."""
+    check_methods(methods)
     hf.enable(model)
     layers = set(hf.CompactedCache.from_cache(hf.new_cache(model)).full_layers()) or None
     sums: dict[tuple[str, float], list[Row]] = {}
@@ -149,13 +172,18 @@ def run(
         progress(f"context {n + 1}/{count}: {ctx.shape[1]} tokens prefilled in {prefill:.1f}s, NLL {ref_nll:.3f}")
         for method in methods:
             for ratio in ratios:
-                stats: dict = {}
-                comp = compact(model, cache, ctx, ratio=ratio, method=method, tokenizer=tokenizer, stats=stats)
+                if method in kvpress_peers.PRESSES:
+                    comp, pressed = kvpress_peers.press_cache(model, tokenizer, method, ratio, ctx, full)
+                    seconds = max(0.0, pressed - prefill)
+                else:
+                    stats: dict = {}
+                    comp = compact(model, cache, ctx, ratio=ratio, method=method, tokenizer=tokenizer, stats=stats)
+                    seconds = stats["seconds"]
                 got, _ = teacher_force(model, comp, cont, last, layers)
                 row = Row(
                     method=method, ratio=ratio, nll_gap=nll(got, cont) - ref_nll, kl=kl(ref, got),
-                    attn_err=attention_error(full, comp, capture), time_ratio=stats["seconds"] / prefill,
-                    seconds=stats["seconds"], bytes_before=full.nbytes(), bytes_after=comp.nbytes(),
+                    attn_err=attention_error(full, comp, capture), time_ratio=seconds / prefill,
+                    seconds=seconds, bytes_before=full.nbytes(), bytes_after=comp.nbytes(),
                 )
                 sums.setdefault((method, ratio), []).append(row)
                 progress(f"  {method:12s} x{ratio:<4g} kl {row.kl:.4f} gap {row.nll_gap:+.4f} "
@@ -185,13 +213,13 @@ def _mean(rows: list[Row]) -> Row:
 
 
 def table(result: dict) -> str:
-    head = f"{'method':12s} {'ratio':>5s} {'KL':>8s} {'NLL gap':>8s} {'recov':>6s} {'attn err':>8s} " \
+    head = f"{'method':17s} {'ratio':>5s} {'KL':>8s} {'NLL gap':>8s} {'recov':>6s} {'attn err':>8s} " \
            f"{'t/prefill':>9s} {'KV before':>10s} {'KV after':>10s}"
     lines = [head, "-" * len(head)]
     for r in result["rows"]:
         rec = "" if math.isnan(r["recovered"]) else f"{r['recovered']:.0%}"
         lines.append(
-            f"{r['method']:12s} {r['ratio']:5g} {r['kl']:8.4f} {r['nll_gap']:+8.4f} {rec:>6s} {r['attn_err']:8.3f} "
+            f"{r['method']:17s} {r['ratio']:5g} {r['kl']:8.4f} {r['nll_gap']:+8.4f} {rec:>6s} {r['attn_err']:8.3f} "
             f"{r['time_ratio']:9.2f} {r['bytes_before'] / 2**20:9.1f}M {r['bytes_after'] / 2**20:9.2f}M"
         )
     s = result["summary"]
@@ -208,10 +236,12 @@ def plot(result: dict, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    methods = sorted({r["method"] for r in result["rows"]}, key=list(METHODS).index)
+    order = DEFAULT_METHODS + list(kvpress_peers.PRESSES)
+    methods = sorted({r["method"] for r in result["rows"]}, key=order.index)
     for m in methods:
         rows = sorted((r for r in result["rows"] if r["method"] == m), key=lambda r: r["ratio"])
-        ax.plot([r["ratio"] for r in rows], [max(r["kl"], 1e-5) for r in rows], marker="o", label=m)
+        style = "--" if m in kvpress_peers.PRESSES else "-"
+        ax.plot([r["ratio"] for r in rows], [max(r["kl"], 1e-5) for r in rows], style, marker="o", label=m)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("compaction ratio")

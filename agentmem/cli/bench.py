@@ -27,7 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "Writes a quality-vs-ratio plot.")
     comp.add_argument("--model", default=DEFAULT_MODEL, help="built-in name, HF id or local path")
     comp.add_argument("--ratios", type=ratio, nargs="+", default=[5, 10, 20, 50], help="default: 5 10 20 50")
-    comp.add_argument("--methods", nargs="+", default=None, help="default: all methods")
+    comp.add_argument("--methods", nargs="+", default=None,
+                      help="default: all of agentmem's methods, plus kvpress's presses (kvpress-snapkv, ...) "
+                           "when kvpress is installed")
     comp.add_argument("--context", type=positive_int, default=3072, help="context tokens (default 3072)")
     comp.add_argument("--continuation", type=positive_int, default=128, help="teacher-forced tokens (default 128)")
     comp.add_argument("--contexts", type=positive_int, default=1, help="how many contexts to average (default 1)")
@@ -78,8 +80,10 @@ def run_compaction(args: argparse.Namespace) -> int:
     """`agentmem bench compaction`."""
     from ..bench import compaction as bench
 
+    methods = args.methods or bench.default_methods()
+    bench.check_methods(methods)
     model, tokenizer = load(args.model)
-    result = bench.run(model, tokenizer, ratios=args.ratios, methods=args.methods or bench.DEFAULT_METHODS,
+    result = bench.run(model, tokenizer, ratios=args.ratios, methods=methods,
                        context=args.context, continuation=args.continuation, count=args.contexts,
                        progress=say)
     result["summary"]["model"] = args.model
