@@ -56,13 +56,13 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from . import models
 from .chat import ChatFormat
+from .constrain import call_constraint
 from .engine import Session
 from .errors import ConfigError
+from .langchain_history import _REGISTRY, _Entry, _key, _Turn, _turns, clear_sessions
+from .langchain_tools import _choice, _ends_with_call, _Forcing, _forcing, _split_reply, _Visible
 from .policies import Policy, policy_from
 from .sampling import generation_config
-from .constrain import call_constraint
-from .langchain_tools import _choice, _ends_with_call, _Forcing, _forcing, _split_reply, _Visible
-from .langchain_history import _REGISTRY, _Entry, _key, _Turn, _turns, clear_sessions
 from .toolcalls import CLOSE, OPEN
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,8 @@ class ChatAgentMem(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"model": self.model, "policy": self.policy if isinstance(self.policy, (str, dict)) else repr(self.policy),
+        policy = self.policy if isinstance(self.policy, (str, dict)) else repr(self.policy)
+        return {"model": self.model, "policy": policy,
                 "max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
                 "top_k": self.top_k, "repetition_penalty": self.repetition_penalty, "seed": self.seed,
                 "store": self.store}
@@ -505,7 +506,8 @@ class ChatAgentMem(BaseChatModel):
                                  title=call.thread, config={"surface": "langchain", "thread": call.thread})
         session = Session(model, tokenizer, policy=self._policy, store=store, session_id=sid, tools=call.tools or None,
                           seed=call.seed, model_name=call.model_name)
-        entry = _Entry(id=sid, thread=call.thread, session=session, keys=[t.key for t in turns[:1] if t.kind == "tools"])
+        keys = [t.key for t in turns[:1] if t.kind == "tools"]
+        entry = _Entry(id=sid, thread=call.thread, session=session, keys=keys)
         _REGISTRY.put(entry, self.max_sessions)
         return entry, origin
 
@@ -558,8 +560,9 @@ def _thread(config: RunnableConfig | None, kwargs: dict) -> dict:
 def _check_model_name(name: str) -> None:
     if models.is_model_name(name):
         return
-    raise ConfigError(f"unknown model {name!r}: use a built-in name ({', '.join(models.builtin_models())}), a local "
-                      f"model directory, a HuggingFace id like 'owner/name', or ChatAgentMem.from_model(model, tokenizer)")
+    raise ConfigError(f"unknown model {name!r}: use a built-in name ({', '.join(models.builtin_models())}), "
+                      "a local model directory, a HuggingFace id like 'owner/name', or "
+                      "ChatAgentMem.from_model(model, tokenizer)")
 
 
 def _check_device(device: str) -> None:

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentmem.constrain import HEAD, MIDDLE, call_constraint
 from agentmem.engine import Reply
 from agentmem.errors import CompactionVetoed, ConfigError, MaxTurnsExceeded
 from agentmem.memory import Plan
@@ -30,7 +31,6 @@ from agentmem.segments import CompactionEvent
 from agentmem.toolcalls import CLOSE, OPEN, ToolCall, parse_tool_calls
 
 from .agent import Agent
-from agentmem.constrain import HEAD, MIDDLE, call_constraint
 from .events import (
     CompactionFinishedEvent,
     CompactionStartedEvent,

@@ -39,7 +39,8 @@ def main() -> None:
         reply = session.last_reply
         print(f"\n  ({reply.prompt_tokens} tokens prefilled, {reply.cached_tokens} served from the cache)")
     stats = session.stats()
-    print(f"cache: {stats.logical_tokens} logical tokens in {stats.physical_tokens} slots, {stats.bytes / 2**20:.1f} MB")
+    print(f"cache: {stats.logical_tokens} logical tokens in {stats.physical_tokens} slots, "
+          f"{stats.bytes / 2**20:.1f} MB")
 
 
 if __name__ == "__main__":

@@ -12,15 +12,16 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import tiny_chat_llama, tiny_tokenizer  # noqa: E402
-
 from agentmem.agents import Agent, LocalModel, ModelSettings, Runner, SQLiteSession  # noqa: E402
+
+from conftest import tiny_chat_llama, tiny_tokenizer  # noqa: E402
 
 
 def main() -> None:
     db, session_id = sys.argv[1], sys.argv[2]
-    agent = Agent("child", instructions="Be brief.", model=LocalModel.from_pretrained(tiny_chat_llama(), tiny_tokenizer()),
-                  policy="off", settings=ModelSettings(max_new_tokens=12))
+    model = LocalModel.from_pretrained(tiny_chat_llama(), tiny_tokenizer())
+    agent = Agent("child", instructions="Be brief.", model=model, policy="off",
+                  settings=ModelSettings(max_new_tokens=12))
     session = SQLiteSession(session_id, db)
     result = Runner.run_sync(agent, "hello from the first process", session=session)
     print(json.dumps({"prompt_tokens": result.usage.prompt_tokens, "items": len(session.get_items())}), flush=True)

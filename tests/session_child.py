@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import tiny_chat_llama, tiny_tokenizer  # noqa: E402
-
 from agentmem.engine import Session  # noqa: E402
 from agentmem.policies import AnyPin, FixedRatio, PinSystem, Policy, TokenLimit  # noqa: E402
 from agentmem.store import Store  # noqa: E402
+
+from conftest import tiny_chat_llama, tiny_tokenizer  # noqa: E402
 
 POLICY = Policy(trigger=TokenLimit(120), ratio=FixedRatio(4), pin=AnyPin((PinSystem(),)), method="am-fast",
                 protect_recent=16)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-from conftest import tiny_chat_gemma3, tiny_chat_llama, tiny_tokenizer
 
 from agentmem.agents import (
     Agent,
@@ -30,6 +29,8 @@ from agentmem.agents import (
 from agentmem.errors import ConfigError, ModelMismatchError
 from agentmem.policies import AnyPin, FixedRatio, PinSystem, Policy, TokenLimit
 from agentmem.toolcalls import parse_tool_calls
+
+from conftest import tiny_chat_gemma3, tiny_chat_llama, tiny_tokenizer
 
 CHILD = Path(__file__).parent / "agents_child.py"
 
@@ -396,7 +397,8 @@ def test_sqlite_session_resumes_across_processes(tmp_path):
     report = json.loads(child.stdout.strip().splitlines()[-1])
     assert report["items"] == 2
     model = LocalModel.from_pretrained(tiny_chat_llama(), tiny_tokenizer())
-    agent = Agent("child", instructions="Be brief.", model=model, policy="off", settings=ModelSettings(max_new_tokens=12))
+    agent = Agent("child", instructions="Be brief.", model=model, policy="off",
+                  settings=ModelSettings(max_new_tokens=12))
     result = Runner.run_sync(agent, "hello from the second process", session=SQLiteSession("shared", db))
     assert result.replies[0].cached_tokens > 0
     assert result.replies[0].prompt_tokens < report["prompt_tokens"]  # the history was not prefilled again

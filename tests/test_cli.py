@@ -12,11 +12,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import tiny_chat_llama, tiny_tokenizer
 
 import agentmem.models
 from agentmem.cli import build_parser, main
 from agentmem.cli.sessions import kv_series
+
+from conftest import tiny_chat_llama, tiny_tokenizer
 
 TESTS = Path(__file__).parent
 SMALL_POLICY = """\

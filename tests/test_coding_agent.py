@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import tiny_chat_llama, tiny_tokenizer
 
 from agentmem.agents import LocalModel
 from agentmem.coding_agent import SAMPLE_PROJECT
@@ -14,6 +13,8 @@ from agentmem.coding_agent.tools import RepeatGuard, workspace_tools
 from agentmem.coding_agent.workspace import Workspace, WorkspaceError
 from agentmem.errors import ConfigError
 from agentmem.store import Store
+
+from conftest import tiny_chat_llama, tiny_tokenizer
 
 
 @pytest.fixture

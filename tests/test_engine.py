@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_chat_gemma3, tiny_chat_llama, tiny_tokenizer
 
 import agentmem.memory
 from agentmem import hf
 from agentmem.engine import Session
 from agentmem.errors import CompactionError, CompactionVetoed, ConfigError
 from agentmem.policies import AnyPin, FixedRatio, PinSystem, Policy, TokenLimit
+
+from conftest import tiny_chat_gemma3, tiny_chat_llama, tiny_tokenizer
 
 
 @pytest.fixture(params=["llama", "gemma3"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from conftest import tiny_chat_gemma3, tiny_chat_llama, tiny_tokenizer
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import tool
 
@@ -13,6 +12,8 @@ from agentmem.errors import ConfigError
 from agentmem.langchain import ChatAgentMem, clear_sessions
 from agentmem.policies import AnyPin, FixedRatio, PinSystem, Policy, TokenLimit
 from agentmem.toolcalls import format_tool_call
+
+from conftest import tiny_chat_gemma3, tiny_chat_llama, tiny_tokenizer
 
 
 @pytest.fixture(autouse=True)
@@ -290,7 +291,8 @@ def test_token_counts_use_the_model_tokenizer(chat, tokenizer):
     dicts = [{"role": r, "content": c} for r, c in
              [("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello!"), ("user", "Bye")]]
     expected = tokenizer.apply_chat_template(dicts, tokenize=False)
-    assert chat.get_num_tokens_from_messages(messages) == len(tokenizer(expected, add_special_tokens=False)["input_ids"])
+    want = len(tokenizer(expected, add_special_tokens=False)["input_ids"])
+    assert chat.get_num_tokens_from_messages(messages) == want
     with_tools = chat.get_num_tokens_from_messages(messages, tools=[add])
     assert with_tools > chat.get_num_tokens_from_messages(messages)
     assert chat.get_token_ids("héllo") == tokenizer("héllo", add_special_tokens=False)["input_ids"]

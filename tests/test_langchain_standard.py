@@ -13,12 +13,13 @@ SmolLM2-135M-Instruct; xfails there name what the 135M model cannot do.
 from __future__ import annotations
 
 import pytest
-from conftest import tiny_chat_llama, tiny_tokenizer
 from langchain_core.language_models import BaseChatModel
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
 from agentmem.langchain import ChatAgentMem
+
+from conftest import tiny_chat_llama, tiny_tokenizer
 
 _TINY = None
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sqlite3
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_chat_gemma3, tiny_chat_llama, tiny_tokenizer
 
 from agentmem.engine import Session
 from agentmem.errors import CorruptSessionError, ModelMismatchError
 from agentmem.policies import AnyPin, FixedRatio, PinSystem, Policy, TokenLimit
 from agentmem.store import Store
+
+from conftest import tiny_chat_gemma3, tiny_chat_llama, tiny_tokenizer
 
 CHILD = Path(__file__).parent / "session_child.py"
 POLICY = Policy(trigger=TokenLimit(120), ratio=FixedRatio(4), pin=AnyPin((PinSystem(),)), method="am-fast",

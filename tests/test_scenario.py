@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import tiny_chat_llama, tiny_tokenizer
 
 from agentmem.errors import ConfigError
 from agentmem.scenarios import aime, problems
+
+from conftest import tiny_chat_llama, tiny_tokenizer
 
 
 def test_scenario_compacts_repeatedly_and_reports(tmp_path):

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import prefill, tiny_gemma3, tiny_llama
 from sqlite_utils import Database
 
 import agentmem.store
@@ -25,6 +24,8 @@ from agentmem.errors import (
 )
 from agentmem.segments import CompactionEvent, Segment
 from agentmem.store import MIGRATIONS, LoadedSession, Store, _migrate
+
+from conftest import prefill, tiny_gemma3, tiny_llama
 
 TABLES = ("sessions", "messages", "segments", "compactions", "kv_checkpoints", "blobs")
 

@@ -159,7 +159,8 @@ def table(result: dict) -> str:
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)) for row in rows]
     lines.append(f"limit {s['limit']} slots, x{s['ratio']:g} per round, {s['method']}: agreement "
-                 f"{s['answer_agreement']:.0%}, accuracy {s['accuracy']:.0%} (unlimited {s['unlimited_accuracy']:.0%}), "
+                 f"{s['answer_agreement']:.0%}, accuracy {s['accuracy']:.0%} "
+                 f"(unlimited {s['unlimited_accuracy']:.0%}), "
                  f"{s['compactions']} compactions, peak {s['peak_physical_tokens']} slots")
     lines.append("(tokens, peak KV and seconds: limited/unlimited)")
     return "\n".join(lines)

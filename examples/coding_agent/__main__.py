@@ -32,9 +32,9 @@ def run_from_args(args: argparse.Namespace, *, model: Any = None) -> int:
     """Run the demo; `model` (e.g. an already loaded `LocalModel`) overrides `--model`."""
     from .agent import run
 
-    result = run(model=model if model is not None else args.model, workspace_dir=args.workspace, store=args.store, limit=args.limit,
-                 ratio=args.ratio, method=args.method, max_turns=args.max_turns, temperature=args.temperature,
-                 resume=args.resume, fresh=args.fresh, console=sys.stdout)
+    result = run(model=model if model is not None else args.model, workspace_dir=args.workspace, store=args.store,
+                 limit=args.limit, ratio=args.ratio, method=args.method, max_turns=args.max_turns,
+                 temperature=args.temperature, resume=args.resume, fresh=args.fresh, console=sys.stdout)
     summary = result.to_dict()
     if args.json is not None:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
