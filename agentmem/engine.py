@@ -319,7 +319,8 @@ class Session:
             self._maybe_compact(n)
             chunk = torch.tensor([self.ids[self.cached : self.cached + n]], device=self._device)
             with torch.no_grad(), hf.capture_queries(self._capture_layers(decode)) as capture:
-                out = self.model(input_ids=chunk, past_key_values=self.cache, use_cache=True)
+                out = self.model(input_ids=chunk, past_key_values=self.cache, use_cache=True,
+                                 **hf.last_logits_only(self.model))
             self.cached += n
             self._logits = out.logits[0, -1].float()
             self._remember(capture)

@@ -40,7 +40,7 @@ def forward_pass(
 ) -> hf.QueryCapture:
     """Run `ids` on top of `cache` (which grows) and return the queries each layer saw."""
     with hf.capture_queries(layers=layers, transform=transform) as capture:
-        model(input_ids=ids, past_key_values=cache, use_cache=True)
+        model(input_ids=ids, past_key_values=cache, use_cache=True, **hf.last_logits_only(model))
     return capture
 
 
@@ -59,11 +59,12 @@ def self_study(
     if prompt.shape[-1] == 0:
         # No tokenizer: continue the text itself (the model's own next tokens).
         prompt = torch.zeros(1, 0, dtype=torch.long, device=device)
+    last = hf.last_logits_only(model)
     with hf.capture_queries(layers=layers) as capture:
         step = prompt.expand(batch_size, -1) if prompt.shape[-1] else None
         logits = None
         if step is not None:
-            logits = model(input_ids=step, past_key_values=cache, use_cache=True).logits
+            logits = model(input_ids=step, past_key_values=cache, use_cache=True, **last).logits
         for _ in range(tokens):
             if logits is None:
                 break

@@ -162,7 +162,7 @@ def run(
         cache = hf.new_cache(model)
         began = time.perf_counter()
         with torch.no_grad():
-            out = model(input_ids=ctx, past_key_values=cache, use_cache=True)
+            out = model(input_ids=ctx, past_key_values=cache, use_cache=True, **hf.last_logits_only(model))
         prefill = time.perf_counter() - began
         last = out.logits[:, -1:].float()
         full = hf.CompactedCache.from_cache(cache, scalings=hf.attention_scalings(model))

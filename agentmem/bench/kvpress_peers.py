@@ -71,7 +71,7 @@ def press_cache(
     with _tokenizer_on_disk(model, tokenizer):
         began = time.perf_counter()
         with press(model):
-            model(input_ids=ids, past_key_values=cache, use_cache=True)
+            model(input_ids=ids, past_key_values=cache, use_cache=True, **hf.last_logits_only(model))
         seconds = time.perf_counter() - began
     masked = _take_masks(model)
     length = ids.shape[1]

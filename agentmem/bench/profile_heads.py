@@ -33,7 +33,7 @@ def run(model, tokenizer, *, ratio: float, context: int, continuation: int, mode
     ctx, cont = pairs[-1]  # the benchmark uses the first context; profile on another one
     cache = hf.new_cache(model)
     with torch.no_grad():
-        out = model(input_ids=ctx, past_key_values=cache, use_cache=True)
+        out = model(input_ids=ctx, past_key_values=cache, use_cache=True, **hf.last_logits_only(model))
     last = out.logits[:, -1:].float()
     full = hf.CompactedCache.from_cache(cache, scalings=hf.attention_scalings(model))
     layers = set(full.full_layers())

@@ -482,6 +482,29 @@ def sliding_layers(model: torch.nn.Module) -> set[int]:
     return {i for i, kind in enumerate(types) if kind != "full_attention"}
 
 
+def last_logits_only(model: torch.nn.Module) -> dict:
+    """Keyword arguments that make a forward pass compute the last position's logits only.
+
+    A prefill or a query-gathering pass needs at most the next-token logits; the LM head
+    over every position costs about a fifth of a SmolLM2 prefill and most of a Gemma 3
+    one (262k-word vocabulary), and (tokens x vocab) fp32 of memory. Models whose forward
+    has no `logits_to_keep` get {} (all logits, as before).
+    """
+    supported = getattr(model, "_agentmem_logits_to_keep", None)
+    if supported is None:
+        import inspect
+
+        try:
+            supported = "logits_to_keep" in inspect.signature(model.forward).parameters
+        except (TypeError, ValueError):
+            supported = False
+        try:
+            model._agentmem_logits_to_keep = supported
+        except AttributeError:
+            pass
+    return {"logits_to_keep": 1} if supported else {}
+
+
 def new_cache(model: torch.nn.Module) -> Cache:
     """An empty DynamicCache laid out for `model` (sliding layers where the config says so)."""
     from transformers import DynamicCache
