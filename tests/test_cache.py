@@ -118,3 +118,21 @@ def test_physical_span_refuses_cutting_a_compacted_run():
     assert layer.physical_span(20, 25) == (4, 9)
     with pytest.raises(ValueError, match="inside a compacted run"):
         layer.physical_span(5, 25)
+
+
+def test_last_logits_only_gives_the_last_row_of_the_full_logits(tiny_model, ids):
+    kwargs = hf.last_logits_only(tiny_model)
+    assert kwargs == {"logits_to_keep": 1}
+    with torch.no_grad():
+        full = tiny_model(input_ids=ids).logits
+        last = tiny_model(input_ids=ids, **kwargs).logits
+    assert last.shape[1] == 1
+    torch.testing.assert_close(last[:, -1], full[:, -1])
+
+
+def test_last_logits_only_is_empty_for_a_forward_without_logits_to_keep():
+    class Plain(torch.nn.Module):
+        def forward(self, input_ids, past_key_values=None, use_cache=True):
+            return input_ids
+
+    assert hf.last_logits_only(Plain()) == {}
