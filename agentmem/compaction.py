@@ -208,7 +208,7 @@ class _Compactor:
              self.input_ids[:, start:end]], dim=1,
         )
         capture = queries.forward_pass(self.model, self.view.copy(), ids, layers=set(self.layers),
-                                       transform=transform)
+                                       transform=transform, chunk=queries.REPEAT_CHUNK)
         return {idx: capture.stacked(idx) for idx in capture.queries}
 
     def _window_pass(self, window: int) -> dict[int, torch.Tensor]:

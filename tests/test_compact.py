@@ -142,3 +142,16 @@ def test_max_repeat_tokens_caps_the_repeat_pass(tiny_model, ids):
     torch.testing.assert_close(same.layers[layer].keys, full.layers[layer].keys, rtol=0, atol=0)
     assert capped.physical_length() == full.physical_length()
     assert torch.isfinite(capped.layers[layer].values).all()
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 16])
+def test_repeat_pass_in_pieces_sees_the_same_queries(tiny_model, ids, chunk):
+    from agentmem import hf, queries
+
+    hf.enable(tiny_model)
+    view = hf.CompactedCache.from_cache(prefill(tiny_model, ids), scalings=hf.attention_scalings(tiny_model))
+    layers = set(view.full_layers())
+    whole = queries.forward_pass(tiny_model, view.copy(), ids, layers=layers)
+    pieces = queries.forward_pass(tiny_model, view.copy(), ids, layers=layers, chunk=chunk)
+    for idx in layers:
+        torch.testing.assert_close(pieces.stacked(idx), whole.stacked(idx), atol=1e-5, rtol=1e-4)
