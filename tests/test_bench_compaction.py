@@ -12,7 +12,7 @@ from agentmem.bench import compaction as bench
 from agentmem.bench import kvpress_peers
 from agentmem.errors import ConfigError
 
-from conftest import tiny_chat_llama, tiny_tokenizer
+from conftest import tiny_chat_gemma3, tiny_chat_llama, tiny_tokenizer
 
 HAVE_KVPRESS = kvpress_peers.unavailable() is None
 
@@ -75,13 +75,18 @@ def test_nothing_masked_keeps_every_slot_in_order():
 
 
 @pytest.mark.skipif(not HAVE_KVPRESS, reason="needs kvpress (pip install 'agentmem[kvpress]', transformers < 5.3)")
-def test_kvpress_streaming_matches_our_streaming_at_equal_budget():
-    model = tiny_chat_llama()
-    result = run_small(["streaming", "kvpress-streaming", "kvpress-snapkv", "kvpress-kvzip"], ratios=(4,), model=model)
+@pytest.mark.parametrize("build", [tiny_chat_llama, tiny_chat_gemma3], ids=["llama", "gemma3"])
+def test_kvpress_streaming_matches_our_streaming_at_equal_budget(build):
+    model = build()
+    methods = ["streaming", "kvpress-streaming", "kvpress-snapkv", "kvpress-expected", "kvpress-kvzip"]
+    result = run_small(methods, ratios=(4,), model=model)
     rows = {r["method"]: r for r in result["rows"]}
     assert rows["kvpress-streaming"]["bytes_after"] == rows["streaming"]["bytes_after"]
     assert rows["kvpress-streaming"]["kl"] == pytest.approx(rows["streaming"]["kl"], abs=1e-5)
-    for name in ("kvpress-snapkv", "kvpress-kvzip"):
+    ran = ["kvpress-snapkv", "kvpress-expected"] + (["kvpress-kvzip"] if build is tiny_chat_llama else [])
+    for name in ran:
         assert rows[name]["bytes_after"] < rows[name]["bytes_before"] and math.isfinite(rows[name]["kl"])
+    if build is tiny_chat_gemma3:  # kvpress 0.5.5 refuses KVzip on Gemma3ForCausalLM: reported, not fatal
+        assert "kvpress-kvzip@4" in result["summary"]["failed"]
     # a press's per-head evictions are taken off the modules, so they cannot leak into later runs
     assert all(getattr(m, "masked_key_indices", None) is None for m in hf.attention_modules(model).values())

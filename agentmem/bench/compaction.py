@@ -158,6 +158,7 @@ def run(
     layers = set(hf.CompactedCache.from_cache(hf.new_cache(model)).full_layers()) or None
     sums: dict[tuple[str, float], list[Row]] = {}
     decode = {}
+    failed: dict[str, str] = {}
     for n, (ctx, cont) in enumerate(contexts(tokenizer, count=count, context=context, continuation=continuation)):
         cache = hf.new_cache(model)
         began = time.perf_counter()
@@ -173,7 +174,12 @@ def run(
         for method in methods:
             for ratio in ratios:
                 if method in kvpress_peers.PRESSES:
-                    comp, pressed = kvpress_peers.press_cache(model, tokenizer, method, ratio, ctx, full)
+                    try:
+                        comp, pressed = kvpress_peers.press_cache(model, tokenizer, method, ratio, ctx, full)
+                    except Exception as exc:  # an outside peer that cannot run on this model is reported, not fatal
+                        failed[f"{method}@{ratio:g}"] = f"{type(exc).__name__}: {exc}"[:300]
+                        progress(f"  {method:12s} x{ratio:<4g} failed: {failed[f'{method}@{ratio:g}']}")
+                        continue
                     seconds = max(0.0, pressed - prefill)
                 else:
                     stats: dict = {}
@@ -201,6 +207,8 @@ def run(
         if r.ratio in streaming and streaming[r.ratio] > 0:
             r.recovered = 1 - r.nll_gap / streaming[r.ratio]
     summary = {"context": context, "continuation": continuation, "contexts": count, **decode}
+    if failed:
+        summary["failed"] = failed
     return {"rows": [asdict(r) for r in rows], "summary": summary}
 
 
@@ -223,6 +231,8 @@ def table(result: dict) -> str:
             f"{r['time_ratio']:9.2f} {r['bytes_before'] / 2**20:9.1f}M {r['bytes_after'] / 2**20:9.2f}M"
         )
     s = result["summary"]
+    for name, why in s.get("failed", {}).items():
+        lines.append(f"{name}: failed ({why})")
     if "decode_speedup" in s:
         lines.append(f"decode: full {s['full_tokens_per_s']:.1f} tok/s, am x10 {s['am10_tokens_per_s']:.1f} tok/s "
                      f"({s['decode_speedup']:.2f}x)")

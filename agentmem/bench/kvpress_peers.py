@@ -10,6 +10,7 @@ keep the uncompressed window, as kvpress does for Gemma 3 itself.
 
 from __future__ import annotations
 
+import inspect
 import tempfile
 import time
 from contextlib import contextmanager
@@ -67,6 +68,7 @@ def press_cache(
 ) -> tuple[hf.CompactedCache, float]:
     """Prefill `ids` under the press; return the pruned cache and the prefill seconds it took."""
     press = make_press(name, ratio)
+    _skip_sliding_layers(press, model)
     cache = hf.new_cache(model)
     with _tokenizer_on_disk(model, tokenizer):
         began = time.perf_counter()
@@ -87,6 +89,43 @@ def press_cache(
         layers.append(hf.CompactedLayer.from_tensors(
             keys, values, bias, logical_length=length, scaling=layer.scaling, runs=[[length, keys.shape[-2]]]))
     return hf.CompactedCache(layers), seconds
+
+
+def _skip_sliding_layers(press, model) -> None:
+    """Gemma 3 (text-only class) the way kvpress handles its multimodal class: leave the
+    sliding-window layers alone (its hooks would prune or fail on them), and give presses
+    that call `module.rotary_emb(x, positions)` the layer type Gemma 3's rotary needs."""
+    sliding = hf.sliding_layers(model)
+    if not sliding:
+        return
+    types = hf.text_config(model).layer_types
+    hook = press.forward_hook
+
+    def forward_hook(module, inputs, kwargs, output):
+        idx = getattr(module, "layer_idx", None)
+        if idx in sliding:
+            return output
+        rotary = getattr(module, "rotary_emb", None)
+        if rotary is None or "layer_type" not in inspect.signature(rotary.forward).parameters:
+            return hook(module, inputs, kwargs, output)
+        module.rotary_emb = _TypedRotary(rotary, types[idx])
+        try:
+            return hook(module, inputs, kwargs, output)
+        finally:
+            module.rotary_emb = rotary
+
+    press.forward_hook = forward_hook
+
+
+class _TypedRotary(torch.nn.Module):
+    """A Gemma 3 rotary embedding with its layer type bound."""
+
+    def __init__(self, rotary: torch.nn.Module, layer_type: str):
+        super().__init__()
+        self.rotary, self.layer_type = rotary, layer_type
+
+    def forward(self, x, position_ids):
+        return self.rotary(x, position_ids, layer_type=self.layer_type)
 
 
 def _take_masks(model) -> dict[int, tuple[torch.Tensor, ...]]:
