@@ -10,7 +10,8 @@ as `pydoc_data.topics`, not text written for the test):
 - `kl`: mean KL(full || compacted) of next-token distributions over the continuation;
 - `attn_err`: relative error of each full layer's attention output over the context,
   for the continuation's queries (held out: never used for fitting), averaged;
-- `time_ratio`: compaction seconds / prefill seconds of the same context;
+- `time_ratio`: compaction seconds / prefill seconds of the same context (the faster of
+  two prefills);
 - `bytes_before` / `bytes_after`: physical KV bytes (padding included);
 - `recovered`: 1 - nll_gap / nll_gap(streaming) (share of the baseline's gap recovered);
 - decode tokens/s with the full cache and a 10x `am` cache (`decode_speedup`).
@@ -160,11 +161,13 @@ def run(
     decode = {}
     failed: dict[str, str] = {}
     for n, (ctx, cont) in enumerate(contexts(tokenizer, count=count, context=context, continuation=continuation)):
-        cache = hf.new_cache(model)
-        began = time.perf_counter()
-        with torch.no_grad():
-            out = model(input_ids=ctx, past_key_values=cache, use_cache=True, **hf.last_logits_only(model))
-        prefill = time.perf_counter() - began
+        prefill = math.inf
+        for _ in range(2):  # the faster of two prefills: the denominator of every time ratio
+            cache = hf.new_cache(model)
+            began = time.perf_counter()
+            with torch.no_grad():
+                out = model(input_ids=ctx, past_key_values=cache, use_cache=True, **hf.last_logits_only(model))
+            prefill = min(prefill, time.perf_counter() - began)
         last = out.logits[:, -1:].float()
         full = hf.CompactedCache.from_cache(cache, scalings=hf.attention_scalings(model))
         layers = set(full.full_layers())
