@@ -16,7 +16,7 @@ The dict / TOML format (every key optional; missing ones keep the preset's value
     preset = "default"          # start from a preset, then override
     method = "am-fast"          # a compaction method (agentmem.compaction.METHODS)
     protect_recent = 64         # tokens at the end never compacted
-    min_segment_tokens = 8      # smaller segments are left alone
+    min_segment_tokens = 8      # smaller spans are left alone
     enabled = true
 
     [trigger]                   # or [[trigger]] tables: compact when any fires

@@ -105,11 +105,14 @@ class Policy:
         """The spans to compact now, sorted by start, each made of adjacent whole segments.
 
         A segment is eligible when it is not pinned (by `pin`, or by the user:
-        `Segment.pinned` always holds), ends at or before
+        `Segment.pinned` always holds) and ends at or before
         `stats.logical_tokens - protect_recent` (a segment crossing that boundary is left
-        alone: the engine splits a long generation there first) and holds at least
-        `min_segment_tokens` physical slots. Adjacent eligible segments with the same ratio
-        merge into one span; segments whose ratio is 1 are skipped.
+        alone: the engine splits a long generation there first). Adjacent eligible segments
+        with the same ratio merge into one span; segments whose ratio is 1 are skipped, and
+        so are spans holding fewer than `min_segment_tokens` physical slots. The size rule
+        is per span, not per segment: a segment compacted down to a few slots joins its
+        neighbours at the next compaction, so such residues cannot pile up over hundreds of
+        turns (they did, one per segment, before).
 
         Args:
             segments: every segment of the session.
@@ -132,7 +135,7 @@ class Policy:
                 continue
             if segment.index not in physical:
                 raise ConfigError(f"plan: physical has no entry for segment {segment.index}; pass all segments")
-            if segment.pinned or physical[segment.index] < self.min_segment_tokens:
+            if segment.pinned or physical[segment.index] <= 0:
                 continue  # a user's pin on the session holds whatever the policy's pins say
             if not self.pin.pinned(segment, segments):
                 eligible.append(segment)
@@ -149,7 +152,7 @@ class Policy:
                 spans[-1] = Span(last.start, segment.end, last.ratio, (*last.segments, segment.index))
             else:
                 spans.append(Span(segment.start, segment.end, float(ratio), (segment.index,)))
-        return spans
+        return [span for span in spans if sum(physical[i] for i in span.segments) >= self.min_segment_tokens]
 
     def with_(self, **changes: Any) -> Policy:
         """A copy with some fields changed, e.g. `policy.with_(method="am")`."""

@@ -128,6 +128,28 @@ def test_online_compaction_keeps_physical_under_limit(chat_model, tokenizer):
     assert hf.span_slots(session.cache, system.start, system.end) == system.tokens
 
 
+@pytest.mark.parametrize("method", ["truncate", "am-fast"])
+def test_many_turns_stay_within_the_limit_plus_one_turn(tokenizer, method):
+    # Every turn leaves a few segments; once compacted to a handful of slots each, they must
+    # still be compacted again with their neighbours, or their residue outgrows the limit.
+    limit = 256
+    policy = Policy(trigger=TokenLimit(limit), ratio=FixedRatio(4), pin=AnyPin((PinSystem(),)), method=method,
+                    protect_recent=16)
+    session = Session(tiny_chat_llama(), tokenizer, policy=policy, system="sys")
+    largest, peak = 0, 0
+    for turn in range(60):
+        before = len(session.ids)
+        session.add("user", f"turn {turn}: read file {turn % 7}")
+        session.add("assistant", f"<tool_call>{{\"name\": \"read\", \"arguments\": {{\"n\": {turn}}}}}</tool_call>")
+        session.add("tool", f"line {turn}: value = {turn * 37 % 101}")
+        session.generate(2)
+        largest = max(largest, len(session.ids) - before)
+        peak = max([peak, session.stats().physical_tokens] + [e.tokens_before for e in session.events])
+    assert session.stats().logical_tokens > 10 * limit
+    assert peak <= limit + largest
+    assert all(e.status == "ok" for e in session.events)
+
+
 def test_tool_results_join_the_tool_call_segment(chat_model, tokenizer):
     session = Session(chat_model, tokenizer, policy="off")
     session.add("user", "Look it up")

@@ -356,7 +356,7 @@ def check_plan(policy: Policy, segments: list[Segment], stats: KVStats, physical
         assert all(a.end == b.start for a, b in zip(members, members[1:]))
         for member in members:
             assert not member.pinned and not policy.pin.pinned(member, segments)
-            assert physical[member.index] >= policy.min_segment_tokens
+        assert sum(physical[m.index] for m in members) >= policy.min_segment_tokens
     return spans
 
 
@@ -391,8 +391,8 @@ def test_default_plan_merges_adjacent_segments() -> None:
     segments = session()
     stats = KVStats(1130, 1130, 0, turns=3)
     spans = Policy().plan(segments, stats, physical={s.index: s.tokens for s in segments})
-    # system, tools, first user, user-pinned (4), last turn (8, 9) stay; 5-7 merge; 7 has 5 < 8 slots
-    assert spans == [Span(130, 330, 5.0, (3,)), Span(380, 700, 5.0, (5, 6))]
+    # system, tools, first user, user-pinned (4), last turn (8, 9) stay; 5-7 merge (7's 5 slots too)
+    assert spans == [Span(130, 330, 5.0, (3,)), Span(380, 705, 5.0, (5, 6, 7))]
 
 
 def test_plan_splits_on_ratio_and_skips_ratio_one() -> None:
@@ -420,15 +420,19 @@ def test_user_pins_hold_without_pin_user() -> None:
     segments = session()
     policy = Policy(pin=PinSystem(), protect_recent=0)
     spans = policy.plan(segments, KVStats(1130, 1130, 0), physical={s.index: s.tokens for s in segments})
-    assert [s.segments for s in spans] == [(1, 2, 3), (5, 6), (8, 9)]  # 4 is user-pinned, 7 too small
+    assert [s.segments for s in spans] == [(1, 2, 3), (5, 6, 7, 8, 9)]  # 4 is user-pinned; 7 (5 slots) joins
 
 
-def test_min_segment_tokens_uses_physical_slots() -> None:
+def test_min_segment_tokens_counts_physical_slots_per_span() -> None:
     segments = session()
     physical = {s.index: s.tokens for s in segments}
     physical[3] = 7  # compacted before: 200 logical tokens in 7 slots
-    spans = Policy().plan(segments, KVStats(1130, 1130, 0, turns=3), physical=physical)
-    assert all(3 not in s.segments for s in spans)
+    policy = Policy(pin=AnyPin((PinSystem(), PinToolSchemas(), PinFirstUser())), protect_recent=0)
+    spans = policy.plan(segments, KVStats(1130, 1130, 0, turns=3), physical=physical)
+    assert all(3 not in s.segments for s in spans)  # a lone 7-slot span is too small to compact
+    physical[2] = 40
+    spans = Policy(pin=PinSystem(), protect_recent=0).plan(segments, KVStats(1130, 1130, 0), physical=physical)
+    assert spans[0].segments == (1, 2, 3)  # next to other eligible segments the residue is compacted again
 
 
 def test_plan_errors() -> None:
