@@ -248,20 +248,22 @@ def plot(result: dict, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
     order = DEFAULT_METHODS + list(kvpress_peers.PRESSES)
     methods = sorted({r["method"] for r in result["rows"]}, key=order.index)
-    for m in methods:
+    colors = plt.get_cmap("tab20").colors
+    for n, m in enumerate(methods):
         rows = sorted((r for r in result["rows"] if r["method"] == m), key=lambda r: r["ratio"])
         style = "--" if m in kvpress_peers.PRESSES else "-"
-        ax.plot([r["ratio"] for r in rows], [max(r["kl"], 1e-5) for r in rows], style, marker="o", label=m)
+        ax.plot([r["ratio"] for r in rows], [max(r["kl"], 1e-5) for r in rows], style, marker="o", label=m,
+                color=colors[n % len(colors)], linewidth=2.5 if m.startswith("am") else 1.2)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("compaction ratio")
     ax.set_ylabel("KL(full || compacted), nats/token")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
