@@ -180,8 +180,8 @@ def run(
                     try:
                         comp, pressed = kvpress_peers.press_cache(model, tokenizer, method, ratio, ctx, full)
                     except Exception as exc:  # an outside peer that cannot run on this model is reported, not fatal
-                        failed[f"{method}@{ratio:g}"] = f"{type(exc).__name__}: {exc}"[:300]
-                        progress(f"  {method:12s} x{ratio:<4g} failed: {failed[f'{method}@{ratio:g}']}")
+                        why = failed[f"{method}@{ratio:g}"] = f"{type(exc).__name__}: {exc}"[:300]
+                        progress(f"  {method:12s} x{ratio:<4g} failed: {why}")
                         continue
                     seconds = max(0.0, pressed - prefill)
                 else:

@@ -10,6 +10,7 @@ keep the uncompressed window, as kvpress does for Gemma 3 itself.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import tempfile
 import time
@@ -70,7 +71,7 @@ def press_cache(
     press = make_press(name, ratio)
     _skip_sliding_layers(press, model)
     cache = hf.new_cache(model)
-    with _tokenizer_on_disk(model, tokenizer):
+    with _tokenizer_on_disk(model, tokenizer) if name == "kvpress-kvzip" else contextlib.nullcontext():
         began = time.perf_counter()
         with press(model):
             model(input_ids=ids, past_key_values=cache, use_cache=True, **hf.last_logits_only(model))

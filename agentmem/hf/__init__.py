@@ -19,6 +19,8 @@ Layers without compacted slots return plain keys and the function is plain SDPA.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -486,23 +488,18 @@ def last_logits_only(model: torch.nn.Module) -> dict:
     """Keyword arguments that make a forward pass compute the last position's logits only.
 
     A prefill or a query-gathering pass needs at most the next-token logits; the LM head
-    over every position costs about a fifth of a SmolLM2 prefill and most of a Gemma 3
-    one (262k-word vocabulary), and (tokens x vocab) fp32 of memory. Models whose forward
-    has no `logits_to_keep` get {} (all logits, as before).
+    over every position took 11% of a 3k-token SmolLM2 prefill here (16.8 -> 14.9 s) and
+    (tokens x vocab) fp32 of memory. Models whose forward has no `logits_to_keep` get {}.
     """
-    supported = getattr(model, "_agentmem_logits_to_keep", None)
-    if supported is None:
-        import inspect
+    return {"logits_to_keep": 1} if _takes_logits_to_keep(type(model)) else {}
 
-        try:
-            supported = "logits_to_keep" in inspect.signature(model.forward).parameters
-        except (TypeError, ValueError):
-            supported = False
-        try:
-            model._agentmem_logits_to_keep = supported
-        except AttributeError:
-            pass
-    return {"logits_to_keep": 1} if supported else {}
+
+@functools.cache
+def _takes_logits_to_keep(cls: type) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(cls.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def new_cache(model: torch.nn.Module) -> Cache:
