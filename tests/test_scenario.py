@@ -14,8 +14,10 @@ from conftest import tiny_chat_llama, tiny_tokenizer
 
 def test_scenario_compacts_repeatedly_and_reports(tmp_path):
     chosen = problems.builtin(2)
+    lines, partials = [], []
     result = aime.run(tiny_chat_llama(), tiny_tokenizer(), chosen, limit=900, ratio=4, rounds=3,
-                      max_new_tokens=800, protect_recent=24)
+                      max_new_tokens=800, protect_recent=24, progress=lines.append, progress_every=200,
+                      on_problem=partials.append)
     summary = result["summary"]
     for key in ("limit", "compactions", "peak_physical_tokens", "answer_agreement", "accuracy"):
         assert key in summary
@@ -31,6 +33,18 @@ def test_scenario_compacts_repeatedly_and_reports(tmp_path):
     assert "agreement" in text
     assert aime.plot(result, tmp_path / "kv.png").stat().st_size > 0
     json.dumps(result)  # the result is JSON-able as written by --json
+    # progress: a line every 200 generated tokens of each run (the last token ends the run unreported)
+    runs, counts = [], None
+    for line in lines:
+        if line.endswith("unlimited run") or "limited run (" in line:
+            runs.append(counts := [])
+        elif "tok/s" in line:
+            counts.append(int(line.split()[0].split("/")[0]))
+    assert all(r["tokens"] == r["unlimited_tokens"] == 800 for r in result["runs"])
+    assert runs == [[200, 400, 600]] * 4
+    # after each problem the result so far, with the final summary at the end
+    assert [len(p["runs"]) for p in partials] == [1, 2]
+    assert partials[-1]["summary"] == summary and partials[0]["runs"][0] == result["runs"][0]
 
 
 def test_prompt_longer_than_the_limit_is_refused():

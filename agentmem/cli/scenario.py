@@ -52,11 +52,17 @@ def run_aime(args: argparse.Namespace) -> int:
     chosen = (problems.load_jsonl(args.problems_file, limit=args.problems) if args.problems_file
               else problems.builtin(args.problems, seed=args.seed))
     model, tokenizer = load(args.model)
+
+    def save_so_far(partial: dict) -> None:  # a stopped run keeps the problems it finished
+        partial["summary"].update(model=args.model, complete=len(partial["runs"]) == len(chosen))
+        args.json.write_text(json.dumps(partial, indent=1))
+
     result = aime.run(model, tokenizer, chosen, limit=args.limit, ratio=args.ratio, rounds=args.rounds,
                       max_new_tokens=args.max_new_tokens, method=args.method, protect_recent=args.protect_recent,
                       pin_question=args.pin_question, min_new_tokens=args.min_new_tokens,
-                      temperature=args.temperature, seed=args.seed, progress=say)
-    result["summary"]["model"] = args.model
+                      temperature=args.temperature, seed=args.seed, progress=say,
+                      on_problem=save_so_far if args.json else None)
+    result["summary"].update(model=args.model, complete=True)
     print(aime.table(result))
     plot = args.plot or (args.json.with_suffix(".png") if args.json else Path("scenario-aime.png"))
     aime.plot(result, plot)

@@ -40,31 +40,55 @@ def run(
     temperature: float = 0.0,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    progress_every: int = 1024,
+    on_problem: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Run every problem with and without the limit; returns `{"summary": ..., "runs": [...]}`."""
+    """Run every problem with and without the limit; returns `{"summary": ..., "runs": [...]}`.
+
+    `progress` gets a line at each phase and every `progress_every` generated tokens;
+    `on_problem` gets the result so far (same shape as the return value) after each
+    problem, so a long run that is stopped keeps what it finished.
+    """
     max_new_tokens = max_new_tokens or default_max_new_tokens(limit, ratio, rounds)
     pins = AnyPin((PinSystem(), PinFirstUser())) if pin_question else AnyPin((PinSystem(),))
     policy = Policy(trigger=TokenLimit(limit), ratio=FixedRatio(ratio), pin=pins, method=method,
                     protect_recent=protect_recent, min_segment_tokens=4)
+    settings = dict(limit=limit, ratio=ratio, rounds=rounds, method=method, max_new_tokens=max_new_tokens,
+                    min_new_tokens=min_new_tokens, pin_question=pin_question)
+    say = progress or (lambda _: None)
     runs = []
     for number, problem in enumerate(problems, 1):
-        say = progress or (lambda _: None)
         say(f"[{number}/{len(problems)}] {problem.id}: unlimited run")
         full = _decode(model, tokenizer, problem, "off", max_new_tokens, min_new_tokens, temperature, seed,
-                       rounds=None)
+                       rounds=None, report=_reporter(say, progress_every, max_new_tokens))
         say(f"[{number}/{len(problems)}] {problem.id}: limited run ({limit} slots, x{ratio:g})")
         limited = _decode(model, tokenizer, problem, policy, max_new_tokens, min_new_tokens, temperature, seed,
-                          rounds=rounds)
+                          rounds=rounds, report=_reporter(say, progress_every, max_new_tokens))
         runs.append(_compare(problem, limited, full))
         say(f"  compactions {runs[-1]['compactions']}, agree {runs[-1]['agree']}, "
             f"diverge at {runs[-1]['first_divergence']}")
-    return {"summary": _summary(runs, limit=limit, ratio=ratio, rounds=rounds, method=method,
-                                max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                                pin_question=pin_question), "runs": runs}
+        if on_problem is not None:
+            on_problem({"summary": _summary(runs, **settings), "runs": list(runs)})
+    return {"summary": _summary(runs, **settings), "runs": runs}
+
+
+def _reporter(say: Callable[[str], None], every: int, total: int) -> Callable[[Session, int], None]:
+    """A line every `every` generated tokens: tokens, rate, physical and logical KV, compactions."""
+    began = time.perf_counter()
+
+    def report(session: Session, generated: int) -> None:
+        if every > 0 and generated % every == 0:
+            stats = session.stats()
+            done = sum(1 for e in session.events if e.status == "ok")
+            rate = generated / (time.perf_counter() - began)
+            say(f"    {generated}/{total} tokens, {rate:.1f} tok/s, physical {stats.physical_tokens}, "
+                f"logical {stats.logical_tokens}, compactions {done}")
+
+    return report
 
 
 def _decode(model, tokenizer, problem, policy, max_new_tokens, min_new_tokens, temperature, seed, *,
-            rounds) -> dict:
+            rounds, report: Callable[[Session, int], None] | None = None) -> dict:
     session = Session(model, tokenizer, policy=policy, system=INSTRUCTION, seed=seed, watch_every=1)
     session.add("user", problem.question)
     pinned = session.segments[-1].end
@@ -75,13 +99,21 @@ def _decode(model, tokenizer, problem, policy, max_new_tokens, min_new_tokens, t
                               f"too close to the limit of {policy.trigger.limit}; raise --limit"
                               + (" or drop --pin-question" if kept == pinned else ""))
 
-    def out_of_rounds(s: Session) -> bool:
+    before_reply: list[int] = []  # len(session.ids) before the first generated token
+
+    def stop_when(s: Session) -> bool:  # called after each generated token but the last
+        if not before_reply:
+            before_reply.append(len(s.ids) - 1)
+        if report is not None:
+            report(s, len(s.ids) - before_reply[0])
+        if not rounds:
+            return False
         done = sum(1 for e in s.events if e.status == "ok")
         return done >= rounds and s.policy.should_compact(s.stats(), 1) is not None
 
     began = time.perf_counter()
     reply = session.generate(max_new_tokens, temperature=temperature, min_new_tokens=min_new_tokens or None,
-                             stop_when=out_of_rounds if rounds else None)
+                             stop_when=stop_when)
     seconds = time.perf_counter() - began
     peak = max([p for _, _, p, _ in session.timeline] + [e.tokens_before for e in session.events])
     return {
