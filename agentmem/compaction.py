@@ -141,27 +141,29 @@ class _Compactor:
 
     # ---------------------------------------------------------------- budgets per head
     def _budgets(self) -> dict[int, torch.Tensor]:
-        """Slots each (batch, KV head) keeps in each layer: layer -> (G,) long."""
+        """Slots each (batch, KV head) keeps in each layer: layer -> (G,) long.
+
+        Uniform: span / ratio per head. With a head profile the same total is shared in
+        proportion to the profile, each head capped at 2x the uniform budget (OMP's cost
+        grows with the widest head) and 75% of its span.
+        """
         sizes = {idx: b - a for idx, (a, b) in self.spans.items()}
+        base = {idx: max(1, round(sizes[idx] / self.ratio)) for idx in self.layers}
+        want = {idx: torch.full((self.num_kv,), base[idx], dtype=torch.long) for idx in self.layers}
         profile = None
-        if self.spec.head_profile and self.opts.head_budgets is not None:
+        if self.spec.head_profile and self.opts.head_budgets is not None and self.ratio != 1:
             profile = profiles.resolve(self.opts.head_budgets, self.model)
+        if profile is not None:
+            weights = torch.cat([torch.tensor([profile.get(f"L{idx}H{h}", 0.0) * base[idx]
+                                               for h in range(self.num_kv)]) for idx in self.layers])
+            caps = torch.cat([torch.full((self.num_kv,), max(1, min(int(0.75 * sizes[idx]), 2 * base[idx])))
+                              for idx in self.layers])
+            shared = profiles.allocate(weights, caps, sum(base.values()) * self.num_kv)
+            want = dict(zip(self.layers, shared.split(self.num_kv)))
         out = {}
         for idx in self.layers:
-            base = max(1, round(sizes[idx] / self.ratio))
-            if profile is not None:
-                share = torch.tensor([profile.get(f"L{idx}H{h}", 0.0) for h in range(self.num_kv)])
-                total_heads = len(profile)
-                # At most 2x the uniform budget per head: OMP's cost grows with the widest head.
-                cap = max(1, min(int(0.75 * sizes[idx]), 2 * base))
-                want = (share * total_heads * base).round().long().clamp(1, cap)
-                if self.ratio == 1:
-                    want = torch.full_like(want, sizes[idx])
-            else:
-                want = torch.full((self.num_kv,), base, dtype=torch.long)
             valid = torch.isfinite(self._span(idx)[2]).sum(-1).reshape(self.batch, self.num_kv).min(0).values
-            want = torch.minimum(want, valid.clamp_min(1).cpu())
-            out[idx] = want.repeat(self.batch)
+            out[idx] = torch.minimum(want[idx], valid.clamp_min(1).cpu()).repeat(self.batch)
         return out
 
     def _span(self, idx: int):

@@ -3,8 +3,9 @@
 A profile is JSON `{"model": NAME, "signature": {...}, "proportions": {"L{l}H{h}": p}}`
 with the proportions summing to 1. `agentmem profile-heads` measures one (see
 `agentmem.bench.profile_heads`); the profiles of the built-in models ship in
-`agentmem/profiles/`. A head's budget is `p * heads * (span / ratio)`, capped at 75% of
-the span, so a profile moves budget between heads without changing the total.
+`agentmem/profiles/`. A head's budget is in proportion to `p * (span / ratio)`; the
+budgets are capped (see `allocate`) and what a capped head cannot take goes to the
+others, so a profile moves budget between heads without changing the total.
 """
 
 from __future__ import annotations
@@ -80,3 +81,44 @@ def resolve(head_budgets, model: torch.nn.Module) -> dict[str, float] | None:
     if "signature" in profile and profile["signature"] != signature(model):
         raise ModelMismatchError(f"the head profile {path} was measured on another model ({profile.get('model')})")
     return validate(profile.get("proportions", profile))
+
+
+def allocate(weights: torch.Tensor, caps: torch.Tensor, total: int) -> torch.Tensor:
+    """Integer budgets in proportion to `weights`, each in [1, cap], summing to `total`.
+
+    Water-filling: a head whose proportional share passes its cap (or falls below one
+    slot) is fixed there and the rest is shared again among the others. When the caps
+    cannot hold `total` every head gets its cap; when `total` is below one slot per
+    head every head gets one.
+    """
+    weights = weights.double().clamp_min(0)
+    caps = caps.long().clamp_min(1)
+    n = weights.numel()
+    if total >= int(caps.sum()):
+        return caps.clone()
+    if total <= n:
+        return torch.ones(n, dtype=torch.long)
+    share = torch.zeros(n, dtype=torch.double)
+    fixed = torch.zeros(n, dtype=torch.bool)
+    for _ in range(2 * n + 1):
+        free = ~fixed
+        left = total - share[fixed].sum()
+        w = weights[free]
+        part = w / w.sum() * left if w.sum() > 0 else torch.full_like(w, float(left) / len(w))
+        over, under = part > caps[free], part < 1
+        if not over.any() and not under.any():
+            share[free] = part
+            break
+        # fix the heads past their bound (caps first: they free budget for the rest), then share again
+        bound, value = (over, caps[free].double()) if over.any() else (under, torch.ones_like(part))
+        index = free.nonzero().squeeze(1)[bound]
+        share[index] = value[bound]
+        fixed[index] = True
+    out = share.floor().long().clamp(1)
+    out = torch.minimum(out, caps)
+    short = total - int(out.sum())
+    if short > 0:  # largest remainders first, among heads below their cap
+        room = (out < caps) & (share - out.double() > -1)
+        order = torch.argsort(torch.where(room, share - out.double(), torch.full_like(share, -2.0)), descending=True)
+        out[order[:short]] += 1
+    return out

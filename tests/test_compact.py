@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import agentmem
-from agentmem import ConfigError, ModelMismatchError, compact
+from agentmem import ConfigError, ModelMismatchError, compact, profiles
 
 from conftest import prefill, tiny_llama
 
@@ -155,3 +155,38 @@ def test_repeat_pass_in_pieces_sees_the_same_queries(tiny_model, ids, chunk):
     pieces = queries.forward_pass(tiny_model, view.copy(), ids, layers=layers, chunk=chunk)
     for idx in layers:
         torch.testing.assert_close(pieces.stacked(idx), whole.stacked(idx), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_head_budgets_are_shared_within_bounds_and_keep_the_total(seed):
+    g = torch.Generator().manual_seed(seed)
+    n = 12
+    weights = torch.rand(n, generator=g) ** 4  # skewed: a few heads want most of the budget
+    weights[seed] = 0.0
+    caps = torch.randint(2, 40, (n,), generator=g)
+    for total in (n, n + 5, int(caps.sum()) // 2, int(caps.sum()) - 1):
+        out = profiles.allocate(weights, caps, total)
+        assert out.sum() == total and (out >= 1).all() and (out <= caps).all()
+        # nobody below its cap is given less than a lighter head: the order follows the weights
+        for i in range(n):
+            for j in range(n):
+                if weights[i] > weights[j] and out[i] < caps[i]:
+                    assert out[i] >= out[j] - 1, (i, j, out.tolist())
+    assert profiles.allocate(weights, caps, int(caps.sum()) + 7).tolist() == caps.tolist()
+    assert profiles.allocate(weights, caps, 3).tolist() == [1] * n
+
+
+def test_uncapped_budgets_follow_the_weights_exactly():
+    out = profiles.allocate(torch.tensor([1.0, 2.0, 3.0, 2.0]), torch.full((4,), 100), 80)
+    assert out.tolist() == [10, 20, 30, 20]
+
+
+def test_a_skewed_head_profile_keeps_the_uniform_total(ids):
+    """Budget a capped head cannot take goes to the others instead of being dropped."""
+    model = tiny_llama()
+    skewed = {"L0H0": 0.85, "L0H1": 0.05, "L1H0": 0.05, "L1H1": 0.05}  # L0H0 wants 3.4x the uniform share
+    uniform = compact(model, prefill(model, ids), ids, ratio=6, method="am", head_budgets=None)
+    shaped = compact(model, prefill(model, ids), ids, ratio=6, method="am", head_budgets=skewed)
+    assert shaped.effective_slots() == uniform.effective_slots() == 4 * (48 // 6)
+    per_head = [int(torch.isfinite(shaped.layers[i].bias[0, h]).sum()) for i in (0, 1) for h in (0, 1)]
+    assert per_head[0] == 2 * (48 // 6) and per_head[0] > max(per_head[1:])  # capped at 2x uniform
