@@ -86,7 +86,6 @@ def select_omp(
     """
     G, n, T = t.phi.shape
     width = min(width, T)
-    norms = t.phi.norm(dim=1).clamp_min(1e-30)  # (G, T)
     picked = torch.zeros(G, width, dtype=torch.long, device=t.phi.device)
     taken = ~t.valid.clone()
     gram = t.phi.new_zeros(G, width, width)
@@ -95,7 +94,9 @@ def select_omp(
     count, step = 0, 0
     while count < width:
         k = min(per_step, width - count)
-        corr = torch.bmm(residual.unsqueeze(1), t.phi).squeeze(1) / norms  # (G, T)
+        # Raw correlation, not divided by the column's norm: that favours keys with a large
+        # mass, which is what the attention needs (dividing cost 2x in KL at 10x, docs/LOG.md).
+        corr = torch.bmm(residual.unsqueeze(1), t.phi).squeeze(1)  # (G, T)
         corr = corr.masked_fill(taken, float("-inf"))
         new = corr.topk(k, dim=-1).indices  # (G, k)
         new_cols = torch.gather(t.phi, 2, new.unsqueeze(1).expand(G, n, k))  # (G, n, k)

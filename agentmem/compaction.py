@@ -238,11 +238,12 @@ class _Compactor:
         return extra
 
     def _layer_queries(self, idx, captured, extra) -> torch.Tensor:
-        parts = [queries.group_queries(q, self.num_kv) for q in [captured.get(idx), *extra.get(idx, [])]
-                 if q is not None]
-        if not parts:
+        repeat = captured.get(idx)
+        extras = [queries.group_queries(q, self.num_kv) for q in extra.get(idx, [])]
+        if repeat is None and not extras:
             raise ConfigError(f"method {self.spec.name!r} needs reference queries but none were gathered")
-        return queries.subsample(torch.cat(parts, dim=1), self.opts.max_queries, self.generator)
+        repeat = None if repeat is None else queries.group_queries(repeat, self.num_kv)
+        return queries.combine(repeat, extras, self.opts.max_queries, self.generator)
 
     def _logical_span(self) -> tuple[int, int]:
         return self.span
@@ -294,8 +295,8 @@ class _Compactor:
                 return key, value, mask
             done.add(idx)
             q = queries.group_queries(query.float(), self.num_kv)
-            pieces = [q] + [queries.group_queries(e, self.num_kv) for e in extra.get(idx, [])]
-            q = queries.subsample(torch.cat(pieces, dim=1), self.opts.max_queries, self.generator)
+            extras = [queries.group_queries(e, self.num_kv) for e in extra.get(idx, [])]
+            q = queries.combine(q, extras, self.opts.max_queries, self.generator)
             self._install(idx, self._fit(idx, q))
             new = self.out.layers[idx]
             grown = key.shape[-2] - self.view.layers[idx].physical_length  # tokens of this pass

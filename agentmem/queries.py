@@ -98,3 +98,21 @@ def subsample(queries: torch.Tensor, limit: int, generator: torch.Generator) -> 
         return queries
     keep = torch.randperm(n, generator=generator)[:limit].sort().values.to(queries.device)
     return queries[:, keep]
+
+
+def combine(repeat: torch.Tensor | None, extras: list[torch.Tensor], limit: int,
+            generator: torch.Generator) -> torch.Tensor:
+    """At most `limit` fitting queries per head from the repeat pass and the extras, (G, n, D).
+
+    The extras (recent decode queries, self-study) are few and closest to what the model
+    will ask next, so they are kept whole up to half the limit; the repeat pass's many
+    queries are sampled to fill the rest.
+    """
+    extra = torch.cat(extras, dim=1) if extras else None
+    if extra is not None:
+        extra = subsample(extra, limit if repeat is None else max(1, limit // 2), generator)
+    if repeat is None:
+        return extra
+    if extra is None:
+        return subsample(repeat, limit, generator)
+    return torch.cat([subsample(repeat, limit - extra.shape[1], generator), extra], dim=1)

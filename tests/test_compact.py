@@ -190,3 +190,17 @@ def test_a_skewed_head_profile_keeps_the_uniform_total(ids):
     assert shaped.effective_slots() == uniform.effective_slots() == 4 * (48 // 6)
     per_head = [int(torch.isfinite(shaped.layers[i].bias[0, h]).sum()) for i in (0, 1) for h in (0, 1)]
     assert per_head[0] == 2 * (48 // 6) and per_head[0] > max(per_head[1:])  # capped at 2x uniform
+
+
+def test_recent_and_self_study_queries_are_kept_whole_up_to_half_the_limit():
+    from agentmem import queries
+
+    g = torch.Generator().manual_seed(0)
+    repeat, recent = torch.randn(2, 5000, 8), torch.randn(2, 100, 8) + 10  # recent ones are told apart by +10
+    out = queries.combine(repeat, [recent], 1000, g)
+    assert out.shape == (2, 1000, 8) and int((out[0, :, 0] > 5).sum()) == 100  # every recent query, 900 repeat
+    out = queries.combine(repeat, [torch.randn(2, 3000, 8) + 10], 1000, g)
+    assert out.shape == (2, 1000, 8) and int((out[0, :, 0] > 5).sum()) == 500  # extras capped at half
+    assert queries.combine(repeat[:, :300], [recent], 1000, g).shape[1] == 400  # under the limit: all of both
+    assert queries.combine(None, [recent, recent], 150, g).shape[1] == 150
+    assert queries.combine(repeat, [], 1000, g).shape[1] == 1000
