@@ -1,3 +1,4 @@
+# Experiment script (see docs/LOG.md); run from the repository root: python docs/experiments/NAME.py ...
 """am after the head-budget fix, and OMP with raw (unnormalised) correlation, on the bench context."""
 import inspect, json, sys, textwrap
 import agentmem
@@ -46,7 +47,7 @@ if variant.startswith("rawcorr"):
     exec(compile(src, am.__file__, "exec"), am.__dict__)
 import os
 if os.environ.get("SMOKE"):
-    sys.path.insert(0, "/work/main/tests")
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2] / "tests"))
     from conftest import tiny_chat_llama, tiny_tokenizer
     model, tok = tiny_chat_llama(), tiny_tokenizer()
 else:
@@ -55,4 +56,4 @@ res = bench.run(model, tok, ratios=ratios, methods=methods, decode_steps=0, **({
 for r in res["rows"]:
     print(variant, r["method"], r["ratio"], f"kl {r['kl']:.4f} gap {r['nll_gap']:+.4f} err {r['attn_err']:.3f} "
           f"t/prefill {r['time_ratio']:.2f} MB {r['bytes_after']/2**20:.2f}")
-json.dump(res, open(f"/tmp/exp/am_fix_{variant}.json", "w"))
+json.dump(res, open(f"./am_fix_{variant}.json", "w"))

@@ -1,3 +1,4 @@
+# Experiment script (see docs/LOG.md); run from the repository root: python docs/experiments/NAME.py ...
 """am-fast / am with the queries of the context's last N tokens as recent_queries (as the engine passes
 decode queries), mixed the old way (all concatenated, then sampled) or the new way (extras kept whole)."""
 import json, sys
@@ -17,7 +18,7 @@ if mix == "old":
     queries.combine = combine
 import os
 if os.environ.get("SMOKE"):
-    sys.path.insert(0, "/work/main/tests")
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2] / "tests"))
     from conftest import tiny_chat_llama, tiny_tokenizer
     model, tok = tiny_chat_llama(), tiny_tokenizer()
 else:
@@ -43,4 +44,4 @@ res = bench.run(model, tok, ratios=ratios, methods=methods, decode_steps=0, **({
 for r in res["rows"]:
     print(mix, recent, r["method"], r["ratio"], f"kl {r['kl']:.4f} gap {r['nll_gap']:+.4f} err {r['attn_err']:.3f} "
           f"t/prefill {r['time_ratio']:.2f}")
-json.dump(res, open(f"/tmp/exp/recentq_{mix}_{recent}.json", "w"))
+json.dump(res, open(f"./recentq_{mix}_{recent}.json", "w"))
