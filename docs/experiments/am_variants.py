@@ -41,6 +41,8 @@ if variant.startswith("layerwise"):
             out[idx] = torch.minimum(want[idx], valid.clamp_min(1).cpu()).repeat(self.batch)
         return out
     C._Compactor._budgets = _budgets
+# "rawcorr" patched select_omp as it was before the raw correlation became the default
+# (commit "OMP picks keys by raw correlation"); on later code it fails its assert.
 if variant.startswith("rawcorr"):
     src = textwrap.dedent(inspect.getsource(am.select_omp)).replace(" / norms  # (G, T)", "  # raw")
     assert "# raw" in src
