@@ -114,11 +114,7 @@ def allocate(weights: torch.Tensor, caps: torch.Tensor, total: int) -> torch.Ten
         index = free.nonzero().squeeze(1)[bound]
         share[index] = value[bound]
         fixed[index] = True
-    out = share.floor().long().clamp(1)
-    out = torch.minimum(out, caps)
-    short = total - int(out.sum())
-    if short > 0:  # largest remainders first, among heads below their cap
-        room = (out < caps) & (share - out.double() > -1)
-        order = torch.argsort(torch.where(room, share - out.double(), torch.full_like(share, -2.0)), descending=True)
-        out[order[:short]] += 1
+    out = share.floor().long()  # each share lies in [1, cap], so each floor does too
+    short = total - int(out.sum())  # fewer than the heads with a fractional share, all below their cap
+    out[torch.argsort(share - out.double(), descending=True)[:short]] += 1  # largest remainders first
     return out

@@ -53,7 +53,7 @@ def run_aime(args: argparse.Namespace) -> int:
               else problems.builtin(args.problems, seed=args.seed))
     model, tokenizer = load(args.model)
 
-    def save_so_far(partial: dict) -> None:  # a stopped run keeps the problems it finished
+    def save_so_far(partial: dict) -> None:  # after every problem, the last one included
         partial["summary"].update(model=args.model, complete=len(partial["runs"]) == len(chosen))
         args.json.write_text(json.dumps(partial, indent=1))
 
@@ -67,7 +67,5 @@ def run_aime(args: argparse.Namespace) -> int:
     plot = args.plot or (args.json.with_suffix(".png") if args.json else Path("scenario-aime.png"))
     aime.plot(result, plot)
     print(f"plot: {plot}")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
     print(json.dumps(result["summary"]))
     return 0

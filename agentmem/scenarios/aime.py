@@ -9,6 +9,7 @@ model the figure that matters is agreement with the unlimited run.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -99,13 +100,11 @@ def _decode(model, tokenizer, problem, policy, max_new_tokens, min_new_tokens, t
                               f"too close to the limit of {policy.trigger.limit}; raise --limit"
                               + (" or drop --pin-question" if kept == pinned else ""))
 
-    before_reply: list[int] = []  # len(session.ids) before the first generated token
+    generated = itertools.count(1)
 
-    def stop_when(s: Session) -> bool:  # called after each generated token but the last
-        if not before_reply:
-            before_reply.append(len(s.ids) - 1)
+    def stop_when(s: Session) -> bool:  # called once after each generated token but the last
         if report is not None:
-            report(s, len(s.ids) - before_reply[0])
+            report(s, next(generated))
         if not rounds:
             return False
         done = sum(1 for e in s.events if e.status == "ok")
