@@ -25,9 +25,12 @@ import torch
 
 from . import hf
 from .chat import ChatFormat
+from .compaction import METHODS
+from .compaction import _options as check_options
 from .errors import ConfigError, CorruptSessionError
 from .memory import AfterHook, BeforeHook, Compactor, Plan
 from .policies import Policy, policy_from
+from .policies._config import check_ratio
 from .sampling import Choices, Sampler, StopText, generation_config
 from .segments import CompactionEvent, KVStats, Segment
 
@@ -105,6 +108,7 @@ class Session:
         # A session re-compacts its whole history again and again: repeat-prefill only the
         # span's newest tokens so a compaction costs the same at turn 500 as at turn 10.
         options = {"max_repeat_tokens": DEFAULT_REPEAT_TOKENS, **(compaction_options or {})}
+        check_options(options)  # an unknown option fails here, not as a fallback drop at the first compaction
         self.compactor = Compactor(model, tokenizer, options=options)
         self.messages: list[dict] = []
         self.segments: list[Segment] = []
@@ -130,13 +134,11 @@ class Session:
         self._device = next(model.parameters()).device
         self._bytes_per_token = _bytes_per_token(model, len(self._full_layers))
         self._free = _FreeMemory(self._device)
+        self._version = 0  # the stored session's version this copy last saw (optimistic concurrency)
+        self._model_name = model_name or str(model.config.name_or_path or "model")
         hf.enable(model)
         if store is not None and session_id is None:
-            from .models import model_fingerprint
-
-            self.id = store.create_session(model=model_name or str(model.config.name_or_path or "model"),
-                                           fingerprint=model_fingerprint(model), title=title,
-                                           config={"policy": _policy_summary(self.policy)})
+            self.id = self._create_stored(title)
         if tools:
             self._add(self.format.tools_message(tools), kind="tools")
         if system:
@@ -366,7 +368,16 @@ class Session:
             self._blocked_until = after.physical_tokens + max(incoming, self.policy.protect_recent // 2, 16)
 
     def compact(self, *, ratio: float | None = None, method: str | None = None) -> list[CompactionEvent]:
-        """Compact now, by hand, with the policy's plan (optionally another ratio or method)."""
+        """Compact now, by hand, with the policy's plan (optionally another ratio or method).
+
+        Raises:
+            ConfigError: `ratio` is not a finite number >= 1, or `method` is unknown
+                (checked before anything changes).
+        """
+        if ratio is not None:
+            ratio = check_ratio("Session.compact", "ratio", ratio)
+        if method is not None and method not in METHODS:
+            raise ConfigError(f"Session.compact: unknown method {method!r}; choose one of {', '.join(METHODS)}")
         self._flush()
         return self._compact("manual", self.stats(), ratio=ratio, method=method)
 
@@ -447,21 +458,73 @@ class Session:
 
     # ------------------------------------------------------------------ persistence
     def save(self) -> None:
-        """Commit messages, segments, events and a KV checkpoint since the last save (one transaction)."""
+        """Commit messages, segments, events and a KV checkpoint since the last save (one transaction).
+
+        Raises:
+            StaleSessionError: another writer (a second process, or a second `resume` of the
+                same session) committed to this session, or deleted it, after this copy
+                loaded it. Nothing was written and the stored session is intact; this copy
+                keeps its unsaved turns (also in the error's `unsaved`): `save_as_new()`
+                stores them as a new session.
+            StoreBusyError: the database stayed locked past the store's timeout; nothing
+                was written, and `save()` can be called again.
+        """
         if self.store is None:
             raise ConfigError("this session has no store; pass store=Store(path) to keep it")
+        from .errors import SessionNotFoundError, StaleSessionError
+
         logical, physical, nbytes = hf.cache_size(self.cache)
-        self.store.commit_turn(
-            self.id,
-            messages=self.messages[self._saved_messages:],
-            segments=self.segments,
-            events=self.events[self._saved_events:],
-            checkpoint=self._checkpoint() + self._recent_state(),
-            checkpoint_info={"logical_tokens": logical, "physical_tokens": physical, "bytes": nbytes},
-            state={"cached": self.cached, "tokens": len(self.ids), "last_compaction_turn": self._last_compaction_turn},
-        )
+        unsaved = self.messages[self._saved_messages:]
+        try:
+            self.store.commit_turn(
+                self.id,
+                messages=unsaved,
+                segments=self.segments,
+                events=self.events[self._saved_events:],
+                checkpoint=self._checkpoint() + self._recent_state(),
+                checkpoint_info={"logical_tokens": logical, "physical_tokens": physical, "bytes": nbytes},
+                state={"cached": self.cached, "tokens": len(self.ids),
+                       "last_compaction_turn": self._last_compaction_turn, "blocked_until": self._blocked_until,
+                       "policy": self._policy_data()},
+                expect_version=self._version,
+            )
+        except StaleSessionError as exc:
+            raise StaleSessionError(str(exc), unsaved=unsaved) from None
+        except SessionNotFoundError:
+            raise StaleSessionError(
+                f"session {self.id!r} was deleted from {self.store.path} by another writer after this copy "
+                f"loaded it; nothing was written. session.save_as_new() stores this copy as a new session",
+                unsaved=unsaved) from None
+        self._version += 1
         self._saved_messages, self._saved_events = len(self.messages), len(self.events)
         self._saved_blocks, self._stable_logical = self.store.checkpoint_blocks(self.id), self.cached
+
+    def save_as_new(self, *, title: str | None = None) -> str:
+        """Store this copy, all of it, as a new session in the same store; return the new id.
+
+        The way out of a `StaleSessionError`: the other writer's session stays as it is,
+        and nothing of this copy is lost. This session continues under the new id.
+        """
+        if self.store is None:
+            raise ConfigError("this session has no store; pass store=Store(path) to keep it")
+        self.id = self._create_stored(title)
+        self._version, self._saved_messages, self._saved_events = 0, 0, 0
+        self._saved_blocks, self._stable_logical = [], 0
+        self.save()
+        return self.id
+
+    def _create_stored(self, title: str | None) -> str:
+        from .models import model_fingerprint
+
+        return self.store.create_session(model=self._model_name, fingerprint=model_fingerprint(self.model),
+                                         title=title, config={"policy": self._policy_data()})
+
+    def _policy_data(self) -> dict:
+        """The policy as `Policy.from_dict` reads it back, or a summary for a class it cannot."""
+        try:
+            return self.policy.to_dict()
+        except ConfigError:  # a user class not registered by name: it cannot be rebuilt on resume
+            return {"summary": _policy_summary(self.policy)}
 
     def _checkpoint(self) -> list[dict]:
         """The cache as checkpoint layers; blocks unchanged since the last save are passed by hash."""
@@ -472,7 +535,7 @@ class Session:
             if entry["kind"] == "sliding" or not previous or stable <= 0:
                 continue
             if isinstance(layer, hf.CompactedLayer):
-                kept = layer.physical_span(0, stable)[1]
+                kept = layer.slots_before(stable)  # a later drop or compaction may have merged runs around it
             else:
                 kept = stable
             for j in range(min(len(previous), kept // CHECKPOINT_BLOCK, len(entry["blocks"]))):
@@ -486,12 +549,23 @@ class Session:
 
     @classmethod
     def resume(cls, store, session_id: str, model, tokenizer, **kwargs) -> Session:
-        """Reopen a stored session with the same model; it continues exactly where it was saved."""
+        """Reopen a stored session with the same model; it continues exactly where it was saved.
+
+        The session keeps the policy it was saved with unless `policy=` is passed (the new
+        one is then stored with the next save). Other keyword arguments are `Session`'s.
+
+        Raises:
+            SessionNotFoundError, ModelMismatchError: see `Store.load_session`.
+            CorruptSessionError: a stored row, block or tensor is damaged or inconsistent.
+        """
         from .models import model_fingerprint
 
         loaded = store.load_session(session_id, fingerprint=model_fingerprint(model),
                                     map_location=next(model.parameters()).device)
+        if kwargs.get("policy") is None:
+            kwargs["policy"] = _stored_policy(loaded, session_id)
         session = cls(model, tokenizer, store=store, session_id=session_id, **kwargs)
+        session._version = loaded.version
         session.messages = [dict(m) for m in loaded.messages]
         session.segments = list(loaded.segments)
         session.ids = [t for m in loaded.messages for t in m["token_ids"]]
@@ -500,6 +574,7 @@ class Session:
         state = loaded.state or {}
         session.cached = int(state.get("cached", 0))
         session._last_compaction_turn = int(state.get("last_compaction_turn", -1))
+        session._blocked_until = int(state.get("blocked_until", -1))  # else a resumed copy retries a futile compaction
         if state.get("tokens", len(session.ids)) != len(session.ids) or session.cached > len(session.ids):
             raise CorruptSessionError(f"session {session_id!r}: its messages hold {len(session.ids)} tokens but "
                                       f"the saved state says {state.get('tokens')}; delete or export it")
@@ -594,6 +669,24 @@ class _FreeMemory:
             return int(info["MemAvailable"].split()[0]) / int(info["MemTotal"].split()[0])
         except (OSError, KeyError, ValueError):
             return None
+
+
+def _stored_policy(loaded, session_id: str) -> Policy | None:
+    """The policy a stored session was saved with (newest first), or None for the default."""
+    for data in ((loaded.state or {}).get("policy"), (loaded.config or {}).get("policy")):
+        if not isinstance(data, dict):
+            continue
+        if "summary" in data or "trigger" not in data or not isinstance(data["trigger"], dict):
+            # A user-defined policy class, or a session from before policies were stored whole.
+            log.warning("session %r: its policy (%s) cannot be rebuilt here; using the default policy. Pass "
+                        "policy= to resume it under the policy it was made with", session_id, data)
+            return None
+        try:
+            return Policy.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"session {session_id!r}: its stored policy cannot be rebuilt here ({exc}); "
+                              f"register its classes, or pass policy= to resume it under another one") from exc
+    return None
 
 
 def _policy_summary(policy: Policy) -> dict:

@@ -67,3 +67,23 @@ class MaxTurnsExceeded(AgentmemError):
 
 class ScriptError(AgentmemError, AssertionError):
     """A `ScriptedModel` was asked for more replies than scripted, or has replies left over."""
+
+
+class StaleSessionError(AgentmemError):
+    """Another writer committed to this session after this copy loaded it.
+
+    Nothing was written. Resume the session again (`Session.resume`) to continue from what
+    is stored; the unsaved turns of this copy are in the exception's `unsaved` list.
+    """
+
+    def __init__(self, message: str, unsaved: list | None = None):
+        super().__init__(message)
+        self.unsaved = list(unsaved or [])
+
+
+class StoreBusyError(AgentmemError):
+    """Another process held the database's write lock longer than the store's timeout."""
+
+
+class NotAStoreError(AgentmemError):
+    """The file is an SQLite database, but not one agentmem made; it is left untouched."""

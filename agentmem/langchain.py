@@ -135,8 +135,9 @@ class ChatAgentMem(BaseChatModel):
 
     model: str = Field(default=models.DEFAULT_MODEL, alias="model_name")
     """Built-in model name, HuggingFace id or local directory (or a label with `loaded`)."""
-    policy: Any = "default"
-    """Compaction policy: a preset name, a dict, a TOML path or an `agentmem.policies.Policy`."""
+    policy: Any = None
+    """Compaction policy: a preset name, a dict, a TOML path or an `agentmem.policies.Policy`.
+    None: a resumed session keeps the policy it was stored with, a new one gets "default"."""
     max_tokens: int = Field(default=256, alias="max_new_tokens")
     """Most tokens generated per reply."""
     temperature: float = 0.0
@@ -529,7 +530,8 @@ class ChatAgentMem(BaseChatModel):
         if best is None:
             return None
         _, sid, skeys = best
-        session = Session.resume(store, sid, model, tokenizer, policy=self._policy, seed=call.seed,
+        policy = None if self.policy is None else self._policy  # None: the policy stored with the session
+        session = Session.resume(store, sid, model, tokenizer, policy=policy, seed=call.seed,
                                  model_name=call.model_name)
         log.info("resumed session %r from %s (%d messages)", sid, store.path, len(skeys))
         return _Entry(id=sid, thread=call.thread, session=session, keys=skeys)

@@ -2,8 +2,9 @@
 
 `Compactor.run` asks the policy for spans, lets hooks veto, compacts each span with
 `agentmem.compact`, and falls back to dropping the oldest unpinned segment when a
-compaction fails. It returns the new cache and one `CompactionEvent` per action; the
-session installs both. Nothing here keeps state between calls except the hooks.
+compaction fails at run time (bad arguments raise instead). It returns the new cache
+and one `CompactionEvent` per action; the session installs both. Nothing here keeps
+state between calls except the hooks.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from . import hf
 from .compaction import compact
-from .errors import AgentmemError, CompactionVetoed
+from .errors import CompactionError, CompactionVetoed
 from .segments import CompactionEvent, KVStats, Segment
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,9 @@ class Compactor:
                     options["recent_queries"] = recent_queries
                 new = compact(self.model, cache, ids, ratio=span.ratio, method=method, start=span.start,
                               end=span.end, **options)
-            except (AgentmemError, RuntimeError) as exc:
+            except (CompactionError, RuntimeError, MemoryError) as exc:
+                # Runtime failures only (a non-finite fit, out of memory, a singular solve): a
+                # ConfigError or a model mismatch is the caller's mistake and propagates.
                 log.warning("compaction of tokens [%d, %d) failed (%s); dropping the oldest unpinned segment",
                             span.start, span.end, exc)
                 failed = self._event(plan.reason, method, span.ratio, span.start, span.end, cache, cache,

@@ -34,7 +34,16 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from sqlite_utils import Database
 
-from .errors import ConfigError, CorruptSessionError, ModelMismatchError, SchemaVersionError, SessionNotFoundError
+from .errors import (
+    ConfigError,
+    CorruptSessionError,
+    ModelMismatchError,
+    NotAStoreError,
+    SchemaVersionError,
+    SessionNotFoundError,
+    StaleSessionError,
+    StoreBusyError,
+)
 from .segments import CompactionEvent, Segment
 
 logger = logging.getLogger(__name__)
@@ -84,10 +93,16 @@ def _m003_kv_checkpoints(db: Database) -> None:
     db.create_table("blobs", {"hash": str, "data": bytes, "size": int}, pk="hash")
 
 
+def _m004_session_version(db: Database) -> None:
+    # Bumped by every write to a session: a writer that loaded an older version is stale.
+    db.execute("ALTER TABLE sessions ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("m001_sessions", _m001_sessions),
     ("m002_compactions", _m002_compactions),
     ("m003_kv_checkpoints", _m003_kv_checkpoints),
+    ("m004_session_version", _m004_session_version),
 ]
 
 
@@ -105,6 +120,39 @@ def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
             time.sleep(0.01)
 
 
+def _check_ours(conn: sqlite3.Connection, path: Path) -> None:
+    """Refuse an SQLite file that holds tables but no `_migrations`: another program's database.
+
+    Raises:
+        NotAStoreError: nothing is created or changed in it.
+    """
+    names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if names and "_migrations" not in names:
+        shown = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
+        raise NotAStoreError(f"{path} is an SQLite database of another program (tables: {shown}), not an agentmem "
+                             f"session store; it was left untouched: pass another --store path")
+
+
+def _check_version(conn: sqlite3.Connection, path: Path) -> None:
+    """Raise `SchemaVersionError` when `_migrations` names one this agentmem does not know."""
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = '_migrations'").fetchone():
+        return
+    unknown = sorted({row[0] for row in conn.execute("SELECT name FROM _migrations")} - {n for n, _ in MIGRATIONS})
+    if unknown:
+        raise SchemaVersionError(f"{path} was written by a newer agentmem (unknown migrations: "
+                                 f"{', '.join(unknown)}); upgrade agentmem to open it")
+
+
+def _busy(exc: sqlite3.OperationalError, path: Path, timeout: float | None = None) -> Exception:
+    """`StoreBusyError` for a lock held past the busy timeout; other operational errors as they are."""
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        waited = f" for {timeout:g} s" if timeout is not None else ""
+        return StoreBusyError(f"{path}: another process held the database's write lock{waited} ({text}); "
+                              f"nothing was written: retry, or pass a longer timeout to Store()")
+    return exc
+
+
 def _migrate(db: Database, migrations: Sequence[tuple[str, Migration]] = MIGRATIONS) -> list[str]:
     """Apply the pending `migrations` in one transaction and return their names.
 
@@ -120,12 +168,8 @@ def _migrate(db: Database, migrations: Sequence[tuple[str, Migration]] = MIGRATI
     conn.execute("BEGIN IMMEDIATE")  # two processes opening a new file migrate it once
     try:
         conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+        _check_version(conn, Path(conn.execute("PRAGMA database_list").fetchone()[2]))
         applied = {row[0] for row in conn.execute("SELECT name FROM _migrations")}
-        unknown = sorted(applied - known)
-        if unknown:
-            path = conn.execute("PRAGMA database_list").fetchone()[2]
-            raise SchemaVersionError(f"{path} was written by a newer agentmem (unknown migrations: "
-                                     f"{', '.join(unknown)}); upgrade agentmem to open it")
         done = []
         for name, migration in migrations:
             if name not in applied:
@@ -158,6 +202,7 @@ class LoadedSession:
     events: list[dict]
     checkpoint: list[dict] | None
     checkpoint_info: dict | None = None  # id, turn, created_at, logical_tokens, physical_tokens, bytes
+    version: int = 0  # pass it back as `commit_turn(expect_version=...)`
 
 
 class Store:
@@ -165,29 +210,47 @@ class Store:
     calls are serialized). Each process opens its own `Store`.
 
     Args:
-        path: the database file (created, with its folders, if missing).
-        timeout: seconds to wait for another writer before failing.
+        path: the database file (created, with its folders, if missing, unless `readonly`).
+        timeout: seconds to wait for another writer before failing with `StoreBusyError`.
+        readonly: open with SQLite's read-only mode: nothing is created, migrated or
+            written (every write method raises `ConfigError`).
 
     Raises:
         SchemaVersionError: the file was written by a newer agentmem.
         CorruptSessionError: the file is not a SQLite database.
+        NotAStoreError: the file is another program's SQLite database (left untouched).
+        ConfigError: `readonly` and there is no file at `path`.
     """
 
-    def __init__(self, path: str | os.PathLike, *, timeout: float = 30.0) -> None:
+    def __init__(self, path: str | os.PathLike, *, timeout: float = 30.0, readonly: bool = False) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.readonly = readonly
+        self.timeout = timeout
         self._lock = threading.RLock()
-        conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        if readonly:
+            if not self.path.is_file():
+                raise ConfigError(f"no session database at {self.path}; a read-only store never creates one")
+            # mode=ro: SQLite itself refuses every write, so reading a file never changes it.
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout,
+                                   isolation_level=None, check_same_thread=False)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
-            _enable_wal(conn, timeout)
+            _check_ours(conn, self.path)
             self._db = Database(conn)
-            applied = _migrate(self._db)
+            if readonly:
+                _check_version(conn, self.path)
+                applied = []
+            else:
+                _enable_wal(conn, timeout)
+                applied = _migrate(self._db)
         except sqlite3.DatabaseError as exc:
             conn.close()
             if isinstance(exc, sqlite3.OperationalError):  # locked or unreadable, not damaged
-                raise
+                raise _busy(exc, self.path) from exc
             raise CorruptSessionError(f"{self.path} is not a usable agentmem session database (SQLite: {exc}); "
                                       f"other files are fine: pass another path, or move this one away") from exc
         except BaseException:
@@ -212,14 +275,22 @@ class Store:
     @contextmanager
     def _transaction(self, *, write: bool) -> Iterator[sqlite3.Connection]:
         """`BEGIN IMMEDIATE` to write; a plain `BEGIN` gives reads one consistent snapshot."""
+        if write and self.readonly:
+            raise ConfigError(f"{self.path} was opened read-only (Store(readonly=True)); open it without "
+                              f"readonly to change it")
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            except sqlite3.OperationalError as exc:
+                raise _busy(exc, self.path, self.timeout) from exc
             try:
                 yield self._conn
                 self._conn.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise _busy(exc, self.path, self.timeout) from exc
                 raise
 
     @staticmethod
@@ -317,13 +388,15 @@ class Store:
         """Delete a session's KV checkpoints (it resumes by prefilling its messages); return how many."""
         with self._transaction(write=True) as conn:
             self._session_row(conn, session_id)
+            conn.execute("UPDATE sessions SET version = version + 1 WHERE id = ?", (session_id,))
             return self._prune(conn, session_id, 0)
 
     # ----------------------------------------------------------------- writing a turn
 
     def commit_turn(self, session_id: str, *, messages: Sequence[dict] = (), segments: Sequence[Segment] | None = None,
                     events: Sequence[CompactionEvent] = (), checkpoint: list[dict] | None = None,
-                    checkpoint_info: dict | None = None, state: dict | None = None, keep_checkpoints: int = 2) -> int:
+                    checkpoint_info: dict | None = None, state: dict | None = None, keep_checkpoints: int = 2,
+                    expect_version: int | None = None) -> int:
         """Store one turn in one transaction: all of it is written, or nothing.
 
         Args:
@@ -336,12 +409,18 @@ class Store:
             checkpoint_info: its `logical_tokens`, `physical_tokens`, `bytes` (else estimated).
             state: JSON values the engine needs to resume, merged into the stored state.
             keep_checkpoints: how many of the session's newest checkpoints to keep.
+            expect_version: the session's `version` this writer last saw (`load_session`,
+                `get_session`, or 0 for a session it created, plus one per own commit);
+                checked inside the write lock, so of two writers that loaded the same
+                version only the first commits. None skips the check.
 
         Returns:
-            The new turn number (1 for the first commit).
+            The new turn number (1 for the first commit). The version grows by one.
 
         Raises:
             SessionNotFoundError: no session has this id.
+            StaleSessionError: `expect_version` is not the stored version: another writer
+                committed since; nothing was written.
             ConfigError: a malformed message or checkpoint, or a message index already stored.
         """
         if keep_checkpoints < 1:
@@ -355,6 +434,11 @@ class Store:
         now = _now()
         with self._transaction(write=True) as conn:
             current = self._session_row(conn, session_id)
+            if expect_version is not None and current["version"] != expect_version:
+                raise StaleSessionError(
+                    f"session {session_id!r} in {self.path} was changed by another writer (stored version "
+                    f"{current['version']}, this writer last saw {expect_version}); nothing was written. Resume "
+                    f"the session again to continue from what is stored, or save this copy as a new session")
             turn = current["turns"] + 1
             extra = {"session_id": session_id, "turn": turn}
             try:
@@ -379,8 +463,8 @@ class Store:
                 self._insert(conn, "kv_checkpoints", [{**head, **layer} for layer in layers])
                 self._prune(conn, session_id, keep_checkpoints)
             state = {**current["state"], **state}
-            conn.execute("UPDATE sessions SET turns = ?, updated_at = ?, state_json = ? WHERE id = ?",
-                         (turn, now, json.dumps(state), session_id))
+            conn.execute("UPDATE sessions SET turns = ?, updated_at = ?, state_json = ?, version = version + 1 "
+                         "WHERE id = ?", (turn, now, json.dumps(state), session_id))
         return turn
 
     @staticmethod
@@ -432,7 +516,8 @@ class Store:
                                       (hashes,)).fetchall())
             return LoadedSession(
                 id=row["id"], model=row["model"], fingerprint=row["fingerprint"], config=row["config"],
-                state=row["state"], turns=row["turns"], messages=self._messages(conn, session_id),
+                state=row["state"], turns=row["turns"], version=row.get("version", 0),
+                messages=self._messages(conn, session_id),
                 segments=self._segments(conn, session_id), events=self._events(conn, session_id),
                 checkpoint=self._decode(conn, session_id, layers, blobs, map_location) if info else None,
                 checkpoint_info=info)

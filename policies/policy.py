@@ -83,8 +83,10 @@ class Policy:
                                        ("pin", Pin, "pinned")):
             if not isinstance(getattr(self, name), protocol):
                 raise ConfigError(f"Policy.{name} must have a `{method}` method, got {getattr(self, name)!r}")
-        if not isinstance(self.method, str) or not self.method:
-            raise ConfigError(f"Policy.method must be a method name such as 'am-fast', got {self.method!r}")
+        from agentmem.compaction import METHODS  # lazy: compaction imports torch
+
+        if not isinstance(self.method, str) or self.method not in METHODS:
+            raise ConfigError(f"Policy.method must be one of {', '.join(METHODS)}, got {self.method!r}")
         check_int("Policy", "protect_recent", self.protect_recent, minimum=0)
         check_int("Policy", "min_segment_tokens", self.min_segment_tokens, minimum=1)
         if not isinstance(self.enabled, bool):

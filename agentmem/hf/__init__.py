@@ -156,6 +156,19 @@ class CompactedLayer(CacheLayerMixin):
                 raise ValueError(f"token {target} is beyond the {self.logical_length} cached tokens")
         return bounds[0], bounds[1]
 
+    def slots_before(self, token: int) -> int:
+        """Physical slots that stand only for logical tokens before `token`.
+
+        A compacted run that `token` falls inside is left out whole, so the result never
+        splits a run (unlike `physical_span`, it never raises for such a boundary).
+        """
+        logical = physical = 0
+        for tokens, slots in self.runs:
+            if logical + tokens > token:
+                return physical + (token - logical if tokens == slots else 0)
+            logical, physical = logical + tokens, physical + slots
+        return physical
+
     def get_mask_sizes(self, query_length: int | torch.Tensor) -> tuple[int, int]:
         # transformers < 5.3 passes `cache_position` (a tensor of the new positions) here
         if isinstance(query_length, torch.Tensor):

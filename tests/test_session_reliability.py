@@ -1,0 +1,160 @@
+"""Sessions under faults: repeated fallback drops, stale writers, bad compaction arguments,
+and resuming under the policy a session was stored with."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agentmem.engine import Session
+from agentmem.errors import ConfigError, StaleSessionError
+from agentmem.policies import Policy
+from agentmem.store import Store
+
+from conftest import tiny_chat_llama, tiny_tokenizer
+
+# Spans never reach min_segment_tokens, so every trigger ends in a fallback drop.
+DROPPING = {"method": "am-fast", "protect_recent": 16, "min_segment_tokens": 100000,
+            "trigger": {"kind": "tokens", "limit": 200}, "pin": {"kinds": ["system"]}}
+SMALL = {"method": "am-fast", "protect_recent": 16, "trigger": {"kind": "tokens", "limit": 150},
+         "ratio": {"kind": "fixed", "ratio": 4}, "pin": {"kinds": ["system"]}}
+
+
+@pytest.fixture
+def model():
+    return tiny_chat_llama()
+
+
+@pytest.fixture
+def tokenizer():
+    return tiny_tokenizer()
+
+
+def _turns(session, n, start=0):
+    for i in range(start, start + n):
+        session.add("user", f"fact {i}: the code is {1000 + i}. " + "pad " * 15)
+        session.generate(8)
+
+
+def test_repeated_fallback_drops_still_save_and_resume(tmp_path, model, tokenizer):
+    store = Store(tmp_path / "s.db")
+    session = Session(model, tokenizer, policy=DROPPING, store=store)
+    _turns(session, 6)  # each turn saves; this raised "token ... lies inside a compacted run" from turn 3 on
+    drops = [e for e in session.events if e.method == "drop"]
+    assert len(drops) >= 3 and all(e.status == "fallback" for e in drops)
+    assert store.get_session(session.id)["turns"] == 6
+    assert len(store.messages(session.id)) == len(session.messages)
+    expected = session.next_token_logits()
+    again = Session.resume(Store(tmp_path / "s.db"), session.id, tiny_chat_llama(), tokenizer)
+    torch.testing.assert_close(again.next_token_logits(), expected, rtol=0, atol=1e-6)
+
+
+def test_stale_second_writer_is_refused_and_the_stored_session_stays_intact(tmp_path, model, tokenizer):
+    db = tmp_path / "s.db"
+    first = Session(model, tokenizer, policy=SMALL, store=Store(db), system="sys")
+    _turns(first, 1)
+    a = Session.resume(Store(db), first.id, model, tokenizer)
+    b = Session.resume(Store(db), first.id, tiny_chat_llama(), tokenizer)
+    _turns(a, 1, start=1)  # A commits
+    b.add("user", "B's message")
+    with pytest.raises(StaleSessionError, match="another writer") as caught:
+        b.save()
+    assert [m["content"] for m in caught.value.unsaved] == ["B's message"]
+    with pytest.raises(StaleSessionError):
+        b.compact(ratio=2)
+        b.save()
+    stored = Session.resume(Store(db), first.id, tiny_chat_llama(), tokenizer)  # no CorruptSessionError
+    assert stored.messages == a.messages
+    torch.testing.assert_close(stored.next_token_logits(), a.next_token_logits(), rtol=0, atol=1e-6)
+    # The way out keeps B's turn without touching A's session.
+    new_id = b.save_as_new()
+    assert new_id != first.id
+    branch = Session.resume(Store(db), new_id, tiny_chat_llama(), tokenizer)
+    assert branch.messages[-1]["content"] == "B's message"
+    assert Store(db).messages(first.id) == a.messages
+
+
+def test_saving_a_session_deleted_by_another_writer_keeps_the_reply(tmp_path, model, tokenizer):
+    db = tmp_path / "s.db"
+    session = Session(model, tokenizer, policy=SMALL, store=Store(db))
+    _turns(session, 1)
+    Store(db).delete_session(session.id)
+    session.add("user", "after the delete")
+    with pytest.raises(StaleSessionError, match="deleted"):
+        session.generate(4)
+    assert session.messages[-1]["role"] == "assistant"  # the reply is kept in memory
+    new_id = session.save_as_new()
+    assert [m["content"] for m in Store(db).messages(new_id)] == [m["content"] for m in session.messages]
+
+
+def test_dropping_checkpoints_makes_a_live_copy_stale(tmp_path, model, tokenizer):
+    db = tmp_path / "s.db"
+    session = Session(model, tokenizer, policy=SMALL, store=Store(db))
+    _turns(session, 1)
+    Store(db).drop_checkpoints(session.id)
+    session.add("user", "more")
+    with pytest.raises(StaleSessionError):
+        session.save()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"ratio": 0}, "ratio"), ({"ratio": float("nan")}, "ratio"), ({"ratio": "5"}, "ratio"),
+    ({"method": "am-fsat"}, "unknown method"),
+])
+def test_bad_compact_arguments_raise_and_drop_nothing(model, tokenizer, kwargs, match):
+    session = Session(model, tokenizer, policy=SMALL)
+    _turns(session, 2)
+    before = (len(session.events), session.stats().physical_tokens, [s.to_dict() for s in session.segments])
+    with pytest.raises(ConfigError, match=match):
+        session.compact(**kwargs)
+    assert (len(session.events), session.stats().physical_tokens, [s.to_dict() for s in session.segments]) == before
+
+
+def test_unknown_method_in_a_policy_file_fails_at_construction(tmp_path, model, tokenizer):
+    path = tmp_path / "p.toml"
+    path.write_text('method = "am-fsat"\n[trigger]\nkind = "tokens"\nlimit = 200\n')
+    with pytest.raises(ConfigError, match="am-fsat"):
+        Session(model, tokenizer, policy=str(path))
+    with pytest.raises(ConfigError, match="am-fsat"):
+        Policy(method="am-fsat")
+
+
+def test_a_bad_compaction_option_raises_instead_of_dropping(model, tokenizer):
+    with pytest.raises(ConfigError, match="unknown compaction option"):
+        Session(model, tokenizer, policy=SMALL, compaction_options={"max_querys": 10})
+
+
+def test_a_runtime_failure_still_falls_back_to_a_drop(model, tokenizer, monkeypatch):
+    import agentmem.memory
+
+    def failing(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(agentmem.memory, "compact", failing)
+    session = Session(model, tokenizer, policy=SMALL)
+    _turns(session, 4)
+    statuses = [e.status for e in session.events]
+    assert "failed" in statuses and "fallback" in statuses
+
+
+def test_resume_keeps_the_stored_policy_unless_overridden(tmp_path, model, tokenizer):
+    db = tmp_path / "s.db"
+    session = Session(model, tokenizer, policy=SMALL, store=Store(db))
+    _turns(session, 1)
+    again = Session.resume(Store(db), session.id, model, tokenizer)
+    assert again.policy == Policy.from_dict(SMALL)
+    other = Session.resume(Store(db), session.id, model, tokenizer, policy="aggressive")
+    assert other.policy == Policy.named("aggressive")
+    _turns(other, 1, start=1)  # the override is stored with the next save
+    assert Session.resume(Store(db), session.id, model, tokenizer).policy == Policy.named("aggressive")
+
+
+def test_resumed_session_compacts_under_its_stored_policy(tmp_path, model, tokenizer):
+    db = tmp_path / "s.db"
+    session = Session(model, tokenizer, policy=SMALL, store=Store(db))
+    _turns(session, 1)
+    again = Session.resume(Store(db), session.id, model, tokenizer)
+    _turns(again, 4, start=1)
+    assert any(e.status == "ok" for e in again.events[len(session.events):])
+    # The default policy (2048 slots) would not compact these 450-odd tokens at all.
+    assert again.stats().physical_tokens < again.stats().logical_tokens / 2
