@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 
 import pytest
 
@@ -112,3 +113,56 @@ def test_read_only_patterns_protect_files(ws):
         guarded.write_file("pkg/new.py", "x")
     assert guarded.is_writable("notes.txt") and not guarded.is_writable("pkg/mod.py")
     assert not guarded.is_writable("../outside.txt")
+
+
+def test_search_and_list_skip_links_that_lead_outside(ws, tmp_path):
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "deep.txt").write_text("root:x:0:0\n")
+    (tmp_path / "secret.txt").write_text("root:x:0:0:secret\n")
+    os.symlink(tmp_path / "secret.txt", ws.root / "passwd.txt")  # like `ln -s /etc/passwd passwd.txt`
+    os.symlink(tmp_path / "outside", ws.root / "linked")
+    os.symlink(ws.root / "notes.txt", ws.root / "inner.txt")  # a link that stays inside is fine
+    found = ws.search("root:")
+    assert "secret" not in found and found.startswith("no match")
+    assert "passwd.txt" in found and "outside the workspace" in found  # it says what it skipped
+    listing = ws.list_files()
+    files, skipped = listing.split("(skipped")
+    assert "passwd.txt (a link leading outside the workspace)" in skipped and "passwd.txt" not in files
+    assert "passwd.txt" not in ws.files() and "inner.txt" in ws.files()
+    assert ws.search("alpha beta").splitlines()[:2] == ["inner.txt:3: alpha beta", "notes.txt:3: alpha beta"]
+    with pytest.raises(WorkspaceError, match="outside"):
+        ws.search("root:", "passwd.txt")
+
+
+def test_hard_links_are_neither_read_nor_changed(ws, tmp_path):
+    outside = tmp_path / "secret.txt"
+    outside.write_text("do not read\n")
+    os.link(outside, ws.root / "hard.txt")  # st_nlink 2: the same file as one outside
+    for call in (lambda: ws.patch_file("hard.txt", "do not", "DID"), lambda: ws.write_file("hard.txt", "x"),
+                 lambda: ws.read_file("hard.txt")):
+        with pytest.raises(WorkspaceError, match="hard link"):
+            call()
+    assert outside.read_text() == "do not read\n"
+    assert ws.search("do not").startswith("no match") and "hard.txt" in ws.search("do not")
+    assert "hard.txt" not in ws.files()
+
+
+def test_writes_replace_the_file_and_keep_its_mode(ws):
+    target = ws.root / "notes.txt"
+    target.chmod(0o640)
+    before = target.stat().st_ino
+    ws.patch_file("notes.txt", "alpha beta", "done")
+    assert target.read_text() == "alpha\nbeta\ndone\n" and target.stat().st_mode & 0o777 == 0o640
+    assert target.stat().st_ino != before  # a new file renamed over the old one: never written through a link
+    assert not [p for p in ws.root.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_search_skips_fifos_instead_of_hanging(ws):
+    os.mkfifo(ws.root / "pipe.txt")  # opening it to read would wait for a writer forever
+    found = []
+    searching = threading.Thread(target=lambda: found.append(ws.search("alpha")), daemon=True)
+    searching.start()
+    searching.join(10)
+    assert found and found[0].splitlines()[:2] == ["notes.txt:1: alpha", "notes.txt:3: alpha beta"]
+    with pytest.raises(WorkspaceError, match="not a regular file|not a file"):
+        ws.read_file("pipe.txt")

@@ -1,8 +1,13 @@
 """A workspace the coding agent's tools may touch, and nothing outside it.
 
-Every path a model hands in is resolved against the workspace root and refused if it is
-absolute, climbs out with `..`, or leads out through a symlink. Commands run with a
-timeout and their output is capped, so a runaway test cannot hang or flood the agent.
+Every path a tool touches goes through one checked resolver: a path a model hands in is
+refused if it is absolute outside the root, climbs out with `..`, or leads out through a
+symlink, and the files `list_files` and `search` walk are checked the same way (links that
+lead out are skipped and named in the result). A file with more than one hard link may be
+the same file as one outside the workspace, so the tools neither read nor change it; only
+regular files are read (a FIFO would block), and a write puts a new file in place with a
+rename, so it never writes through a link. Commands run with a timeout and their output is
+capped, so a runaway test cannot hang or flood the agent.
 """
 
 from __future__ import annotations
@@ -11,14 +16,17 @@ import fnmatch
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from agentmem.errors import ConfigError
 
 SKIP_DIRS = {".git", "__pycache__", ".venv", "venv", "node_modules", ".mypy_cache", ".pytest_cache"}
+MAX_FILE_BYTES = 4_000_000  # a file the tools read whole; bigger ones are refused, not loaded
 
 
 class WorkspaceError(ValueError):
@@ -64,7 +72,7 @@ class Workspace:
 
     # ------------------------------------------------------------------ paths
     def resolve(self, path: str) -> Path:
-        """`path` inside the workspace, or WorkspaceError."""
+        """`path` inside the workspace with its links followed, or WorkspaceError."""
         if not isinstance(path, str) or not path.strip():
             raise WorkspaceError("give a path relative to the workspace, e.g. 'textstats.py'")
         given = Path(path.strip())
@@ -75,36 +83,80 @@ class Workspace:
                 raise WorkspaceError(f"{path} is outside the workspace; use a relative path") from None
         if ".." in given.parts:
             raise WorkspaceError(f"{path}: '..' is not allowed; paths stay inside the workspace")
-        full = (self.root / given).resolve()  # follows symlinks
-        if full != self.root and self.root not in full.parents:
-            raise WorkspaceError(f"{path} leads outside the workspace (symlink)")
-        return full
+        return self._inside(self.root / given, path)
+
+    def _inside(self, full: Path, shown: str) -> Path:
+        """`full` with its symlinks followed, or WorkspaceError when they lead out of the root.
+
+        The one check every tool's path goes through: the paths models hand in (`resolve`)
+        and the files `list_files` and `search` walk to.
+        """
+        real = full.resolve()
+        if real != self.root and self.root not in real.parents:
+            raise WorkspaceError(f"{shown} leads outside the workspace (symlink)")
+        return real
 
     def relative(self, full: Path) -> str:
         return full.relative_to(self.root).as_posix() or "."
 
-    # ------------------------------------------------------------------ tools
-    def files(self, folder: str = ".") -> list[str]:
-        """Paths of the files under `folder`, relative to the root (hidden and cache folders skipped)."""
+    def _walk(self, folder: str) -> tuple[list[tuple[str, Path, int]], list[str]]:
+        """The files the tools may read under `folder`, and what was skipped and why.
+
+        Returns:
+            (relative path, real path, size) per file, and one note per skipped entry.
+        """
         base = self.resolve(folder)
         if not base.is_dir():
             raise WorkspaceError(f"{folder} is not a folder")
-        found = []
-        for dirpath, dirnames, filenames in os.walk(base):
+        found: list[tuple[str, Path, int]] = []
+        skipped: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(base):  # linked folders are listed, never entered
+            here = Path(dirpath)
             dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
-            found.extend(self.relative(Path(dirpath) / n) for n in sorted(filenames)
-                         if not n.endswith(".pyc") and not n.startswith("."))
-        return found
+            for name in dirnames:
+                if (here / name).is_symlink():
+                    try:
+                        self._inside(here / name, name)
+                    except WorkspaceError:
+                        skipped.append(f"{self.relative(here / name)} (a link leading outside the workspace)")
+            for name in sorted(filenames):
+                if name.endswith(".pyc") or name.startswith("."):
+                    continue
+                relative = self.relative(here / name)
+                try:
+                    real = self._inside(here / name, name)
+                    info = os.stat(real)
+                except WorkspaceError:
+                    skipped.append(f"{relative} (a link leading outside the workspace)")
+                    continue
+                except OSError:  # a dangling link, or gone since the listing
+                    continue
+                reason = _unreadable(info)
+                if reason is None:
+                    found.append((relative, real, info.st_size))
+                else:
+                    skipped.append(f"{relative} ({reason})")
+        return found, skipped
+
+    # ------------------------------------------------------------------ tools
+    def files(self, folder: str = ".") -> list[str]:
+        """Paths of the files the tools may read under `folder`, relative to the root.
+
+        Hidden and cache folders are left out, and so are links leading outside the
+        workspace, hard-linked files and anything that is not a regular file.
+        """
+        return [path for path, _, _ in self._walk(folder)[0]]
 
     def list_files(self, folder: str = ".") -> str:
-        found = [f"{p} ({(self.root / p).stat().st_size} bytes)" for p in self.files(folder)]
-        return "\n".join(found) if found else "(no files)"
+        found, skipped = self._walk(folder)
+        lines = [f"{path} ({size} bytes)" for path, _, size in found] or ["(no files)"]
+        return "\n".join(lines + _skip_note(skipped))
 
     def read_file(self, path: str, start: int = 1, end: int | None = None) -> str:
         full = self.resolve(path)
-        if not full.is_file():
+        if not full.exists():
             raise WorkspaceError(f"{path} is not a file; list_files shows what exists")
-        lines = full.read_text(encoding="utf-8", errors="replace").splitlines()
+        lines = _read_text(full, path).splitlines()
         start = max(1, int(start))
         end = len(lines) if end is None else min(len(lines), int(end))
         if start > max(end, 1) and lines:
@@ -120,24 +172,23 @@ class Workspace:
         except re.error:
             regex = re.compile(re.escape(pattern))
         base = self.resolve(folder)
+        if base.is_dir():
+            found, skipped = self._walk(folder)
+            targets = [(path, real) for path, real, _ in found]
+        else:
+            targets, skipped = [(self.relative(base), base)], []
         hits = []
-        for dirpath, dirnames, filenames in os.walk(base if base.is_dir() else base.parent):
-            dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
-            for name in sorted(filenames):
-                full = Path(dirpath) / name
-                if base.is_file() and full != base:
-                    continue
-                try:
-                    lines = full.read_text(encoding="utf-8").splitlines()
-                except (UnicodeDecodeError, OSError):
-                    continue
-                hits.extend(f"{self.relative(full)}:{n}: {line.strip()}"
-                            for n, line in enumerate(lines, 1) if regex.search(line))
-        if not hits:
-            return f"no match for {pattern!r}"
+        for relative, full in targets:
+            try:
+                lines = _read_text(full, relative, errors="strict").splitlines()
+            except WorkspaceError:
+                if base.is_dir():
+                    continue  # binary, or changed since the walk: not searched
+                raise
+            hits.extend(f"{relative}:{n}: {line.strip()}" for n, line in enumerate(lines, 1) if regex.search(line))
         shown = hits[:40]
-        more = f"\n... and {len(hits) - len(shown)} more" if len(hits) > len(shown) else ""
-        return "\n".join(shown) + more
+        more = [f"... and {len(hits) - len(shown)} more"] if len(hits) > len(shown) else []
+        return "\n".join((shown or [f"no match for {pattern!r}"]) + more + _skip_note(skipped))
 
     def is_writable(self, path: str) -> bool:
         """Whether the tools may change `path` (inside the workspace and not read-only)."""
@@ -159,20 +210,19 @@ class Workspace:
         full = self.writable(path)
         if full.is_dir():
             raise WorkspaceError(f"{path} is a folder")
-        full.parent.mkdir(parents=True, exist_ok=True)
-        full.write_text(content, encoding="utf-8")
+        _write_text(full, content, path)
         return f"wrote {self.relative(full)} ({len(content.splitlines())} lines)"
 
     def patch_file(self, path: str, old: str, new: str) -> str:
         full = self.writable(path)
-        if not full.is_file():
+        if not full.exists():
             raise WorkspaceError(f"{path} is not a file")
-        text = full.read_text(encoding="utf-8")
+        text = _read_text(full, path, errors="strict")
         count = text.count(old) if old else 0
         if count != 1:
             where = "does not occur" if count == 0 else f"occurs {count} times"
             raise WorkspaceError(f"the old text {where} in {path}; copy one exact, unique piece of it")
-        full.write_text(text.replace(old, new, 1), encoding="utf-8")
+        _write_text(full, text.replace(old, new, 1), path)
         return f"patched {self.relative(full)}"
 
     def run_tests(self) -> str:
@@ -198,3 +248,64 @@ def cap(text: str, limit: int) -> str:
         return text
     half = limit // 2
     return f"{text[:half]}\n... ({len(text) - limit} characters cut) ...\n{text[-half:]}"
+
+
+def _unreadable(info: os.stat_result) -> str | None:
+    """Why the tools must not read or change a file with this stat, or None."""
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    if info.st_nlink > 1:  # another name for the same file may sit outside the workspace
+        return "a hard link: the same file may be outside the workspace"
+    if info.st_size > MAX_FILE_BYTES:
+        return f"{info.st_size} bytes, more than the tools read ({MAX_FILE_BYTES})"
+    return None
+
+
+def _check_file(info: os.stat_result, shown: str) -> None:
+    reason = _unreadable(info)
+    if reason is not None:
+        raise WorkspaceError(f"{shown} is {reason}; the tools neither read nor change it")
+
+
+def _read_text(real: Path, shown: str, *, errors: str = "replace") -> str:
+    """The text of the regular, singly linked file `real` (checked on the opened file, not the name)."""
+    try:  # O_NOFOLLOW: a link put in its place since it was resolved is not followed;
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO does not block
+    except OSError as exc:
+        raise WorkspaceError(f"{shown} cannot be read ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as file:
+        _check_file(os.fstat(fd), shown)
+        data = file.read(MAX_FILE_BYTES + 1)
+    try:
+        return data.decode("utf-8", errors=errors)
+    except UnicodeDecodeError:
+        raise WorkspaceError(f"{shown} is not UTF-8 text") from None
+
+
+def _write_text(real: Path, content: str, shown: str) -> None:
+    """Put a new file with `content` at `real` with a rename: never written through a link.
+
+    An existing file keeps its permission bits; a hard-linked one is refused (it may be
+    the same file as one outside the workspace, and replacing it would silently split them).
+    """
+    mode = 0o644
+    if os.path.lexists(real):
+        info = os.lstat(real)
+        _check_file(info, shown)
+        mode = stat.S_IMODE(info.st_mode)
+    real.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=real.parent, prefix=f".{real.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(content)
+        os.chmod(temporary, mode)
+        os.replace(temporary, real)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def _skip_note(skipped: list[str]) -> list[str]:
+    if not skipped:
+        return []
+    return [f"(skipped {len(skipped)}: " + "; ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else "") + ")"]
