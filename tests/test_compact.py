@@ -99,6 +99,83 @@ def test_wrong_ids_unknown_method_and_option(tiny_model, ids):
     assert isinstance(ConfigError("x"), ValueError)
 
 
+def _nan_cache(cache):
+    cache.layers[0].keys[0, 0, 3, 0] = float("nan")
+
+
+def _inf_values(cache):
+    cache.layers[1].values[0, 1, 40, 2] = float("inf")
+
+
+def _no_tokenize(*args, **kwargs):
+    raise RuntimeError("not a tokenizer")
+
+
+Q = (1, 4, 8, 16)  # tiny_llama's recent queries: (B, H_q, n, D)
+BAD_INPUT = {
+    "float start": (dict(start=1.5), "start must be an int"),
+    "float end": (dict(end=20.0), "end must be an int"),
+    "tensor start": (dict(start=torch.tensor(2)), "start must be an int"),
+    "tensor end": (dict(end=torch.tensor(20)), "end must be an int"),
+    "float ids": (dict(ids=lambda ids: ids.float()), "integer token ids"),
+    "bool ids": (dict(ids=lambda ids: ids > 50), "integer token ids"),
+    "ids past the vocabulary": (dict(ids=lambda ids: ids.clone().fill_(500)), r"token id 500, outside .*\[0, 128\)"),
+    "negative ids": (dict(ids=lambda ids: torch.cat([ids[:, :-1], -ids[:, -1:]], 1)), "outside the model's vocab"),
+    "ids of two rows": (dict(ids=lambda ids: ids.expand(2, -1)), "2 rows but the cache holds 1"),
+    "string seed": (dict(seed="x"), "seed must be an int"),
+    "recent_queries a list": (dict(recent_queries=[torch.randn(Q)]), "recent_queries must be a dict"),
+    "recent_queries not tensors": (dict(recent_queries={0: 3}), "layer 0 has int"),
+    "recent_queries 3-D": (dict(recent_queries={0: torch.randn(4, 8, 16)}), r"layer 0 has \(4, 8, 16\)"),
+    "recent_queries head dim": (dict(recent_queries={0: torch.randn(1, 4, 8, 7)}), r"4 query heads, n, 16\)"),
+    "recent_queries batch": (dict(recent_queries={1: torch.randn(2, 4, 8, 16)}), r"layer 1 has shape \(2, 4"),
+    "recent_queries heads": (dict(recent_queries={0: torch.randn(1, 3, 8, 16)}), "4 query heads"),
+    "recent_queries layer": (dict(recent_queries={9: torch.randn(Q)}), r"9 is not a layer index in \[0, 2\)"),
+    "recent_queries nan": (dict(recent_queries={0: torch.full(Q, float("nan"))}), "NaN or inf"),
+    "tokenizer 42": (dict(tokenizer=42), "tokenizer must be the model's Hugging Face tokenizer"),
+    "tokenizer that fails": (dict(tokenizer=_no_tokenize), "failed to tokenize"),
+    "NaN in the cache": (dict(cache=_nan_cache), "input cache is not finite: layer 0"),
+    "inf in the cache, am": (dict(cache=_inf_values, method="am"), "input cache is not finite: layer 1"),
+    "bool ratio": (dict(ratio=True), "ratio must be a number"),
+    "string ratio": (dict(ratio="5"), "ratio must be a number"),
+    "tensor ratio": (dict(ratio=torch.tensor(5.0)), "ratio must be a number"),
+    "max_queries 0": (dict(max_queries=0), "max_queries must be an int >= 1"),
+    "max_repeat_tokens -1": (dict(max_repeat_tokens=-1), "max_repeat_tokens must be an int >= 1 or None"),
+    "self_study_tokens -1": (dict(self_study_tokens=-1, method="am"), "self_study_tokens must be an int >= 0"),
+    "on_policy string": (dict(on_policy="yes", method="am"), "on_policy must be True, False or None"),
+    "stats not a dict": (dict(stats=3), "stats must be a dict"),
+    "head_budgets int": (dict(head_budgets=5, method="am"), "head_budgets must be 'auto'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_raises_config_error_and_leaves_the_cache(ids, case):
+    kwargs, match = BAD_INPUT[case]
+    kwargs = dict(kwargs)
+    model = tiny_llama()
+    cache = prefill(model, ids)
+    kwargs.pop("cache", lambda c: None)(cache)
+    ids = kwargs.pop("ids", lambda ids: ids)(ids)
+    before = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
+    with pytest.raises(ConfigError, match=match):
+        compact(model, cache, ids, **{"ratio": 4, "method": "am-fast", **kwargs})
+    for layer, (keys, values) in zip(cache.layers, before):
+        torch.testing.assert_close(layer.keys, keys, rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(layer.values, values, rtol=0, atol=0, equal_nan=True)
+
+
+def test_a_ratio_past_the_span_is_capped_and_reported(ids, caplog):
+    """x1e300 on 16 slots keeps one slot per head, like x16, and says it was capped."""
+    model = tiny_llama()
+    stats = {}
+    with caplog.at_level("INFO", logger="agentmem.compaction"):
+        out = compact(model, prefill(model, ids), ids, ratio=1e300, method="am-fast", end=16, stats=stats)
+    assert stats["ratio"] == 16 and stats["requested_ratio"] == 1e300
+    assert "capped at x16" in caplog.text
+    assert out.physical_length() == 1 + 32
+    with pytest.raises(ConfigError, match="ratio must be a finite number"):
+        compact(model, prefill(model, ids), ids, ratio=float("inf"), end=16)
+
+
 def test_cache_from_another_model(ids):
     from transformers import LlamaConfig, LlamaForCausalLM
 
