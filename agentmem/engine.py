@@ -27,7 +27,8 @@ from . import hf
 from .chat import ChatFormat
 from .compaction import METHODS
 from .compaction import _options as check_options
-from .errors import ConfigError, CorruptSessionError
+from .errors import ConfigError
+from .integrity import check_session, rebuild_cache
 from .memory import AfterHook, BeforeHook, Compactor, Plan
 from .policies import Policy, policy_from
 from .policies._config import check_ratio
@@ -566,29 +567,26 @@ class Session:
             kwargs["policy"] = _stored_policy(loaded, session_id)
         session = cls(model, tokenizer, store=store, session_id=session_id, **kwargs)
         session._version = loaded.version
+        ids, cached = check_session(loaded, getattr(hf.text_config(model), "vocab_size", None))
         session.messages = [dict(m) for m in loaded.messages]
         session.segments = list(loaded.segments)
-        session.ids = [t for m in loaded.messages for t in m["token_ids"]]
+        session.ids = ids
         session.events = [CompactionEvent(**{k: e[k] for k in CompactionEvent.__dataclass_fields__ if k in e})
                           for e in loaded.events]
-        state = loaded.state or {}
-        session.cached = int(state.get("cached", 0))
-        session._last_compaction_turn = int(state.get("last_compaction_turn", -1))
-        session._blocked_until = int(state.get("blocked_until", -1))  # else a resumed copy retries a futile compaction
-        if state.get("tokens", len(session.ids)) != len(session.ids) or session.cached > len(session.ids):
-            raise CorruptSessionError(f"session {session_id!r}: its messages hold {len(session.ids)} tokens but "
-                                      f"the saved state says {state.get('tokens')}; delete or export it")
-        if loaded.checkpoint is not None:
-            layers = [c for c in loaded.checkpoint if c["kind"] != "queries"]
-            session.cache = hf.cache_from_state(layers, model)
-            for entry in loaded.checkpoint:
-                if entry["kind"] == "queries" and session._recent_size:
-                    ring = session._recent.setdefault(entry["meta"]["layer"],
-                                                      collections.deque(maxlen=session._recent_size))
-                    ring.extend(entry["blocks"][0]["queries"].split(1, dim=2))
-        if session.cache.get_seq_length() != session.cached:
-            raise CorruptSessionError(f"session {session_id!r}: the KV checkpoint holds "
-                                      f"{session.cache.get_seq_length()} tokens, the state says {session.cached}")
+        state = loaded.state
+        session._last_compaction_turn = state.get("last_compaction_turn", -1)
+        session._blocked_until = state.get("blocked_until", -1)  # else a resumed copy retries a futile compaction
+        if loaded.checkpoint is None:  # none saved, or dropped (Store.drop_checkpoints): prefill the messages
+            session.cached = 0
+            if cached:
+                log.info("session %r has no KV checkpoint; its %d tokens are prefilled again", session_id, cached)
+        else:
+            session.cache, queries = rebuild_cache(loaded, model, cached)
+            session.cached = cached
+            for layer, tensor in queries.items():
+                if session._recent_size:
+                    ring = session._recent.setdefault(layer, collections.deque(maxlen=session._recent_size))
+                    ring.extend(tensor.split(1, dim=2))
         session._saved_messages, session._saved_events = len(session.messages), len(session.events)
         session._saved_blocks, session._stable_logical = store.checkpoint_blocks(session_id), session.cached
         return session

@@ -158,3 +158,95 @@ def test_resumed_session_compacts_under_its_stored_policy(tmp_path, model, token
     assert any(e.status == "ok" for e in again.events[len(session.events):])
     # The default policy (2048 slots) would not compact these 450-odd tokens at all.
     assert again.stats().physical_tokens < again.stats().logical_tokens / 2
+
+
+# ---------------------------------------------------------------- damaged rows and blobs
+
+
+@pytest.fixture(scope="module")
+def stored_template(tmp_path_factory):
+    """A database holding one session with a compacted checkpoint (built once, copied per test)."""
+    db = tmp_path_factory.mktemp("template") / "s.db"
+    store = Store(db)
+    session = Session(tiny_chat_llama(), tiny_tokenizer(), policy=SMALL, store=store, system="sys")
+    _turns(session, 3)
+    assert any(e.status == "ok" for e in session.events)
+    store.close()  # the last connection folds the WAL into the file
+    return db, session.id
+
+
+@pytest.fixture
+def stored(tmp_path, stored_template):
+    import shutil
+
+    template, sid = stored_template
+    shutil.copy(template, tmp_path / "s.db")
+    return tmp_path / "s.db", sid
+
+
+def _rewrite_blob(conn, change):
+    """Replace the first blob by `change(tensors)`, stored under its new (valid) sha256."""
+    import hashlib
+
+    from safetensors.torch import load, save
+
+    digest, data = conn.execute("SELECT hash, data FROM blobs ORDER BY hash LIMIT 1").fetchone()
+    tensors = load(data)
+    change(tensors)
+    new = save(tensors)
+    new_digest = hashlib.sha256(new).hexdigest()
+    conn.execute("INSERT INTO blobs (hash, data, size) VALUES (?, ?, ?)", (new_digest, new, len(new)))
+    conn.execute("UPDATE kv_checkpoints SET blocks_json = replace(blocks_json, ?, ?)", (digest, new_digest))
+
+
+def _nan_keys(tensors):
+    tensors["keys"][..., 0, 0] = float("nan")
+
+
+def _shape(tensors):
+    tensors["keys"] = tensors["keys"][:, :1]
+
+
+DAMAGE = {
+    "missing layer row": ("DELETE FROM kv_checkpoints WHERE layer = 1", "layers"),
+    "meta not an object": ("UPDATE kv_checkpoints SET meta_json = '\"x\"' WHERE layer = 0", "meta"),
+    "meta missing fields": ("UPDATE kv_checkpoints SET meta_json = '{}' WHERE layer = 0", "cannot be rebuilt"),
+    "cached not an integer": ("UPDATE sessions SET state_json = json_set(state_json, '$.cached', 'abc')",
+                              "'cached'"),
+    "cached too large": ("UPDATE sessions SET state_json = json_set(state_json, '$.cached', 100000)", "tokens"),
+    "out-of-vocabulary id": ("UPDATE messages SET token_ids_json = '[9999]' WHERE idx = 1", "vocabulary"),
+    "float id": ("UPDATE messages SET token_ids_json = '[1.5]' WHERE idx = 1", "integers"),
+    "segment past the end": ("UPDATE segments SET \"end\" = 100000 WHERE idx = 1", "segment 1"),
+    "overlapping segments": ("UPDATE segments SET start = 0 WHERE idx = 1", "segment 1"),
+    "message gap": ("DELETE FROM messages WHERE idx = 1", "index"),
+    "NaN keys": (_nan_keys, "NaN"),
+    "wrong head count": (_shape, "heads"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE), ids=list(DAMAGE))
+def test_damaged_rows_and_blobs_give_corrupt_session_error(stored, model, tokenizer, damage):
+    import sqlite3
+
+    from agentmem.errors import CorruptSessionError
+
+    db, sid = stored
+    action, match = DAMAGE[damage]
+    conn = sqlite3.connect(db, isolation_level=None)
+    if callable(action):
+        _rewrite_blob(conn, action)
+    else:
+        conn.execute(action)
+    conn.close()
+    with pytest.raises(CorruptSessionError, match=match):
+        Session.resume(Store(db), sid, model, tokenizer)
+
+
+def test_a_dropped_checkpoint_resumes_by_prefilling(stored, model, tokenizer):
+    db, sid = stored
+    Store(db).drop_checkpoints(sid)
+    again = Session.resume(Store(db), sid, model, tokenizer)
+    assert again.cached == 0
+    again.add("user", "still there?")
+    again.generate(4)  # prefills everything under the stored policy, then saves
+    assert Store(db).get_session(sid)["turns"] == 4
