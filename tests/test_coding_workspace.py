@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 
 import pytest
 
@@ -19,7 +20,7 @@ def ws(tmp_path):
     (root / "pkg" / "mod.py").write_text("".join(f"line {n}\n" for n in range(1, 21)))
     (root / "notes.txt").write_text("alpha\nbeta\nalpha beta\n")
     (tmp_path / "secret.txt").write_text("do not read")
-    return Workspace(root, timeout=5, output_cap=200)
+    return Workspace(root, timeout=5, output_cap=200, search_timeout=1)
 
 
 @pytest.mark.parametrize("path", ["../secret.txt", "pkg/../../secret.txt", "/etc/passwd", "", "  "])
@@ -166,3 +167,24 @@ def test_search_skips_fifos_instead_of_hanging(ws):
     assert found and found[0].splitlines()[:2] == ["notes.txt:1: alpha", "notes.txt:3: alpha beta"]
     with pytest.raises(WorkspaceError, match="not a regular file|not a file"):
         ws.read_file("pipe.txt")
+
+
+@pytest.mark.parametrize("pattern", [r"(a+)+$", r"(a|aa)+$", r"(?:a|a)+$"])
+def test_search_with_a_catastrophic_pattern_ends_quickly(ws, pattern):
+    (ws.root / "notes.txt").write_text("a" * 30 + "b\n")  # Python's re backtracks ~2**30 ways here
+    began = time.monotonic()
+    try:
+        found = ws.search(pattern)
+    except WorkspaceError as exc:  # what the model sees as the tool's error
+        found = str(exc)
+    assert time.monotonic() - began < 4
+    # the correct answer (no line ends in a run of a's), or a clear error that names the pattern
+    assert found.startswith("no match") or found.startswith(f"search stopped after 1s: the pattern {pattern!r}")
+    if "|" in pattern:  # these backtrack in the regex module too: the deadline ends them
+        assert "takes too long" in found
+
+
+def test_search_that_runs_out_of_time_keeps_what_it_found(ws):
+    (ws.root / "notes.txt").write_text("aaaa\n" + "a" * 40 + "b\n")
+    found = ws.search(r"(a|aa)+$")
+    assert found.splitlines()[0] == "notes.txt:1: aaaa" and "search stopped after 1s" in found

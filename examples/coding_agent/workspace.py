@@ -14,19 +14,22 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import re
 import shutil
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import regex
 
 from agentmem.errors import ConfigError
 
 SKIP_DIRS = {".git", "__pycache__", ".venv", "venv", "node_modules", ".mypy_cache", ".pytest_cache"}
 MAX_FILE_BYTES = 4_000_000  # a file the tools read whole; bigger ones are refused, not loaded
+MAX_PATTERN = 1000  # characters of a search pattern
 
 
 class WorkspaceError(ValueError):
@@ -45,6 +48,8 @@ class Workspace:
         read_cap: characters a single read returns at most.
         read_only: glob patterns of files the tools may read but not change (e.g. the tests,
             so an agent cannot make them pass by editing them).
+        search_timeout: seconds one `search` may take; the model picks the pattern, and one
+            like `(a|aa)+$` backtracks for minutes on a 40-character line.
     """
 
     root: Path
@@ -53,6 +58,7 @@ class Workspace:
     output_cap: int = 2000
     read_cap: int = 4000
     read_only: tuple[str, ...] = ()  # glob patterns (relative paths) tools may read but not change
+    search_timeout: float = 3.0
 
     def __post_init__(self) -> None:
         root = Path(self.root).expanduser().resolve()
@@ -167,28 +173,47 @@ class Workspace:
         return text or "(empty file)"
 
     def search(self, pattern: str, folder: str = ".") -> str:
+        """Lines matching `pattern` (a regular expression, or plain text when it is not one).
+
+        The `regex` module runs the pattern, with a deadline that holds inside a single
+        match (Python's `re` cannot be interrupted): past `search_timeout` the search stops
+        and says so, keeping the lines it found.
+        """
+        if not isinstance(pattern, str) or not pattern or len(pattern) > MAX_PATTERN:
+            raise WorkspaceError(f"give a pattern of 1 to {MAX_PATTERN} characters")
         try:
-            regex = re.compile(pattern)
-        except re.error:
-            regex = re.compile(re.escape(pattern))
+            compiled = regex.compile(pattern)
+        except (regex.error, OverflowError, RecursionError):
+            compiled = regex.compile(regex.escape(pattern))
+        deadline = time.monotonic() + self.search_timeout
         base = self.resolve(folder)
         if base.is_dir():
             found, skipped = self._walk(folder)
             targets = [(path, real) for path, real, _ in found]
         else:
             targets, skipped = [(self.relative(base), base)], []
-        hits = []
-        for relative, full in targets:
+        hits: list[str] = []
+        stopped: list[str] = []
+        for searched, (relative, full) in enumerate(targets):
             try:
                 lines = _read_text(full, relative, errors="strict").splitlines()
             except WorkspaceError:
                 if base.is_dir():
                     continue  # binary, or changed since the walk: not searched
                 raise
-            hits.extend(f"{relative}:{n}: {line.strip()}" for n, line in enumerate(lines, 1) if regex.search(line))
+            try:
+                hits.extend(f"{relative}:{n}: {line.strip()}" for n, line in enumerate(lines, 1)
+                            if compiled.search(line, timeout=max(deadline - time.monotonic(), 0.0)))
+            except TimeoutError:
+                stopped = [f"search stopped after {self.search_timeout:g}s: the pattern {pattern!r} takes too long "
+                           f"(in {relative}, {searched} of {len(targets)} files searched). Nested repeats like "
+                           "(a+)+ backtrack; search plain text or a simpler pattern"]
+                break
+        if stopped and not hits:
+            raise WorkspaceError(stopped[0])
         shown = hits[:40]
         more = [f"... and {len(hits) - len(shown)} more"] if len(hits) > len(shown) else []
-        return "\n".join((shown or [f"no match for {pattern!r}"]) + more + _skip_note(skipped))
+        return "\n".join((shown or [f"no match for {pattern!r}"]) + more + stopped + _skip_note(skipped))
 
     def is_writable(self, path: str) -> bool:
         """Whether the tools may change `path` (inside the workspace and not read-only)."""
