@@ -30,6 +30,7 @@ from .compaction import _options as check_options
 from .errors import ConfigError
 from .integrity import check_session, rebuild_cache
 from .memory import AfterHook, BeforeHook, Compactor, Plan
+from .memory import now as _now
 from .policies import Policy, policy_from
 from .policies._config import check_ratio
 from .sampling import Choices, Sampler, StopText, generation_config
@@ -129,6 +130,7 @@ class Session:
         self._saved_blocks: list[list[str]] = []  # block hashes of the last checkpoint, per layer
         self._stable_logical = 0  # cache tokens whose slots are unchanged since that checkpoint
         self._blocked_until = -1  # physical size below which a futile compaction is not retried
+        self._over_budget = False  # an over_budget event was recorded and the cache is still over
         self._last_compaction_turn = -1
         self._began = time.perf_counter()
         self._context_length = getattr(hf.text_config(model), "max_position_embeddings", None)
@@ -159,7 +161,15 @@ class Session:
 
     def _add(self, message: dict, *, kind: str, pinned: bool = False, ids: list[int] | None = None) -> Segment:
         ids = self.format.message_ids(self.messages, message) if ids is None else ids
+        if self._context_length and len(ids) > self._context_length:
+            raise ConfigError(f"this {message['role']} message is {len(ids)} tokens long, more than the model's "
+                              f"context of {self._context_length} positions; split it or shorten it (nothing "
+                              f"was added)")
         start = len(self.ids)
+        if self._context_length and start <= self._context_length < start + len(ids):
+            log.warning("session %s passes the model's context of %d positions: compaction bounds the cache, "
+                        "not the positions, so later tokens sit at positions the model was not trained on",
+                        self.id, self._context_length)
         self.ids.extend(ids)
         index = len(self.messages)
         previous = self.segments[-1] if self.segments else None
@@ -364,9 +374,35 @@ class Session:
             return
         self._compact(reason, stats)
         after = self.stats()
-        if self.policy.should_compact(after, incoming) is not None:
-            # Still over: retry only after the cache grew a little, so a full pin set cannot thrash.
-            self._blocked_until = after.physical_tokens + max(incoming, self.policy.protect_recent // 2, 16)
+        if self.policy.should_compact(after, incoming) is None:
+            self._over_budget = False
+            return
+        # Still over: retry only after the cache grew a little, so a full pin set cannot thrash.
+        self._blocked_until = after.physical_tokens + max(incoming, self.policy.protect_recent // 2, 16)
+        if not self._over_budget:  # say so once per episode, in the log and as a stored event
+            self._over_budget = True
+            self._record_over_budget(reason, after)
+
+    def _record_over_budget(self, reason: str, stats: KVStats) -> None:
+        """An `over_budget` event naming what keeps the cache over the limit (pins, the recent tail)."""
+        segments = [s for s in self.segments if s.start < self.cached]
+        pinned = {s.index for s in segments if self.policy.pin.pinned(s, segments) or s.pinned}
+        holders = sorted(pinned | self._protected(segments))
+        slots = {i: hf.span_slots(self.cache, self.segments[i].start, min(self.segments[i].end, self.cached))
+                 for i in holders[:6]}
+        sizes = ", ".join(f"{self.segments[i].kind} #{i}: {n:.0f} slots" for i, n in slots.items())
+        message = (f"KV cache stays over budget ({reason}): {stats.physical_tokens} slots, all held by pinned "
+                   f"or recent segments ({sizes}{', ...' if len(holders) > 6 else ''}); unpin some, lower "
+                   f"protect_recent, or raise the limit")
+        log.warning("%s", message)
+        event = CompactionEvent(time=_now(), trigger=reason, method="none", ratio=1.0, start=0, end=self.cached,
+                                tokens_before=stats.physical_tokens, tokens_after=stats.physical_tokens,
+                                bytes_before=stats.bytes, bytes_after=stats.bytes,
+                                logical_tokens=stats.logical_tokens, seconds=0.0, status="over_budget",
+                                error=message, segments=tuple(holders))
+        self.events.append(event)
+        for hook in self.compactor.after:
+            hook(event)
 
     def compact(self, *, ratio: float | None = None, method: str | None = None) -> list[CompactionEvent]:
         """Compact now, by hand, with the policy's plan (optionally another ratio or method).
@@ -401,8 +437,6 @@ class Session:
         else:
             cache, events = self.compactor.drop_oldest(self.cache, segments, pinned | self._protected(segments),
                                                        reason)
-            if not events:
-                log.warning("KV cache over budget (%s) but every segment is pinned or recent", reason)
         if type(cache) is not type(self.cache):  # a DynamicCache became compacted: blocks gain a bias
             self._stable_logical = 0
         self.cache = cache

@@ -74,7 +74,7 @@ class CompactionEvent:
     bytes_after: int
     logical_tokens: int
     seconds: float
-    status: str = "ok"  # ok | fallback | failed | vetoed
+    status: str = "ok"  # ok | fallback | failed | vetoed | over_budget (pins and recent tokens hold it over)
     error: str | None = None
     segments: tuple[int, ...] = ()
     quality: dict | None = None

@@ -250,3 +250,33 @@ def test_a_dropped_checkpoint_resumes_by_prefilling(stored, model, tokenizer):
     again.add("user", "still there?")
     again.generate(4)  # prefills everything under the stored policy, then saves
     assert Store(db).get_session(sid)["turns"] == 4
+
+
+# ---------------------------------------------------------------- sizes
+
+
+def test_a_message_longer_than_the_context_is_refused_and_nothing_is_added(model, tokenizer):
+    model.config.max_position_embeddings = 256
+    session = Session(model, tokenizer, policy=SMALL, system="sys")
+    before = (list(session.ids), list(session.messages), [s.to_dict() for s in session.segments])
+    with pytest.raises(ConfigError, match="context of 256"):
+        session.add("user", "x" * 400)
+    assert (session.ids, session.messages, [s.to_dict() for s in session.segments]) == before
+    session.add("user", "short")
+    session.generate(4)
+
+
+def test_a_pin_that_holds_the_cache_over_its_limit_says_so_once(tmp_path, model, tokenizer, caplog):
+    policy = {**SMALL, "trigger": {"kind": "tokens", "limit": 100}, "pin": {"kinds": ["system"]}}
+    store = Store(tmp_path / "s.db")
+    session = Session(model, tokenizer, policy=policy, store=store, system="rules " * 40)  # ~250 pinned tokens
+    with caplog.at_level("WARNING", logger="agentmem.engine"):
+        for i in range(3):
+            session.add("user", f"question {i}")
+            session.generate(20)
+    over = [e for e in session.events if e.status == "over_budget"]
+    assert len(over) == 1, [e.status for e in session.events]
+    assert 0 in over[0].segments and "pinned" in over[0].error
+    assert over[0].tokens_before > 100
+    assert sum("over budget" in r.getMessage() for r in caplog.records) == 1
+    assert [e["status"] for e in store.events(session.id)].count("over_budget") == 1

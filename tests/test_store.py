@@ -399,3 +399,73 @@ def test_two_processes_writing_one_database_lose_nothing(tmp_path):
             assert [m["index"] for m in loaded.messages] == list(range(turns))
             assert loaded.checkpoint[0]["blocks"][1]["keys"].shape[-2] == 4 + turns - 1
         assert blob_hashes(store) == referenced_hashes(store)
+
+
+# --------------------------------------------------------------------------- writers and readers
+
+
+def test_a_stale_version_is_refused_and_nothing_is_written(store, tmp_path):
+    from agentmem.errors import StaleSessionError
+
+    sid = store.create_session(model="tiny", fingerprint="fp")
+    assert store.load_session(sid).version == 0
+    assert store.commit_turn(sid, messages=[message(0)], expect_version=0) == 1
+    before = snapshot(store.path)
+    with pytest.raises(StaleSessionError, match="another writer.*stored version 1, this writer last saw 0"):
+        store.commit_turn(sid, messages=[message(1)], checkpoint=checkpoint(20), expect_version=0)
+    assert snapshot(store.path) == before
+    assert store.commit_turn(sid, messages=[message(1)], expect_version=1) == 2
+    store.drop_checkpoints(sid)  # any write to the session moves its version
+    assert store.get_session(sid)["version"] == 3
+
+
+def test_a_lock_held_past_the_timeout_raises_store_busy_and_writes_nothing(tmp_path):
+    from agentmem.errors import StoreBusyError
+
+    path = tmp_path / "s.db"
+    with Store(path, timeout=0.2) as store:
+        sid = store.create_session(model="tiny", fingerprint="fp")
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreBusyError, match="write lock for 0.2 s.*nothing was written"):
+            store.commit_turn(sid, messages=[message(0)])
+        other.execute("ROLLBACK")
+        other.close()
+        assert store.commit_turn(sid, messages=[message(0)]) == 1
+
+
+def test_another_programs_database_is_refused_and_left_untouched(tmp_path):
+    from agentmem.errors import NotAStoreError
+
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
+    conn.execute("INSERT INTO notes (text) VALUES ('mine')")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    for readonly in (False, True):
+        with pytest.raises(NotAStoreError, match="another program.*notes.*left untouched"):
+            Store(path, readonly=readonly)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
+
+
+def test_a_read_only_store_never_creates_or_changes_anything(tmp_path):
+    path = tmp_path / "s.db"
+    with pytest.raises(ConfigError, match="no session database"):
+        Store(path, readonly=True)
+    assert not path.exists()
+    with Store(path) as store:
+        sid = store.create_session(model="tiny", fingerprint="fp")
+        store.commit_turn(sid, messages=[message(0)], checkpoint=checkpoint(20))
+    before = snapshot(path)
+    with Store(path, readonly=True) as reader:
+        assert [s["id"] for s in reader.list_sessions()] == [sid]
+        assert reader.load_session(sid).messages[0]["content"] == "hi 0"
+        for write in (lambda: reader.commit_turn(sid, messages=[message(1)]),
+                      lambda: reader.create_session(model="tiny", fingerprint="fp"),
+                      lambda: reader.delete_session(sid)):
+            with pytest.raises(ConfigError, match="read-only"):
+                write()
+    assert snapshot(path) == before
