@@ -372,14 +372,15 @@ class Session:
         reason = self.policy.should_compact(stats, incoming)
         if reason is None or stats.physical_tokens < self._blocked_until:
             return
-        self._compact(reason, stats)
+        events = self._compact(reason, stats)
         after = self.stats()
         if self.policy.should_compact(after, incoming) is None:
             self._over_budget = False
             return
         # Still over: retry only after the cache grew a little, so a full pin set cannot thrash.
         self._blocked_until = after.physical_tokens + max(incoming, self.policy.protect_recent // 2, 16)
-        if not self._over_budget:  # say so once per episode, in the log and as a stored event
+        vetoed = any(e.status == "vetoed" for e in events)
+        if not self._over_budget and not vetoed:  # say so once per episode, in the log and as a stored event
             self._over_budget = True
             self._record_over_budget(reason, after)
 
@@ -390,19 +391,18 @@ class Session:
         holders = sorted(pinned | self._protected(segments))
         slots = {i: hf.span_slots(self.cache, self.segments[i].start, min(self.segments[i].end, self.cached))
                  for i in holders[:6]}
-        sizes = ", ".join(f"{self.segments[i].kind} #{i}: {n:.0f} slots" for i, n in slots.items())
-        message = (f"KV cache stays over budget ({reason}): {stats.physical_tokens} slots, all held by pinned "
-                   f"or recent segments ({sizes}{', ...' if len(holders) > 6 else ''}); unpin some, lower "
-                   f"protect_recent, or raise the limit")
+        sizes = ", ".join(f"{self.segments[i].kind} #{i}: {n:.0f}" for i, n in slots.items())
+        message = (f"KV cache stays over budget ({reason}) after compacting all it may: {stats.physical_tokens} "
+                   f"slots; pinned or recent segments hold {sizes}{', ...' if len(holders) > 6 else ''}, the rest "
+                   f"is already compacted or below min_segment_tokens. Unpin some, lower protect_recent, or raise "
+                   f"the limit")
         log.warning("%s", message)
         event = CompactionEvent(time=_now(), trigger=reason, method="none", ratio=1.0, start=0, end=self.cached,
                                 tokens_before=stats.physical_tokens, tokens_after=stats.physical_tokens,
                                 bytes_before=stats.bytes, bytes_after=stats.bytes,
                                 logical_tokens=stats.logical_tokens, seconds=0.0, status="over_budget",
                                 error=message, segments=tuple(holders))
-        self.events.append(event)
-        for hook in self.compactor.after:
-            hook(event)
+        self.events.append(event)  # not passed to after-compaction hooks: nothing was compacted
 
     def compact(self, *, ratio: float | None = None, method: str | None = None) -> list[CompactionEvent]:
         """Compact now, by hand, with the policy's plan (optionally another ratio or method).
