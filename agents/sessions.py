@@ -166,7 +166,8 @@ class SQLiteSession:
             conversation = self._create(model, setup, system, tools, policy, self._rebuild)
         elif self._live is not None and self._live[0] is model and self._live[1] == setup:
             conversation = self._live[2]
-            conversation.policy = policy_from(policy)
+            if policy is not None:  # None: the live session keeps its policy (stored or given earlier)
+                conversation.policy = policy_from(policy)
         else:
             conversation = self._resume_or_create(model, setup, system, tools, policy)
         for item in self._pending:
@@ -203,7 +204,8 @@ class SQLiteSession:
         if conversation.messages:
             log.info("session %s: instructions or tools changed; rebuilding it from %d items (one prefill)",
                      self.session_id, len(items))
-        return self._create(model, setup, system, tools, policy, items)
+        # A rebuild keeps the policy the session was stored with unless the agent names one.
+        return self._create(model, setup, system, tools, conversation.policy if policy is None else policy, items)
 
     def _create(self, model: Any, setup: str, system: str | None, tools: Sequence[dict], policy: Any,
                 items: Sequence[dict]) -> EngineSession:

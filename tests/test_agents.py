@@ -389,6 +389,20 @@ def test_sqlite_session_resumes_the_cache(tiny, tmp_path):
     assert again.get_items() == [] and SQLiteSession("chat-1", db).get_items() == []
 
 
+def test_sqlite_session_keeps_its_stored_policy_unless_the_agent_names_one(tiny, tmp_path):
+    db = tmp_path / "agents.db"
+    small = Policy(trigger=TokenLimit(150), ratio=FixedRatio(4), pin=AnyPin((PinSystem(),)), protect_recent=16)
+    agent = Agent("a", instructions="Be brief.", model=tiny, policy=small,
+                  settings=ModelSettings(max_new_tokens=8, tool_choice="none"))
+    Runner.run_sync(agent, "hello", session=SQLiteSession("chat-p", db))
+    plain = agent.clone(policy=None)
+    again = SQLiteSession("chat-p", db)  # a new object, as in a new process: resumes from the store
+    Runner.run_sync(plain, "and again", session=again)
+    assert again._live[2].policy == small
+    Runner.run_sync(plain.clone(policy="aggressive"), "once more", session=again)
+    assert again._live[2].policy == Policy.named("aggressive")
+
+
 def test_sqlite_session_resumes_across_processes(tmp_path):
     db = tmp_path / "agents.db"
     child = subprocess.run([sys.executable, str(CHILD), str(db), "shared"], capture_output=True, text=True,

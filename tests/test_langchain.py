@@ -314,6 +314,20 @@ def test_store_resumes_across_instances(tmp_path, tokenizer, llama):
     assert other.response_metadata["agentmem"]["session_id"] == "persist/2"
 
 
+def test_a_resumed_conversation_keeps_its_stored_policy(tmp_path, tokenizer, llama):
+    from agentmem.store import Store
+
+    path = str(tmp_path / "sessions.db")
+    small = Policy(trigger=TokenLimit(300), ratio=FixedRatio(4), pin=AnyPin((PinSystem(),)), protect_recent=16)
+    first = ChatAgentMem.from_model(llama, tokenizer, store=path, session_id="p", policy=small, max_tokens=8)
+    reply = first.invoke("Remember this")
+    clear_sessions()  # as if the process restarted
+    later = ChatAgentMem.from_model(llama, tokenizer, store=path, max_tokens=8)  # no policy: the stored one
+    again = later.invoke(["Remember this", reply, "What was it?"], session_id="p")
+    assert again.response_metadata["agentmem"]["resumed"] is True
+    assert Policy.from_dict(Store(path).get_session("p")["state"]["policy"]) == small
+
+
 def test_compaction_events_reach_response_metadata(tokenizer, llama):
     policy = Policy(trigger=TokenLimit(160), ratio=FixedRatio(4), pin=AnyPin((PinSystem(),)), method="am-fast",
                     protect_recent=24)
