@@ -79,7 +79,7 @@ def test_commands_time_out_and_output_is_capped(ws):
     slow = ws.run([sys.executable, "-c", "import time; time.sleep(30)"])
     assert slow.startswith("timed out after 5s")
     loud = ws.run([sys.executable, "-c", "print('x' * 5000); raise SystemExit(3)"])
-    assert loud.startswith("exit code 3") and len(loud) < 400 and "characters cut" in loud
+    assert loud.startswith("exit code 3") and len(loud) < 400 and "cut) ..." in loud
 
 
 def test_cap_keeps_head_and_tail():
@@ -177,7 +177,7 @@ def test_search_with_a_catastrophic_pattern_ends_quickly(ws, pattern):
         found = ws.search(pattern)
     except WorkspaceError as exc:  # what the model sees as the tool's error
         found = str(exc)
-    assert time.monotonic() - began < 4
+    assert time.monotonic() - began < 5
     # the correct answer (no line ends in a run of a's), or a clear error that names the pattern
     assert found.startswith("no match") or found.startswith(f"search stopped after 1s: the pattern {pattern!r}")
     if "|" in pattern:  # these backtrack in the regex module too: the deadline ends them

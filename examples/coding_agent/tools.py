@@ -140,11 +140,15 @@ def workspace_tools(workspace: Workspace, *, guard: RepeatGuard | None = None,
         guard.changed()
         return done
 
+    notes = [workspace.sandbox.note] if workspace.sandbox.note else []  # told once, with the first run
+
     @tool
     def run_tests() -> str:
         """Run the project's tests. Failing tests come back as an error with the (shortened) output."""
         guard.check("run_tests", {})
         output = workspace.run_tests()
+        if notes:
+            output += f"\n({notes.pop()})"
         if not output.startswith("exit code 0"):
             raise WorkspaceError("tests fail: " + output)
         return output

@@ -6,8 +6,9 @@ symlink, and the files `list_files` and `search` walk are checked the same way (
 lead out are skipped and named in the result). A file with more than one hard link may be
 the same file as one outside the workspace, so the tools neither read nor change it; only
 regular files are read (a FIFO would block), and a write puts a new file in place with a
-rename, so it never writes through a link. Commands run with a timeout and their output is
-capped, so a runaway test cannot hang or flood the agent.
+rename, so it never writes through a link. Commands run through `sandbox.run_command`: a
+scrubbed environment, a timeout, the whole process tree ended, the output capped while it
+streams, and bubblewrap isolation where the machine has it (docs/sandbox.md).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import fnmatch
 import os
 import shutil
 import stat
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +26,10 @@ from pathlib import Path
 import regex
 
 from agentmem.errors import ConfigError
+
+from .sandbox import Sandbox, cap, choose, run_command
+
+__all__ = ["Workspace", "WorkspaceError", "cap"]
 
 SKIP_DIRS = {".git", "__pycache__", ".venv", "venv", "node_modules", ".mypy_cache", ".pytest_cache"}
 MAX_FILE_BYTES = 4_000_000  # a file the tools read whole; bigger ones are refused, not loaded
@@ -50,6 +54,9 @@ class Workspace:
             so an agent cannot make them pass by editing them).
         search_timeout: seconds one `search` may take; the model picks the pattern, and one
             like `(a|aa)+$` backtracks for minutes on a 40-character line.
+        sandbox: how commands are isolated: "auto" (bubblewrap when it works on this
+            machine, else none with one logged warning, kept in `sandbox.note`), "bwrap"
+            (a ConfigError when it does not work) or "none". Becomes the chosen `Sandbox`.
     """
 
     root: Path
@@ -59,12 +66,14 @@ class Workspace:
     read_cap: int = 4000
     read_only: tuple[str, ...] = ()  # glob patterns (relative paths) tools may read but not change
     search_timeout: float = 3.0
+    sandbox: str | Sandbox = "auto"
 
     def __post_init__(self) -> None:
         root = Path(self.root).expanduser().resolve()
         if not root.is_dir():
             raise ConfigError(f"workspace {self.root} is not a folder; create it or pass another path")
         object.__setattr__(self, "root", root)
+        object.__setattr__(self, "sandbox", choose(self.sandbox))
 
     @classmethod
     def from_template(cls, template: Path, target: Path, **options) -> Workspace:
@@ -254,25 +263,15 @@ class Workspace:
         return self.run(self.test_command)
 
     def run(self, command: tuple[str, ...] | list[str]) -> str:
-        """Run `command` in the workspace with the timeout; exit code and capped output."""
-        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(self.root)}
-        try:
-            done = subprocess.run(list(command), cwd=self.root, capture_output=True, text=True,
-                                  timeout=self.timeout, env=env, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            return f"timed out after {self.timeout:g}s"
-        except FileNotFoundError as exc:
-            return f"cannot run {command[0]}: {exc}"
-        output = (done.stdout + done.stderr).strip()
-        return f"exit code {done.returncode}\n{cap(output, self.output_cap)}"
-
-
-def cap(text: str, limit: int) -> str:
-    """`text` cut to about `limit` characters, keeping its head and its tail."""
-    if len(text) <= limit:
-        return text
-    half = limit // 2
-    return f"{text[:half]}\n... ({len(text) - limit} characters cut) ...\n{text[-half:]}"
+        """Run `command` in the workspace (see `sandbox.run_command`); exit code and capped output."""
+        if not command:
+            raise ConfigError("give a command to run, e.g. ('python', '-m', 'unittest')")
+        done = run_command(command, root=self.root, sandbox=self.sandbox, timeout=self.timeout,
+                           cap_chars=self.output_cap,
+                           env={"PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(self.root)})
+        if done.exit_code is None:
+            return f"timed out after {self.timeout:g}s" + (f"\n{done.output}" if done.output else "")
+        return f"exit code {done.exit_code}\n{done.output}"
 
 
 def _unreadable(info: os.stat_result) -> str | None:
