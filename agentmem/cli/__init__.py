@@ -3,7 +3,9 @@
 Each command group lives in its own module with an `add_parser(sub)` that registers it
 and sets `func`, the function `main` calls with the parsed arguments. Errors agentmem
 raises on purpose, bad arguments and common user mistakes (a missing file) print as one
-line `agentmem: error: ...` with exit status 2, not a traceback; bugs still raise.
+line `agentmem: error: ...` with exit status 2, not a traceback; so do errors of the
+system (`OSError`: a full disk, a read-only or missing file, also on stdout); bugs still
+raise.
 """
 
 from __future__ import annotations
@@ -66,24 +68,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     common.configure(progress=args.progress)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
-        return args.func(args) or 0
+        code = args.func(args) or 0
+        sys.stdout.flush()  # a full disk or closed pipe on stdout fails here, not after main returns
+        return code
     except AgentmemError as exc:
         return _fail(str(exc))
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
-        return _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
-    except sqlite3.OperationalError as exc:  # e.g. a database locked by another writer for too long
-        return _fail(f"session database: {exc}")
     except BrokenPipeError:  # `agentmem sessions export ID | head`
         sys.stderr.close()
         return 0
+    except OSError as exc:  # the system refused: a full disk, a missing or read-only file...
+        if exc.filename:
+            return _fail(f"{exc.strerror or exc}: {exc.filename}")
+        where = "cannot write to stdout: " if _stdout_failed() else ""
+        return _fail(f"{where}{exc.strerror or exc}")
+    except sqlite3.OperationalError as exc:  # e.g. a database locked by another writer for too long
+        return _fail(f"session database: {exc}")
     except KeyboardInterrupt:
         print("agentmem: interrupted", file=sys.stderr)
         return 130
 
 
 def _fail(message: str) -> int:
-    print(f"agentmem: error: {message}", file=sys.stderr)
+    """Print `agentmem: error: MESSAGE` as one line (a multi-line message is joined) and return 2."""
+    line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    print(f"agentmem: error: {line}", file=sys.stderr)
     return 2
+
+
+def _stdout_failed() -> bool:
+    """Whether stdout cannot be written (e.g. ENOSPC); if so, point it at /dev/null so the
+    interpreter's flush at exit does not fail a second time."""
+    try:
+        sys.stdout.flush()
+        sys.stdout.write("")
+        return False
+    except OSError:
+        pass
+    try:
+        import os
+
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (a test's capture)
+        pass
+    return True
 
 
 def _tame_allocator() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import sys
 import threading
@@ -25,6 +26,8 @@ from .common import (
     DEFAULT_STORE,
     Activity,
     bar,
+    check_creatable,
+    escape,
     load,
     megabytes,
     non_negative_float,
@@ -84,24 +87,39 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """`agentmem chat`."""
-    from ..policies import policy_from
+    """`agentmem chat`.
 
+    Everything that can fail fast does so before the slow model load: the arguments, the
+    policy, and whether the store can be written. A new store file is created only after
+    the model has loaded, so a failed load leaves nothing behind.
+    """
     if args.json and args.message is None:
         raise ConfigError("--json needs --message TEXT (interactive chat prints text)")
     message = _read_message(args.message)
-    policy_from(args.policy)  # a bad preset or TOML file fails before the slow model load
-    store = open_store(args.store, must_exist=args.session is not None)
+    for option, text in (("--system", args.system), ("--title", args.title)):
+        if text is not None:
+            _check_utf8(option, text)
+    _check_policy(args.policy)
+    store = None
+    if args.session is not None or args.store.exists():
+        store = open_store(args.store, must_exist=True)  # writable: probed now, not after a reply
+    else:
+        check_creatable(args.store)
     try:
         model_name = args.model
         if args.session is not None:
             model_name = model_name or store.get_session(args.session)["model"]
-        chat = _Chat(args, store, model_name or DEFAULT_MODEL)
+        model_name = model_name or DEFAULT_MODEL
+        model, tokenizer = load(model_name)
+        if store is None:
+            store = open_store(args.store, must_exist=False)
+        chat = _Chat(args, store, model_name, model, tokenizer)
         if message is not None:
             return chat.once(message)
         return chat.interact()
     finally:
-        store.close()
+        if store is not None:
+            store.close()
 
 
 def usage(reply: Reply) -> dict[str, Any]:
@@ -136,9 +154,9 @@ def describe(event: CompactionEvent) -> str:
 class _Chat:
     """One `agentmem chat` run: the model, the store and a session (made on the first message)."""
 
-    def __init__(self, args: argparse.Namespace, store, model_name: str):
+    def __init__(self, args: argparse.Namespace, store, model_name: str, model, tokenizer):
         self.args, self.store, self.model_name = args, store, model_name
-        self.model, self.tokenizer = load(model_name)
+        self.model, self.tokenizer = model, tokenizer
         self.console = _Console()
         self.session: Session | None = None
         self.unsaved = False  # a /compact since the last commit
@@ -193,7 +211,7 @@ class _Chat:
                               "kv": kv_summary(session)}))
         else:
             print(reply.text)
-            self.console.note(f"session {session.id} (continue with --session {session.id})")
+            self.console.note(f"session {session.id} (continue with: {self._resume_command(session)})")
         return 0
 
     def interact(self) -> int:
@@ -205,14 +223,22 @@ class _Chat:
                  f"{stats.logical_tokens} tokens in {stats.physical_tokens} KV slots")
         note(f"chatting with {self.model_name} (policy {self.args.policy}); /help for commands, Ctrl-D to quit")
         prompt = "> " if _is_terminal(sys.stdin) else ""  # no prompts in the output of a piped script
+        _tolerate_bad_bytes(sys.stdin)
         while True:
             try:
                 line = input(prompt)
             except (EOFError, KeyboardInterrupt):
                 print()
                 break
+            except UnicodeDecodeError as exc:  # a stdin that cannot be told to keep going
+                raise ConfigError(f"stdin is not valid UTF-8 text ({exc.reason}); the turns before it are saved")
             text = line.strip()
             if not text:
+                continue
+            try:
+                _check_utf8("the line", text)
+            except ConfigError as exc:
+                note(f"error: {str(exc).removesuffix('; pass UTF-8 text')}; it was not sent (the chat goes on)")
                 continue
             if text.startswith("/"):
                 if self._command(text) is False:
@@ -228,8 +254,15 @@ class _Chat:
         if self.session is not None:
             if self.unsaved:
                 self.session.save()
-            note(f"session {self.session.id} saved; continue with: agentmem chat --session {self.session.id}")
+            note(f"session {self.session.id} saved; continue with: {self._resume_command(self.session)}")
         return 0
+
+    def _resume_command(self, session: Session) -> str:
+        """The command that continues `session`: with --store unless the store is the default one."""
+        command = f"agentmem chat --session {shlex.quote(session.id)}"
+        if Path(self.args.store) != DEFAULT_STORE:
+            command += f" --store {shlex.quote(str(self.args.store))}"
+        return command
 
     def _command(self, text: str) -> bool:
         """Run a slash command; False means quit. Errors print one line and the chat goes on."""
@@ -373,6 +406,14 @@ def _stats(session: Session) -> str:
             f"messages: {len(session.messages)}, session: {session.id}")
 
 
+def _tolerate_bad_bytes(stream: Any) -> None:
+    """Let a bad line of stdin arrive as surrogates (rejected one line at a time) instead of ending the chat."""
+    try:
+        stream.reconfigure(errors="surrogateescape")
+    except (AttributeError, ValueError, OSError):  # not a text file (a test's StringIO), or not reconfigurable
+        pass
+
+
 def _is_terminal(stream: Any) -> bool:
     try:
         return stream.isatty()
@@ -383,10 +424,40 @@ def _is_terminal(stream: Any) -> bool:
 def _read_message(message: str | None) -> str | None:
     if message is None:
         return None
-    text = sys.stdin.read() if message == "-" else message
+    if message == "-":
+        try:
+            text = sys.stdin.read()
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"stdin is not valid UTF-8 text ({exc.reason}); pipe UTF-8 text to --message -") from None
+        _check_utf8("stdin", text)
+    else:
+        text = _check_utf8("--message", message)
     if not text.strip():
         raise ConfigError("--message is empty; pass the text to answer (or '-' to read it from stdin)")
     return text
+
+
+def _check_utf8(what: str, text: str) -> str:
+    """`text` unless it holds bytes that were not UTF-8 (undecodable argv or stdin bytes arrive as surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        bad = f"byte {code - 0xDC00:#04x}" if 0xDC80 <= code <= 0xDCFF else escape(text[exc.start])
+        raise ConfigError(f"{what} is not valid UTF-8 text ({bad} at character {exc.start}); pass UTF-8 "
+                          f"text") from None
+    return text
+
+
+def _check_policy(policy: str) -> None:
+    """Parse the policy now: a bad preset or TOML file fails before the slow model load."""
+    from ..policies import policy_from
+
+    try:
+        policy_from(policy)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"policy file {policy} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as "
+                          f"UTF-8 TOML") from None
 
 
 def _title(message: str, width: int = 60) -> str:

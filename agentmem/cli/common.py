@@ -10,13 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import sqlite3
 import sys
 import threading
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import AgentmemError, ConfigError, ModelNotAvailableError, StoreBusyError
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_STORE = Path("agentmem.db")
@@ -103,12 +106,24 @@ def load(name: str):
 
     from .. import models
 
+    folder = Path(name).expanduser()
+    local = name not in models.builtin_models() and folder.is_dir()
+    if local and not (folder / "config.json").is_file():
+        raise ConfigError(f"{name} is a folder without config.json, not a model; pass a Hugging Face model folder "
+                          f"(config.json, weights, tokenizer files), a built-in name "
+                          f"({', '.join(models.builtin_models())}) or a Hugging Face id")
     began = time.perf_counter()
     shown = hf_logging.is_progress_bar_enabled()
     if not progress_enabled():
         hf_logging.disable_progress_bar()
     try:
         model, tokenizer = models.load_model(name, progress=progress_enabled())
+    except AgentmemError:
+        raise
+    except (OSError, ValueError) as exc:  # transformers on a damaged folder: missing weights, a bad config
+        if not local:
+            raise
+        raise ModelNotAvailableError(f"cannot load the model in {name}: {exc}") from exc
     finally:
         if shown and not hf_logging.is_progress_bar_enabled():
             hf_logging.enable_progress_bar()
@@ -116,22 +131,110 @@ def load(name: str):
     return model, tokenizer
 
 
-def open_store(path: Path, *, must_exist: bool):
+def open_store(path: Path, *, must_exist: bool, readonly: bool = False):
     """Open the session database at `path`.
 
+    Args:
+        path: the database file.
+        must_exist: fail instead of creating a missing file.
+        readonly: SQLite's read-only mode (`Store(readonly=True)`): nothing is created,
+            migrated or written, for the commands that only read. Otherwise a write probe
+            checks now, before a model loads, that the file can be written.
+
     Raises:
-        ConfigError: `must_exist` and there is no file there (a missing database is never
-            created just to be read), or `path` is a directory.
+        ConfigError: `must_exist` or `readonly` and there is no file there (a missing
+            database is never created just to be read), `path` is a directory, or the
+            database cannot be read or written.
+        NotAStoreError: the file is another program's SQLite database (left untouched).
     """
     from ..store import Store
 
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path} is a directory; pass the database file with --store")
-    if must_exist and not path.exists():
+    if (must_exist or readonly) and not path.exists():
         raise ConfigError(f"no session database at {path}; pass --store PATH, or start a session with "
                           f"`agentmem chat --store {path}`")
-    return Store(path)
+    if not readonly:
+        check_creatable(path)
+    try:
+        store = Store(path, readonly=readonly)
+    except sqlite3.OperationalError as exc:
+        raise _unusable(path, exc, readonly=readonly) from exc
+    if not readonly:
+        try:
+            _probe_write(path, store.timeout)
+        except BaseException:
+            store.close()
+            raise
+    return store
+
+
+def check_creatable(path: Path) -> None:
+    """Fail now if the session database at `path` could not be created; creates nothing.
+
+    Raises:
+        ConfigError: the nearest existing folder above `path` is not writable (or not a folder).
+    """
+    path = Path(path)
+    if path.exists():
+        return
+    folder = path.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot create the session database {path}: {folder} is not a writable folder; "
+                          f"pass --store PATH in a writable folder")
+
+
+def _probe_write(path: Path, timeout: float) -> None:
+    """Take the write lock and write nothing, then roll back: SQLite refuses a read-only file here.
+
+    `BEGIN IMMEDIATE` alone succeeds on a read-only file (measured: a 0444 file opened by
+    its non-root owner), so the probe also runs an UPDATE that matches no row.
+    """
+    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("UPDATE _migrations SET name = name WHERE 0")
+        conn.execute("ROLLBACK")
+    except sqlite3.OperationalError as exc:
+        raise _unusable(path, exc, readonly=False) from exc
+    finally:
+        conn.close()
+
+
+def _unusable(path: Path, exc: sqlite3.OperationalError, *, readonly: bool) -> Exception:
+    """One clear error for an SQLite failure to open or write the session database."""
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return StoreBusyError(f"{path}: another process holds the database's write lock ({text}); retry when it "
+                              f"is done")
+    if readonly:
+        return ConfigError(f"cannot read the session database {path} (SQLite: {text}); if its folder is "
+                           f"read-only, SQLite cannot create the {path.name}-shm file it needs: copy the file to a "
+                           f"writable folder")
+    return ConfigError(f"cannot write the session database {path} (SQLite: {text}): the file or its folder is "
+                       f"read-only; make it writable or pass --store PATH in a writable folder")
+
+
+_BIDI = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def escape(text: str, *, newlines: bool = False) -> str:
+    """Text from a database made safe for a terminal: control characters as repr-style escapes.
+
+    C0 and C1 controls, DEL, bidi overrides, line separators and lone surrogates become
+    `\\x1b`, `\\u202e`...; with `newlines`, newline and tab stay as they are.
+    """
+    def shown(c: str) -> str:
+        if newlines and c in "\n\t":
+            return c
+        if c in _BIDI or unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp"):
+            return repr(c)[1:-1]
+        return c
+
+    return "".join(shown(c) for c in text)
 
 
 def write_json(path: Path | None, value: Any, *, indent: int | None = 1) -> None:
@@ -140,7 +243,12 @@ def write_json(path: Path | None, value: Any, *, indent: int | None = 1) -> None
     if path is None or str(path) == "-":
         print(text)
     else:
-        Path(path).write_text(text + "\n")
+        try:
+            Path(path).write_text(text + "\n")
+        except OSError as exc:  # a write error (ENOSPC) names no file: name it
+            if exc.filename:
+                raise
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
 
 
 # ----------------------------------------------------------------------------- argument types

@@ -1,7 +1,10 @@
 """`agentmem sessions list|show|export|delete`: the sessions in a store.
 
 Nothing here loads a model: everything comes from the SQLite file (`--store`, default
-./agentmem.db), which is never created just to be read.
+./agentmem.db), which is never created just to be read: `list`, `show` and `export` open it
+read-only (SQLite's mode=ro, so another program's database stays byte for byte as it was).
+Text from the database is printed with control characters escaped (`common.escape`), so a
+title cannot send escape sequences to the terminal.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .common import DEFAULT_STORE, megabytes, open_store, write_json
+from .common import DEFAULT_STORE, escape, megabytes, open_store, write_json
 
 CONTENT_WIDTH = 72
 
@@ -58,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_list(args: argparse.Namespace) -> int:
     """`agentmem sessions list`."""
-    with open_store(args.store, must_exist=True) as store:
+    with open_store(args.store, must_exist=True, readonly=True) as store:
         rows = store.list_sessions()
     if args.json:
         write_json(None, rows, indent=None)
@@ -68,7 +71,7 @@ def run_list(args: argparse.Namespace) -> int:
         return 0
     table = [["ID", "TITLE", "MODEL", "TURNS", "TOKENS", "KV", "COMPACTIONS", "UPDATED"]]
     for r in rows:
-        table.append([r["id"], _clip(r["title"] or "", 32), r["model"], str(r["turns"]),
+        table.append([escape(r["id"]), _clip(escape(r["title"] or ""), 32), escape(r["model"]), str(r["turns"]),
                       _num(r["logical_tokens"]), _num(r["physical_tokens"]), str(r["compactions"]),
                       _when(r["updated_at"])])
     print(_table(table))
@@ -77,12 +80,12 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     """`agentmem sessions show ID`."""
-    with open_store(args.store, must_exist=True) as store:
+    with open_store(args.store, must_exist=True, readonly=True) as store:
         data = store.export_session(args.id)
     session, messages, events = data["session"], data["messages"], data["events"]
     checkpoint = data["checkpoint"]
-    print(f"session {session['id']}" + (f"  {session['title']!r}" if session.get("title") else ""))
-    print(f"model {session['model']}, {session['turns']} turns, created {_when(session['created_at'])}, "
+    print(f"session {escape(session['id'])}" + (f"  {session['title']!r}" if session.get("title") else ""))
+    print(f"model {escape(session['model'])}, {session['turns']} turns, created {_when(session['created_at'])}, "
           f"updated {_when(session['updated_at'])} (UTC)")
     if checkpoint:
         print(f"KV: {checkpoint['logical_tokens']} logical tokens in {checkpoint['physical_tokens']} physical "
@@ -93,8 +96,9 @@ def run_show(args: argparse.Namespace) -> int:
     print(f"\nmessages ({len(messages)}):")
     table = [["#", "TURN", "ROLE", "TOKENS", "CONTENT"]]
     for m in messages:
-        content = m["content"] if args.full else _clip(_printable(" ".join(m["content"].split())), CONTENT_WIDTH)
-        table.append([str(m["index"]), str(m.get("turn", "")), m["role"], str(len(m["token_ids"])), content])
+        content = (escape(m["content"], newlines=True) if args.full
+                   else _clip(escape(" ".join(m["content"].split())), CONTENT_WIDTH))
+        table.append([str(m["index"]), str(m.get("turn", "")), escape(m["role"]), str(len(m["token_ids"])), content])
     print(_table(table))
 
     segments = data["segments"]
@@ -105,22 +109,24 @@ def run_show(args: argparse.Namespace) -> int:
     if events:
         table = [["TURN", "TRIGGER", "METHOD", "RATIO", "SPAN", "TOKENS", "MB", "SECONDS", "STATUS"]]
         for e in events:
-            table.append([str(e["turn"]), e["trigger"] or "", e["method"] or "", f"{e['ratio'] or 0:.3g}",
-                          f"{e['start']}-{e['end']}", f"{e['tokens_before']} -> {e['tokens_after']}",
+            status = e["status"] + (f" ({e['error']})" if e.get("error") else "")
+            table.append([str(e["turn"]), escape(e["trigger"] or ""), escape(e["method"] or ""),
+                          f"{e['ratio'] or 0:.3g}", f"{e['start']}-{e['end']}",
+                          f"{e['tokens_before']} -> {e['tokens_after']}",
                           f"{(e['bytes_before'] or 0) / 2**20:.1f} -> {(e['bytes_after'] or 0) / 2**20:.1f}",
-                          f"{e['seconds'] or 0:.2f}", e["status"] + (f" ({e['error']})" if e.get("error") else "")])
+                          f"{e['seconds'] or 0:.2f}", escape(" ".join(status.split()))])
         print(_table(table))
     else:
         print("  none")
     if args.plot is not None:
-        plot_kv(messages, events, args.plot, title=f"session {session['id'][:12]} ({session['model']})")
+        plot_kv(messages, events, args.plot, title=f"session {escape(session['id'][:12])} ({escape(session['model'])})")
         print(f"\nplot: {args.plot}")
     return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
     """`agentmem sessions export ID`."""
-    with open_store(args.store, must_exist=True) as store:
+    with open_store(args.store, must_exist=True, readonly=True) as store:
         data = store.export_session(args.id)
     write_json(args.out, data)
     if args.out is not None:
@@ -215,7 +221,7 @@ def _segment_summary(segments: list[dict]) -> list[list[str]]:
         row["pinned"] += bool(s["pinned"])
     table = [["KIND", "SEGMENTS", "TOKENS", "COMPACTED", "PINNED"]]
     for kind, row in by_kind.items():
-        table.append([kind, str(row["count"]), str(row["tokens"]), str(row["compacted"]), str(row["pinned"])])
+        table.append([escape(kind), str(row["count"]), str(row["tokens"]), str(row["compacted"]), str(row["pinned"])])
     return table
 
 
@@ -227,11 +233,6 @@ def _table(rows: list[list[str]]) -> str:
 
 def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def _printable(text: str) -> str:
-    """Control characters (e.g. from a random-weight model) shown as U+FFFD, so one row stays one line."""
-    return "".join(c if c.isprintable() else "\ufffd" for c in text)
 
 
 def _num(value: int | None) -> str:
