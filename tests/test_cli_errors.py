@@ -64,17 +64,28 @@ def test_export_to_a_full_disk_is_one_line(loads: list[str], capsys: pytest.Capt
     assert code == 2 and "No space left on device: /dev/full" in one_error_line(err)
 
 
-class _FullStdout(io.TextIOBase):
-    def write(self, text: str) -> int:
-        raise OSError(28, "No space left on device")
+class _FullDisk(io.RawIOBase):
+    """A file on a full disk (until `full` is cleared, so the test can close it)."""
+
+    full = True
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if self.full:
+            raise OSError(28, "No space left on device")
+        return len(data)
 
 
 def test_stdout_on_a_full_disk_is_one_line(loads: list[str], capsys: pytest.CaptureFixture,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     session = chat_json(capsys, "--message", "hi")["session_id"]
-    monkeypatch.setattr(sys, "stdout", _FullStdout())
     for argv in (["sessions", "list"], ["sessions", "export", session], ["sessions", "show", session]):
+        disk = _FullDisk()
+        monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BufferedWriter(disk), encoding="utf-8"))
         code, _, err = run(capsys, *argv)
+        disk.full = False
         assert code == 2 and "cannot write to stdout: No space left on device" in one_error_line(err)
 
 

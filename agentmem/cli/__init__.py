@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -100,13 +101,10 @@ def _stdout_failed() -> bool:
     interpreter's flush at exit does not fail a second time."""
     try:
         sys.stdout.flush()
-        sys.stdout.write("")
         return False
     except OSError:
         pass
     try:
-        import os
-
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, sys.stdout.fileno())
         os.close(null)
@@ -122,7 +120,6 @@ def _tame_allocator() -> None:
     """
     import ctypes
     import ctypes.util
-    import os
 
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or not sys.platform.startswith("linux"):
         return
