@@ -17,6 +17,7 @@ from .errors import (
     SessionNotFoundError,
     StaleSessionError,
     StoreBusyError,
+    StoreWriteError,
     TransformersVersionError,
     UnsupportedModelError,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "SessionNotFoundError",
     "StaleSessionError",
     "StoreBusyError",
+    "StoreWriteError",
     "TransformersVersionError",
     "UnsupportedModelError",
     "agentmem_attention",

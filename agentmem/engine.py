@@ -167,9 +167,9 @@ class Session:
                               f"was added)")
         start = len(self.ids)
         if self._context_length and start <= self._context_length < start + len(ids):
-            log.warning("session %s passes the model's context of %d positions: compaction bounds the cache, "
-                        "not the positions, so later tokens sit at positions the model was not trained on",
-                        self.id, self._context_length)
+            log.warning("this session (%s) passes the model's context of %d positions: compaction bounds the "
+                        "cache, not the positions, so later tokens sit at positions the model was not trained on",
+                        self.id or "in memory", self._context_length)
         self.ids.extend(ids)
         index = len(self.messages)
         previous = self.segments[-1] if self.segments else None

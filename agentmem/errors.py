@@ -81,7 +81,15 @@ class StaleSessionError(AgentmemError):
         self.unsaved = list(unsaved or [])
 
 
-class StoreBusyError(AgentmemError):
+class StoreWriteError(AgentmemError, OSError):
+    """SQLite refused a write (a full disk, a read-only file, a lock held too long).
+
+    Nothing was written; the session keeps its unsaved turns, so `save()` can be retried
+    once the cause is fixed.
+    """
+
+
+class StoreBusyError(StoreWriteError):
     """Another process held the database's write lock longer than the store's timeout."""
 
 

@@ -43,6 +43,7 @@ from .errors import (
     SessionNotFoundError,
     StaleSessionError,
     StoreBusyError,
+    StoreWriteError,
 )
 from .segments import CompactionEvent, Segment
 
@@ -143,14 +144,21 @@ def _check_version(conn: sqlite3.Connection, path: Path) -> None:
                                  f"{', '.join(unknown)}); upgrade agentmem to open it")
 
 
-def _busy(exc: sqlite3.OperationalError, path: Path, timeout: float | None = None) -> Exception:
-    """`StoreBusyError` for a lock held past the busy timeout; other operational errors as they are."""
+def _write_error(exc: sqlite3.OperationalError, path: Path, timeout: float | None = None) -> StoreWriteError:
+    """The agentmem error for a write SQLite refused: a lock held too long, a full disk, a read-only file."""
     text = str(exc)
-    if "locked" in text or "busy" in text:
+    if "database is locked" in text or "busy" in text:
         waited = f" for {timeout:g} s" if timeout is not None else ""
         return StoreBusyError(f"{path}: another process held the database's write lock{waited} ({text}); "
                               f"nothing was written: retry, or pass a longer timeout to Store()")
-    return exc
+    if "full" in text or "I/O" in text:
+        hint = "free disk space (or raise the process's file-size limit)"
+    elif "readonly" in text or "read-only" in text:
+        hint = "make the file and its folder writable, or pass another --store path"
+    else:
+        hint = "fix the cause"
+    return StoreWriteError(f"{path}: SQLite could not write ({text}); nothing was written. {hint}, then save again: "
+                           f"the session keeps its unsaved turns in memory until then")
 
 
 def _migrate(db: Database, migrations: Sequence[tuple[str, Migration]] = MIGRATIONS) -> list[str]:
@@ -249,8 +257,8 @@ class Store:
                 applied = _migrate(self._db)
         except sqlite3.DatabaseError as exc:
             conn.close()
-            if isinstance(exc, sqlite3.OperationalError):  # locked or unreadable, not damaged
-                raise _busy(exc, self.path) from exc
+            if isinstance(exc, sqlite3.OperationalError):  # locked or unwritable, not damaged
+                raise _write_error(exc, self.path, timeout) from exc
             raise CorruptSessionError(f"{self.path} is not a usable agentmem session database (SQLite: {exc}); "
                                       f"other files are fine: pass another path, or move this one away") from exc
         except BaseException:
@@ -282,15 +290,15 @@ class Store:
             try:
                 self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             except sqlite3.OperationalError as exc:
-                raise _busy(exc, self.path, self.timeout) from exc
+                raise _write_error(exc, self.path, self.timeout) from exc
             try:
                 yield self._conn
                 self._conn.execute("COMMIT")
             except BaseException as exc:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.OperationalError):
-                    raise _busy(exc, self.path, self.timeout) from exc
+                if isinstance(exc, sqlite3.OperationalError) and write:
+                    raise _write_error(exc, self.path, self.timeout) from exc
                 raise
 
     @staticmethod

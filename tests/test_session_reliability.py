@@ -280,3 +280,21 @@ def test_a_pin_that_holds_the_cache_over_its_limit_says_so_once(tmp_path, model,
     assert over[0].tokens_before > 100
     assert sum("over budget" in r.getMessage() for r in caplog.records) == 1
     assert [e["status"] for e in store.events(session.id)].count("over_budget") == 1
+
+
+def test_a_failed_save_keeps_the_reply_and_the_next_save_stores_it(tmp_path, model, tokenizer):
+    from agentmem.errors import StoreWriteError
+
+    store = Store(tmp_path / "s.db")
+    session = Session(model, tokenizer, policy=SMALL, store=store)
+    _turns(session, 1)
+    store._conn.execute("PRAGMA query_only = ON")  # every write fails, as on a read-only file
+    session.add("user", "kept through a failed save")
+    with pytest.raises(StoreWriteError, match="nothing was written.*save again"):
+        session.generate(6)
+    reply = session.last_reply.text
+    assert session.messages[-1] == {**session.messages[-1], "role": "assistant", "content": reply}
+    store._conn.execute("PRAGMA query_only = OFF")  # the cause is fixed
+    session.save()
+    stored = Store(tmp_path / "s.db").messages(session.id)
+    assert [m["content"] for m in stored[-2:]] == ["kept through a failed save", reply]
