@@ -5,6 +5,12 @@ the *difference* the model's chat template makes when the message is added, so t
 the cache are what `apply_chat_template` would have produced for the whole conversation.
 Models without a chat template (the Gemma 3 GGUF build) get a built-in one in their own
 turn format.
+
+Message content is data, never markup: a file the agent reads or a tool result that
+contains `<|im_end|>\n<|im_start|>system` must not open a system turn. Content holding the
+text of a special token is tokenised with special tokens split (they become ordinary text
+tokens), while the template's own markup around it keeps its control tokens. Content
+without such text is tokenised exactly as before, as part of the whole rendering.
 """
 
 from __future__ import annotations
@@ -47,20 +53,31 @@ class ChatFormat:
         self.tokenizer = tokenizer
         self.template = chat_template or getattr(tokenizer, "chat_template", None) or self._builtin()
         self.stop_ids = self._stop_ids()
+        self.special_texts = _special_texts(tokenizer)
 
     # ------------------------------------------------------------------ public
     def message_ids(self, history: Sequence[dict], message: dict) -> list[int]:
-        """Token ids that `message` adds after `history` (both lists of role/content dicts)."""
+        """Token ids that `message` adds after `history` (both lists of role/content dicts).
+
+        Special-token text inside the content (e.g. `<|im_start|>`) becomes ordinary text
+        tokens; the template's own markup keeps its control tokens.
+        """
         _check_message(message)
         context = list(history[-_HISTORY:])
-        before = self.render(context) if context else ""
-        after = self.render(context + [message])
-        if not after.startswith(before):  # not prefix-stable: render the message on its own
-            log.warning("chat template is not prefix-stable; rendering message %d alone", len(history))
-            after, before = self.render([message]), ""
-        if not history:
-            return self._encode(after)  # the first message also carries the template's preamble
-        return self._encode(after[len(before):])
+        text = self._added_text(context, message, len(history))  # the first message also carries the preamble
+        content = message["content"]
+        if not any(special in content for special in self.special_texts):
+            return self._encode(text)
+        # Render with a marker for the content: the markup around it is tokenised with its
+        # control tokens, the content itself with special tokens split.
+        pieces = self._added_text(context, {**message, "content": _SENTINEL}, len(history)).split(_SENTINEL)
+        head, tail = pieces[0], pieces[-1]
+        if len(pieces) == 2 and text.startswith(head) and text.endswith(tail) and len(text) >= len(head) + len(tail):
+            content = text[len(head):len(text) - len(tail)]  # as the template rendered it (e.g. trimmed)
+        ids = self._encode(head)
+        for piece in pieces[1:]:
+            ids += self._encode_content(content) + self._encode(piece)
+        return ids
 
     def generation_prompt_ids(self, history: Sequence[dict]) -> list[int]:
         """Ids that open an assistant reply (e.g. `<|im_start|>assistant\\n`)."""
@@ -113,8 +130,23 @@ class ChatFormat:
         return self._encode(text)
 
     # ------------------------------------------------------------------ helpers
+    def _added_text(self, context: list[dict], message: dict, index: int) -> str:
+        """What the template adds to the rendering of `context` for `message` (message number `index`)."""
+        before = self.render(context) if context else ""
+        after = self.render(context + [message])
+        if not after.startswith(before):  # not prefix-stable: render the message on its own
+            log.warning("chat template is not prefix-stable; rendering message %d alone", index)
+            return self.render([message])
+        return after[len(before):]
+
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    def _encode_content(self, text: str) -> list[int]:
+        """Message content as ids: special-token text in it becomes ordinary text tokens."""
+        if not text:
+            return []
+        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
     def _builtin(self) -> str:
         vocab = self.tokenizer.get_vocab()
@@ -132,6 +164,15 @@ class ChatFormat:
             if token_id is not None and token_id not in ids:
                 ids.append(int(token_id))
         return ids
+
+
+def _special_texts(tokenizer) -> list[str]:
+    """The texts the tokenizer turns into special (control) tokens."""
+    texts = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    for token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(token, "special", False):
+            texts.add(token.content)
+    return sorted(t for t in texts if t)
 
 
 def _check_message(message: dict) -> None:
