@@ -328,3 +328,42 @@ def test_every_command_has_help(path: tuple[str, ...], capsys: pytest.CaptureFix
     assert code == 0 and out.startswith("usage: agentmem")
     description = out.split("\n\n")[1]
     assert len(description.split()) >= 4, f"{' '.join(path)} --help has no description"
+
+
+def test_chat_resume_keeps_the_stored_policy(tiny: Path, capsys: pytest.CaptureFixture) -> None:
+    (tiny / "small.toml").write_text(SMALL_POLICY)
+    first = chat_json(capsys, "--policy", "small.toml", "--message", "hello there " * 6)
+    sid = first["session_id"]
+    physical = []
+    for turn in range(3):  # under the default 2048-slot policy these would never compact
+        out = chat_json(capsys, "--session", sid, "--message", f"more words for turn {turn} " * 4)
+        physical.append(out["kv"]["physical_tokens"])
+    stored = agentmem.Store(tiny / "agentmem.db").events(sid)
+    assert sum(e["status"] == "ok" for e in stored) >= 2
+    assert max(physical) < 96 + 60
+
+
+def test_chat_saves_a_stale_conversation_as_a_new_session(tiny: Path, capsys: pytest.CaptureFixture,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    sid = chat_json(capsys, "--message", "hello")["session_id"]
+
+    from agentmem.engine import Session
+
+    save, fired = Session.save, []
+
+    def another_writer_first(session):  # another chat on the same session commits just before this one
+        if not fired:
+            fired.append(True)
+            other = chat_json(capsys, "--session", sid, "--message", "from the other chat")
+            assert other["session_id"] == sid
+        return save(session)
+
+    monkeypatch.setattr(Session, "save", another_writer_first)
+    code, out, err = run(capsys, "chat", "--session", sid, "--max-new-tokens", "4", "--message", "mine")
+    assert code == 0, err
+    assert "changed by another writer" in err and "saved as new session" in err
+    store = agentmem.Store(tiny / "agentmem.db")
+    assert [m["content"] for m in store.messages(sid) if m["role"] == "user"] == ["hello", "from the other chat"]
+    copies = [s["id"] for s in store.list_sessions() if s["id"] != sid]
+    assert len(copies) == 1
+    assert [m["content"] for m in store.messages(copies[0]) if m["role"] == "user"] == ["hello", "mine"]

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import AgentmemError, ConfigError
+from ..errors import AgentmemError, ConfigError, StaleSessionError, StoreWriteError
 from .common import (
     DEFAULT_MODEL,
     DEFAULT_STORE,
@@ -64,9 +64,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     chat.add_argument("--model", default=None,
                       help=f"built-in name, HF id or local path (default: the resumed session's model, "
                            f"else {DEFAULT_MODEL})")
-    chat.add_argument("--policy", default="default",
+    chat.add_argument("--policy", default=None,
                       help="compaction policy: a preset (default, quality, aggressive, off) or a TOML file "
-                           "(default: default)")
+                           "(default: a resumed session keeps the policy it was stored with, a new one gets "
+                           "'default')")
     chat.add_argument("--system", default=None, metavar="TEXT", help="system prompt of a new session")
     chat.add_argument("--store", type=Path, default=DEFAULT_STORE, metavar="PATH",
                       help=f"session database (default: ./{DEFAULT_STORE})")
@@ -147,6 +148,8 @@ def describe(event: CompactionEvent) -> str:
         return f"[compaction of tokens {event.start}-{event.end} failed ({event.error}); dropping instead]"
     if event.status == "fallback":
         return f"[dropped tokens {event.start}-{event.end}: {change} in {event.seconds:.1f}s]"
+    if event.status == "over_budget":
+        return f"[{event.error}]"
     return (f"[compacted {change} in {event.seconds:.1f}s ({event.method} x{event.ratio:.3g}, "
             f"{event.trigger})]")
 
@@ -196,10 +199,29 @@ class _Chat:
         with _PrefillBar(session):
             pieces = session.stream(self.args.max_new_tokens, temperature=self.args.temperature,
                                     stop_when=(lambda _: stopped.is_set()) if stopped is not None else None)
-            for piece in pieces:
-                if stream:
-                    self.console.write(piece)
+            try:
+                for piece in pieces:
+                    if stream:
+                        self.console.write(piece)
+            except StaleSessionError as exc:  # the turn's commit: another writer got there first
+                self._save_elsewhere(session, exc)
+            except StoreWriteError as exc:  # a full disk, a lock held too long: kept, saved later
+                self.unsaved = True
+                if not stream:
+                    print(session.last_reply.text)
+                raise StoreWriteError(f"{exc} (the reply above is kept in memory only)") from None
+        for event in session.last_reply.compactions:
+            if event.status == "over_budget":  # not a compaction, so the display hooks do not see it
+                self.console.note(describe(event))
         return session, session.last_reply
+
+    def _save_elsewhere(self, session: Session, exc: StaleSessionError) -> None:
+        """Keep this conversation as a new session; the one another writer changed stays as it is."""
+        old = session.id
+        new = session.save_as_new(title=f"{_title(session.messages[0]['content'])} (copy)" if session.messages
+                                  else None)
+        self.console.note(f"note: {exc}. Nothing is lost: this conversation was saved as new session {new}; "
+                          f"session {old} keeps what the other writer stored")
 
     def once(self, message: str) -> int:
         """Answer one message; print the reply (or the JSON object)."""
@@ -221,7 +243,8 @@ class _Chat:
             stats = self.session.stats()
             note(f"resumed session {self.session.id}: {len(self.session.messages)} messages, "
                  f"{stats.logical_tokens} tokens in {stats.physical_tokens} KV slots")
-        note(f"chatting with {self.model_name} (policy {self.args.policy}); /help for commands, Ctrl-D to quit")
+        policy = self.args.policy or ("as stored" if self.session is not None else "default")
+        note(f"chatting with {self.model_name} (policy {policy}); /help for commands, Ctrl-D to quit")
         prompt = "> " if _is_terminal(sys.stdin) else ""  # no prompts in the output of a piped script
         _tolerate_bad_bytes(sys.stdin)
         while True:
@@ -244,8 +267,13 @@ class _Chat:
                 if self._command(text) is False:
                     break
                 continue
-            with _ctrl_c_stops() as stopped:
-                _, reply = self._reply(text, stream=True, stopped=stopped)
+            try:
+                with _ctrl_c_stops() as stopped:
+                    _, reply = self._reply(text, stream=True, stopped=stopped)
+            except StoreWriteError as exc:
+                self.console.end_line()
+                note(f"error: {exc}; the chat goes on, and the next turn (or /save) saves it")
+                continue
             self.console.end_line()
             if reply.finish_reason == "stopped":
                 note("[stopped]")
@@ -253,7 +281,10 @@ class _Chat:
                 note(f"[cut at --max-new-tokens {self.args.max_new_tokens}]")
         if self.session is not None:
             if self.unsaved:
-                self.session.save()
+                try:
+                    self.session.save()
+                except StaleSessionError as exc:
+                    self._save_elsewhere(self.session, exc)
             note(f"session {self.session.id} saved; continue with: {self._resume_command(self.session)}")
         return 0
 
@@ -288,7 +319,10 @@ class _Chat:
                 if not events:
                     self.console.note("nothing to compact: every segment is pinned or recent")
             else:
-                session.save()
+                try:
+                    session.save()
+                except StaleSessionError as exc:
+                    self._save_elsewhere(session, exc)
                 self.unsaved = False
                 self.console.note(f"saved session {session.id} to {self.store.path}")
         except AgentmemError as exc:
