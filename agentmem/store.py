@@ -121,6 +121,30 @@ def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
             time.sleep(0.01)
 
 
+def _connect_readonly(path: Path, timeout: float) -> sqlite3.Connection:
+    """A connection SQLite itself keeps from writing (mode=ro), so reading never changes the file.
+
+    A WAL database needs its `-shm` file even to read; in a folder that cannot be written,
+    SQLite cannot create it, and the file is opened as immutable instead (what the last
+    checkpoint holds: in such a folder no one can have written more since).
+    """
+    uri = path.resolve().as_uri()
+    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=timeout, isolation_level=None,
+                           check_same_thread=False)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        conn.close()
+        if os.access(path.parent, os.W_OK):
+            raise
+    except sqlite3.DatabaseError:  # not a database at all: the caller's checks report it
+        return conn
+    logger.info("%s: its folder is read-only; reading it as immutable", path)
+    return sqlite3.connect(f"{uri}?immutable=1", uri=True, timeout=timeout, isolation_level=None,
+                           check_same_thread=False)
+
+
 def _check_ours(conn: sqlite3.Connection, path: Path) -> None:
     """Refuse an SQLite file that holds tables but no `_migrations`: another program's database.
 
@@ -238,9 +262,7 @@ class Store:
         if readonly:
             if not self.path.is_file():
                 raise ConfigError(f"no session database at {self.path}; a read-only store never creates one")
-            # mode=ro: SQLite itself refuses every write, so reading a file never changes it.
-            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout,
-                                   isolation_level=None, check_same_thread=False)
+            conn = _connect_readonly(self.path, timeout)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
@@ -267,6 +289,27 @@ class Store:
         self._conn = conn
         if applied:
             logger.info("%s: applied migrations %s", self.path, ", ".join(applied))
+
+    def check_writable(self) -> None:
+        """Fail now, not after a reply was generated, if this database cannot be written.
+
+        Takes the write lock and runs an UPDATE that matches no row (`BEGIN IMMEDIATE` alone
+        succeeds on a read-only file); nothing changes.
+
+        Raises:
+            ConfigError: the store was opened read-only.
+            StoreWriteError: SQLite refuses to write (read-only file or folder, full disk);
+                `StoreBusyError` when another process holds the lock past the timeout.
+        """
+        try:
+            with self._transaction(write=True) as conn:
+                conn.execute("UPDATE _migrations SET name = name WHERE 0")
+        except StoreBusyError:
+            raise
+        except StoreWriteError as exc:
+            cause = exc.__cause__ or exc
+            raise StoreWriteError(f"cannot write the session database {self.path} (SQLite: {cause}); make the file "
+                                  f"and its folder writable, or pass another path") from exc.__cause__
 
     def close(self) -> None:
         """Close the connection (idempotent)."""

@@ -210,6 +210,9 @@ class Policy:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"cannot read policy file {path}: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"policy file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it "
+                              f"as UTF-8 TOML") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"policy file {path} is not valid TOML: {exc}") from exc
         try:

@@ -658,3 +658,39 @@ def test_commit_past_the_busy_timeout_raises_store_busy(tmp_path):
         holder.execute("ROLLBACK")
         assert store.commit_turn("s", **args) == 2
     check_database(path)
+
+
+def test_a_read_only_folder_is_still_readable_read_only(tmp_path):
+    """A WAL database needs its -shm file to be read; in a folder its reader cannot write, the
+    read-only store falls back to reading the file as immutable (as user `nobody` when root)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to hand the folder to another user")
+    try:
+        user = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user 'nobody'")
+    folder = Path(tempfile.mkdtemp(prefix="agentmem-rofolder-"))
+    try:
+        path = folder / "s.db"
+        two_sessions(path, turns=2)  # closed: no -wal or -shm left, the file stays in WAL mode
+        assert not Path(f"{path}-shm").exists()
+        before = loaded(path, "s")
+        image = path.read_bytes()
+        folder.chmod(0o555)
+        path.chmod(0o444)
+
+        def read():
+            os.setgroups([])
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
+            with Store(path, readonly=True) as store:
+                return {"ids": sorted(s["id"] for s in store.list_sessions()),
+                        "same": summary(store.load_session("s")) == before}
+
+        code, result = start(read).wait()
+        assert code == 0, result
+        assert result == {"ids": ["other", "s"], "same": True}
+        assert path.read_bytes() == image
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(folder)

@@ -298,3 +298,10 @@ def test_a_failed_save_keeps_the_reply_and_the_next_save_stores_it(tmp_path, mod
     session.save()
     stored = Store(tmp_path / "s.db").messages(session.id)
     assert [m["content"] for m in stored[-2:]] == ["kept through a failed save", reply]
+
+
+def test_a_policy_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_bytes(b'method = "am-fast"\n# caf\xe9\n')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        Policy.from_toml(path)

@@ -487,11 +487,7 @@ def _check_policy(policy: str) -> None:
     """Parse the policy now: a bad preset or TOML file fails before the slow model load."""
     from ..policies import policy_from
 
-    try:
-        policy_from(policy)
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"policy file {policy} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as "
-                          f"UTF-8 TOML") from None
+    policy_from(policy)
 
 
 def _title(message: str, width: int = 60) -> str:

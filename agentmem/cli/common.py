@@ -163,7 +163,7 @@ def open_store(path: Path, *, must_exist: bool, readonly: bool = False):
         raise _unusable(path, exc, readonly=readonly) from exc
     if not readonly:
         try:
-            _probe_write(path, store.timeout)
+            store.check_writable()
         except BaseException:
             store.close()
             raise
@@ -185,23 +185,6 @@ def check_creatable(path: Path) -> None:
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot create the session database {path}: {folder} is not a writable folder; "
                           f"pass --store PATH in a writable folder")
-
-
-def _probe_write(path: Path, timeout: float) -> None:
-    """Take the write lock and write nothing, then roll back: SQLite refuses a read-only file here.
-
-    `BEGIN IMMEDIATE` alone succeeds on a read-only file (measured: a 0444 file opened by
-    its non-root owner), so the probe also runs an UPDATE that matches no row.
-    """
-    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("UPDATE _migrations SET name = name WHERE 0")
-        conn.execute("ROLLBACK")
-    except sqlite3.OperationalError as exc:
-        raise _unusable(path, exc, readonly=False) from exc
-    finally:
-        conn.close()
 
 
 def _unusable(path: Path, exc: sqlite3.OperationalError, *, readonly: bool) -> Exception:
