@@ -188,10 +188,10 @@ def test_reading_an_older_store_does_not_migrate_it(loads: list[str], capsys: py
     """list/show/export open with mode=ro: an older schema is read as it is, not migrated, not switched to WAL."""
     from sqlite_utils import Database
 
-    from agentmem import store
+    from agentmem import schema
 
     db = Database(tmp_path / "old.db")
-    store._migrate(db, store.MIGRATIONS[:3])  # an agentmem store from before m004, in rollback-journal mode
+    schema.migrate(db, schema.MIGRATIONS[:3])  # an agentmem store from before m004, in rollback-journal mode
     db.execute("INSERT INTO sessions (id, title, model, fingerprint, turns, created_at, updated_at) VALUES "
                "('s1', 'old one', 'smollm2-135m', 'f', 0, '2025-01-01T00:00:00', '2025-01-01T00:00:00')")
     db.conn.commit()

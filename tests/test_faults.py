@@ -38,8 +38,9 @@ import pytest
 import torch
 
 from agentmem.errors import ConfigError, SessionNotFoundError, StoreBusyError, StoreWriteError
+from agentmem.schema import MIGRATIONS
 from agentmem.segments import Segment
-from agentmem.store import MIGRATIONS, LoadedSession, Store
+from agentmem.store import LoadedSession, Store
 
 TABLES = ("sessions", "messages", "segments", "compactions", "kv_checkpoints", "blobs")
 BY_SESSION = {"messages": "session_id", "segments": "session_id", "compactions": "session_id",

@@ -22,8 +22,9 @@ from agentmem.errors import (
     SchemaVersionError,
     SessionNotFoundError,
 )
+from agentmem.schema import MIGRATIONS, migrate
 from agentmem.segments import CompactionEvent, Segment
-from agentmem.store import MIGRATIONS, LoadedSession, Store, _migrate
+from agentmem.store import LoadedSession, Store
 
 from conftest import prefill, tiny_gemma3, tiny_llama
 
@@ -90,7 +91,7 @@ def test_blank_database_migrates_once(tmp_path):
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
     with Store(path) as store:
-        assert _migrate(store._db) == []
+        assert migrate(store._db) == []
         assert set(TABLES) <= set(store._db.table_names())
     conn = sqlite3.connect(path, isolation_level=None)
     assert conn.execute("SELECT name, applied_at FROM _migrations ORDER BY rowid").fetchall() == first
@@ -104,7 +105,7 @@ def test_blank_database_migrates_once(tmp_path):
 def test_older_schema_with_data_keeps_it_and_migrates_the_rest(tmp_path):
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
-    assert _migrate(Database(conn), MIGRATIONS[:1]) == [MIGRATIONS[0][0]]
+    assert migrate(Database(conn), MIGRATIONS[:1]) == [MIGRATIONS[0][0]]
     conn.execute("INSERT INTO sessions (id, title, model, fingerprint, config_json, state_json, turns, created_at, "
                  "updated_at) VALUES ('old', 'kept', 'tiny', 'fp', '{\"a\": 1}', '{}', 1, 't0', 't0')")
     conn.execute("INSERT INTO messages (session_id, idx, turn, role, content, token_ids_json, segment, meta_json, "
