@@ -195,6 +195,14 @@ class Session:
         self.segments[index].pinned = pinned
 
     @property
+    def version(self) -> int:
+        """The stored session's version this copy last saw or wrote (0 before the first save).
+
+        `Store.get_session(id)["version"]` above it means another writer committed since.
+        """
+        return self._version
+
+    @property
     def turns(self) -> int:
         return sum(1 for m in self.messages if m["role"] == "user")
 

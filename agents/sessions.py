@@ -164,7 +164,7 @@ class SQLiteSession:
         setup = _setup_key(system, tools)
         if self._rebuild is not None:
             conversation = self._create(model, setup, system, tools, policy, self._rebuild)
-        elif self._live is not None and self._live[0] is model and self._live[1] == setup:
+        elif self._live is not None and self._live[0] is model and self._live[1] == setup and self._current():
             conversation = self._live[2]
             if policy is not None:  # None: the live session keeps its policy (stored or given earlier)
                 conversation.policy = policy_from(policy)
@@ -175,6 +175,13 @@ class SQLiteSession:
         self._pending, self._rebuild = [], None
         self._live = (model, setup, conversation)
         return conversation
+
+    def _current(self) -> bool:
+        """Whether the live engine session is what the store holds (no other writer since)."""
+        try:
+            return self.store.get_session(self.session_id)["version"] == self._live[2].version
+        except SessionNotFoundError:
+            return False
 
     def finish(self, conversation: EngineSession, *, ok: bool) -> None:
         """After a run: commit what the engine has not (tool results after the last reply).

@@ -403,6 +403,18 @@ def test_sqlite_session_keeps_its_stored_policy_unless_the_agent_names_one(tiny,
     assert again._live[2].policy == Policy.named("aggressive")
 
 
+def test_two_sqlite_session_objects_on_one_id_share_the_history(tiny, tmp_path):
+    db = tmp_path / "agents.db"
+    agent = Agent("a", instructions="Be brief.", model=tiny, policy="off",
+                  settings=ModelSettings(max_new_tokens=6, tool_choice="none"))
+    first, second = SQLiteSession("shared-id", db), SQLiteSession("shared-id", db)
+    Runner.run_sync(agent, "one", session=first)
+    Runner.run_sync(agent, "two", session=second)
+    Runner.run_sync(agent, "three", session=first)  # its live cache is stale: it resumes from the store
+    users = [i["content"] for i in SQLiteSession("shared-id", db).get_items() if i["role"] == "user"]
+    assert users == ["one", "two", "three"]
+
+
 def test_sqlite_session_resumes_across_processes(tmp_path):
     db = tmp_path / "agents.db"
     child = subprocess.run([sys.executable, str(CHILD), str(db), "shared"], capture_output=True, text=True,
