@@ -58,7 +58,7 @@ from . import models
 from .chat import ChatFormat
 from .constrain import call_constraint
 from .engine import Session
-from .errors import ConfigError
+from .errors import ConfigError, SessionNotFoundError
 from .langchain_history import _REGISTRY, _Entry, _key, _Turn, _turns, clear_sessions
 from .langchain_tools import _choice, _ends_with_call, _Forcing, _forcing, _split_reply, _Visible
 from .policies import Policy, policy_from
@@ -480,7 +480,7 @@ class ChatAgentMem(BaseChatModel):
     def _claim(self, call: _Call, turns: list[_Turn], model: Any, tokenizer: Any) -> tuple[_Entry, str]:
         """The session this call continues: in memory, in the store, or new ("new"/"branch")."""
         keys = [t.key for t in turns]
-        known = _REGISTRY.candidates(call.thread, model)
+        known = [e for e in _REGISTRY.candidates(call.thread, model) if self._current(e)]
         best = max((e for e in known if len(e.keys) <= len(keys) and keys[:len(e.keys)] == e.keys),
                    key=lambda e: len(e.keys), default=None)
         if best is not None:
@@ -535,6 +535,21 @@ class ChatAgentMem(BaseChatModel):
                                  model_name=call.model_name)
         log.info("resumed session %r from %s (%d messages)", sid, store.path, len(skeys))
         return _Entry(id=sid, thread=call.thread, session=session, keys=skeys)
+
+    @staticmethod
+    def _current(entry: _Entry) -> bool:
+        """False (and forgotten) when another process or instance committed to its stored session."""
+        store = entry.session.store
+        if store is None:
+            return True
+        try:
+            current = store.get_session(entry.id)["version"] == entry.session.version
+        except SessionNotFoundError:
+            current = False
+        if not current:
+            log.info("session %r was changed in %s by another writer; resuming it from there", entry.id, store.path)
+            _REGISTRY.discard(entry)
+        return current
 
     @staticmethod
     def _new_id(thread: str | None, taken: set[str]) -> str:

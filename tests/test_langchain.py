@@ -328,6 +328,22 @@ def test_a_resumed_conversation_keeps_its_stored_policy(tmp_path, tokenizer, lla
     assert Policy.from_dict(Store(path).get_session("p")["state"]["policy"]) == small
 
 
+def test_a_conversation_another_writer_changed_is_not_overwritten(tmp_path, tokenizer, llama):
+    from agentmem.engine import Session
+    from agentmem.store import Store
+
+    path = str(tmp_path / "sessions.db")
+    chat = ChatAgentMem.from_model(llama, tokenizer, store=path, session_id="t", max_tokens=6)
+    first = chat.invoke("hello")
+    other = Session.resume(Store(path), "t", llama, tokenizer)  # another process goes on with it
+    other.add("user", "from elsewhere")
+    other.generate(4)
+    stored = Store(path).messages("t")
+    reply = chat.invoke(["hello", first, "next"])  # its in-memory copy is stale now: no StaleSessionError
+    assert reply.response_metadata["agentmem"]["session_id"] != "t"  # a branch, since the histories differ
+    assert Store(path).messages("t") == stored
+
+
 def test_compaction_events_reach_response_metadata(tokenizer, llama):
     policy = Policy(trigger=TokenLimit(160), ratio=FixedRatio(4), pin=AnyPin((PinSystem(),)), method="am-fast",
                     protect_recent=24)
