@@ -36,26 +36,19 @@ from pathlib import Path
 import torch
 
 from .. import hf
-from ..compaction import METHODS, compact
-from ..errors import ConfigError
 from . import kvpress_peers
-
-DEFAULT_METHODS = list(METHODS)
-
-
-def default_methods() -> list[str]:
-    """agentmem's methods, plus kvpress's presses when kvpress is installed."""
-    return DEFAULT_METHODS + ([] if kvpress_peers.unavailable() else list(kvpress_peers.PRESSES))
-
-
-def check_methods(methods: list[str]) -> None:
-    """Refuse unknown names, and kvpress names when kvpress is missing, before any work."""
-    known = DEFAULT_METHODS + list(kvpress_peers.PRESSES)
-    unknown = [m for m in methods if m not in known]
-    if unknown:
-        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)}")
-    if any(m in kvpress_peers.PRESSES for m in methods) and (why := kvpress_peers.unavailable()):
-        raise ConfigError(why)
+from .common import (  # noqa: F401  (re-exported: the shared helpers were first defined here)
+    DEFAULT_METHODS,
+    check_methods,
+    compact_with,
+    default_methods,
+    kl,
+    method_order,
+    nll,
+    prefill,
+    reference_text,
+    teacher_force,
+)
 
 
 @dataclass
@@ -72,13 +65,6 @@ class Row:
     recovered: float = float("nan")
 
 
-def reference_text() -> str:
-    """Real long English text that ships with CPython: the language reference topics."""
-    from pydoc_data import topics
-
-    return "\n\n".join(topics.topics[key] for key in sorted(topics.topics))
-
-
 def contexts(tokenizer, *, count: int, context: int, continuation: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """`count` (context ids, continuation ids) pairs taken from spread-out places in the text."""
     ids = tokenizer(reference_text(), add_special_tokens=False, return_tensors="pt").input_ids
@@ -91,24 +77,6 @@ def contexts(tokenizer, *, count: int, context: int, continuation: int) -> list[
         chunk = ids[:, i * stride : i * stride + need]
         out.append((chunk[:, :context], chunk[:, context:]))
     return out
-
-
-@torch.no_grad()
-def teacher_force(model, cache, ids_cont: torch.Tensor, last_logits: torch.Tensor, layers: set[int]):
-    """Log-probs of the continuation on top of `cache` (a copy is used) and the queries seen."""
-    cache = cache.copy() if hasattr(cache, "copy") else cache
-    with hf.capture_queries(layers=layers) as capture:
-        logits = model(input_ids=ids_cont[:, :-1], past_key_values=cache, use_cache=True).logits
-    logits = torch.cat([last_logits, logits], dim=1).float()
-    return logits.log_softmax(-1), capture
-
-
-def nll(logprobs: torch.Tensor, ids: torch.Tensor) -> float:
-    return float(-logprobs.gather(-1, ids.unsqueeze(-1)).mean())
-
-
-def kl(ref: torch.Tensor, out: torch.Tensor) -> float:
-    return float((ref.exp() * (ref - out)).sum(-1).mean())
 
 
 def attention_error(full: hf.CompactedCache, comp: hf.CompactedCache, capture: hf.QueryCapture) -> float:
@@ -161,37 +129,28 @@ def run(
     decode = {}
     failed: dict[str, str] = {}
     for n, (ctx, cont) in enumerate(contexts(tokenizer, count=count, context=context, continuation=continuation)):
-        prefill = math.inf
-        for _ in range(2):  # the faster of two prefills: the denominator of every time ratio
-            cache = hf.new_cache(model)
-            began = time.perf_counter()
-            with torch.no_grad():
-                out = model(input_ids=ctx, past_key_values=cache, use_cache=True, **hf.last_logits_only(model))
-            prefill = min(prefill, time.perf_counter() - began)
-        last = out.logits[:, -1:].float()
+        cache, last, prefill_s = prefill(model, ctx)  # the faster of two: every time ratio's denominator
         full = hf.CompactedCache.from_cache(cache, scalings=hf.attention_scalings(model))
         layers = set(full.full_layers())
         ref, capture = teacher_force(model, full, cont, last, layers)
         ref_nll = nll(ref, cont)
-        progress(f"context {n + 1}/{count}: {ctx.shape[1]} tokens prefilled in {prefill:.1f}s, NLL {ref_nll:.3f}")
+        progress(f"context {n + 1}/{count}: {ctx.shape[1]} tokens prefilled in {prefill_s:.1f}s, NLL {ref_nll:.3f}")
         for method in methods:
             for ratio in ratios:
-                if method in kvpress_peers.PRESSES:
-                    try:
-                        comp, pressed = kvpress_peers.press_cache(model, tokenizer, method, ratio, ctx, full)
-                    except Exception as exc:  # an outside peer that cannot run on this model is reported, not fatal
-                        why = failed[f"{method}@{ratio:g}"] = f"{type(exc).__name__}: {exc}"[:300]
-                        progress(f"  {method:12s} x{ratio:<4g} failed: {why}")
-                        continue
-                    seconds = max(0.0, pressed - prefill)
-                else:
-                    stats: dict = {}
-                    comp = compact(model, cache, ctx, ratio=ratio, method=method, tokenizer=tokenizer, stats=stats)
-                    seconds = stats["seconds"]
+                try:
+                    comp, seconds = compact_with(model, tokenizer, method, ratio, cache, full, ctx,
+                                                 prefill_seconds=prefill_s)
+                except Exception as exc:
+                    if method not in kvpress_peers.PRESSES:
+                        raise
+                    # an outside peer that cannot run on this model is reported, not fatal
+                    why = failed[f"{method}@{ratio:g}"] = f"{type(exc).__name__}: {exc}"[:300]
+                    progress(f"  {method:12s} x{ratio:<4g} failed: {why}")
+                    continue
                 got, _ = teacher_force(model, comp, cont, last, layers)
                 row = Row(
                     method=method, ratio=ratio, nll_gap=nll(got, cont) - ref_nll, kl=kl(ref, got),
-                    attn_err=attention_error(full, comp, capture), time_ratio=seconds / prefill,
+                    attn_err=attention_error(full, comp, capture), time_ratio=seconds / prefill_s,
                     seconds=seconds, bytes_before=full.nbytes(), bytes_after=comp.nbytes(),
                 )
                 sums.setdefault((method, ratio), []).append(row)
@@ -249,8 +208,7 @@ def plot(result: dict, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 4.8))
-    order = DEFAULT_METHODS + list(kvpress_peers.PRESSES)
-    methods = sorted({r["method"] for r in result["rows"]}, key=order.index)
+    methods = method_order(r["method"] for r in result["rows"])
     colors = plt.get_cmap("tab20").colors
     for n, m in enumerate(methods):
         rows = sorted((r for r in result["rows"] if r["method"] == m), key=lambda r: r["ratio"])

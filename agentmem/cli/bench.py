@@ -1,4 +1,4 @@
-"""`agentmem bench compaction|engine|soak|recall`: the benchmark programs.
+"""`agentmem bench compaction|fidelity|engine|soak|recall`: the benchmark programs.
 
 Each prints a table and ends with one JSON line; the measuring code is in `agentmem.bench`.
 """
@@ -36,6 +36,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     comp.add_argument("--json", type=Path, default=None, help="write the full result here")
     comp.add_argument("--plot", type=Path, default=None, help="PNG path (default: next to --json or ./)")
     comp.set_defaults(func=run_compaction)
+
+    fid = bench_sub.add_parser(
+        "fidelity", help="does the compacted span still answer questions about itself (recall, MC, references)",
+        description="Plant short facts in real text, compact everything but the last --protect tokens with every "
+                    "method at every ratio, then ask: the planted answer's log-prob and exact match, multiple "
+                    "choice among the context's codes, the full cache's own answers to quotes of the span "
+                    "(NLL), continuation KL. Reports retained = (method - streaming) / (full - streaming) with "
+                    "95% bootstrap intervals, bytes and time per row, and writes a retained-vs-ratio plot.")
+    fid.add_argument("--model", default=DEFAULT_MODEL, help="built-in name, HF id or local path")
+    fid.add_argument("--contexts", type=positive_int, default=4, help="how many contexts (default 4)")
+    fid.add_argument("--context", type=positive_int, default=2048, help="context tokens (default 2048)")
+    fid.add_argument("--facts", type=positive_int, default=10,
+                     help="facts planted per context, also the reference questions per context (default 10)")
+    fid.add_argument("--ratios", type=ratio, nargs="+", default=[10, 20, 50], help="default: 10 20 50")
+    fid.add_argument("--methods", nargs="+", default=None,
+                     help="default: all of agentmem's methods, plus kvpress's presses when kvpress is installed; "
+                          "streaming always runs (it is the zero of retained)")
+    fid.add_argument("--protect", type=int, default=64,
+                     help="last tokens of the context left uncompacted (default 64, at most a fifth of --context)")
+    fid.add_argument("--seed", type=int, default=0, help="facts, quotes and bootstrap seed (default 0)")
+    fid.add_argument("--json", type=Path, default=None, help="write the full result here")
+    fid.add_argument("--plot", type=Path, default=None, help="PNG path (default: next to --json or ./)")
+    fid.set_defaults(func=run_fidelity)
 
     over = bench_sub.add_parser(
         "engine", help="decode tokens/s of the engine vs plain model.generate",
@@ -94,6 +117,28 @@ def run_compaction(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     print(bench.summary_line(result, args.model))
+    return 0
+
+
+def run_fidelity(args: argparse.Namespace) -> int:
+    """`agentmem bench fidelity`."""
+    from ..bench import common, fidelity
+
+    methods = args.methods or common.default_methods()
+    common.check_methods(methods)
+    fidelity.check_args(context=args.context, facts=args.facts, protect=args.protect)
+    model, tokenizer = load(args.model)
+    result = fidelity.run(model, tokenizer, ratios=args.ratios, methods=methods, context=args.context,
+                          count=args.contexts, facts=args.facts, protect=args.protect, seed=args.seed, progress=say)
+    result["summary"]["model"] = args.model
+    print(fidelity.table(result))
+    plot = args.plot or (args.json.with_suffix(".png") if args.json else Path(f"bench-fidelity-{args.model}.png"))
+    fidelity.plot(result, plot, f"{args.model}: {args.context}-token contexts, {result['summary']['questions']} "
+                                f"questions per cell")
+    print(f"plot: {plot}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    print(fidelity.summary_line(result, args.model))
     return 0
 
 

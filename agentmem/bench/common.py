@@ -1,0 +1,114 @@
+"""What the benchmarks of the compaction methods share.
+
+The real text they run on (the Python Language Reference shipped with CPython as
+`pydoc_data.topics`), the list of methods (agentmem's, plus kvpress's presses where
+kvpress is installed), a timed prefill, one call that compacts a prefilled context with
+any of those methods, and teacher-forced scoring of a continuation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from .. import hf
+from ..compaction import METHODS, compact
+from ..errors import ConfigError
+from . import kvpress_peers
+
+DEFAULT_METHODS = list(METHODS)
+
+
+def default_methods() -> list[str]:
+    """agentmem's methods, plus kvpress's presses when kvpress is installed."""
+    return DEFAULT_METHODS + ([] if kvpress_peers.unavailable() else list(kvpress_peers.PRESSES))
+
+
+def check_methods(methods: list[str]) -> None:
+    """Refuse unknown names, and kvpress names when kvpress is missing, before any work."""
+    known = DEFAULT_METHODS + list(kvpress_peers.PRESSES)
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    if any(m in kvpress_peers.PRESSES for m in methods) and (why := kvpress_peers.unavailable()):
+        raise ConfigError(why)
+
+
+def method_order(methods) -> list[str]:
+    """`methods` in the order tables and plots list them: agentmem's, then kvpress's."""
+    order = DEFAULT_METHODS + list(kvpress_peers.PRESSES)
+    return sorted(set(methods), key=lambda m: order.index(m) if m in order else len(order))
+
+
+def reference_text() -> str:
+    """Real long English text that ships with CPython: the language reference topics."""
+    from pydoc_data import topics
+
+    return "\n\n".join(topics.topics[key] for key in sorted(topics.topics))
+
+
+@torch.no_grad()
+def prefill(model, ids: torch.Tensor, *, repeats: int = 2):
+    """Prefill `ids` into a new cache, `repeats` times; (cache, last logits (1, 1, V) fp32, fastest seconds).
+
+    The fastest prefill is the denominator of every time ratio; the cache and logits are
+    those of the last run.
+    """
+    seconds = math.inf
+    for _ in range(repeats):
+        cache = hf.new_cache(model)
+        began = time.perf_counter()
+        out = model(input_ids=ids, past_key_values=cache, use_cache=True, **hf.last_logits_only(model))
+        seconds = min(seconds, time.perf_counter() - began)
+    return cache, out.logits[:, -1:].float(), seconds
+
+
+def compact_with(
+    model, tokenizer, method: str, ratio: float, cache, full: hf.CompactedCache, ids: torch.Tensor,
+    *, prefill_seconds: float, end: int | None = None,
+) -> tuple[hf.CompactedCache, float]:
+    """Compact tokens [0, end) of a prefilled context with `method`; (compacted cache, seconds).
+
+    agentmem's methods call `compact` on `cache`. A kvpress press prunes while it prefills,
+    so it prefills `ids[:, :end]` under the press (its seconds are the extra time over a
+    plain prefill); the tokens after `end` are then prefilled on top of the pruned cache.
+    Raises whatever a press raises (callers report an outside peer's failure).
+    """
+    if method not in kvpress_peers.PRESSES:
+        stats: dict = {}
+        comp = compact(model, cache, ids, ratio=ratio, method=method, end=end, tokenizer=tokenizer, stats=stats)
+        return comp, stats["seconds"]
+    length = ids.shape[1]
+    end = length if end is None else end
+    if end == length:
+        comp, pressed = kvpress_peers.press_cache(model, tokenizer, method, ratio, ids, full)
+        return comp, max(0.0, pressed - prefill_seconds)
+    head, _, plain = prefill(model, ids[:, :end], repeats=1)
+    comp, pressed = kvpress_peers.press_cache(
+        model, tokenizer, method, ratio, ids[:, :end],
+        hf.CompactedCache.from_cache(head, scalings=hf.attention_scalings(model)))
+    with torch.no_grad():
+        model(input_ids=ids[:, end:], past_key_values=comp, use_cache=True, **hf.last_logits_only(model))
+    return comp, max(0.0, pressed - plain)
+
+
+@torch.no_grad()
+def teacher_force(model, cache, ids_cont: torch.Tensor, last_logits: torch.Tensor, layers: set[int]):
+    """Log-probs of the continuation on top of `cache` (a copy is used) and the queries seen."""
+    cache = cache.copy() if hasattr(cache, "copy") else cache
+    with hf.capture_queries(layers=layers) as capture:
+        logits = model(input_ids=ids_cont[:, :-1], past_key_values=cache, use_cache=True).logits
+    logits = torch.cat([last_logits, logits], dim=1).float()
+    return logits.log_softmax(-1), capture
+
+
+def nll(logprobs: torch.Tensor, ids: torch.Tensor) -> float:
+    """Mean negative log-likelihood of `ids` (B, n) under `logprobs` (B, n, V)."""
+    return float(-logprobs.gather(-1, ids.unsqueeze(-1)).mean())
+
+
+def kl(ref: torch.Tensor, out: torch.Tensor) -> float:
+    """Mean KL(ref || out) over positions, both log-probs (B, n, V)."""
+    return float((ref.exp() * (ref - out)).sum(-1).mean())
