@@ -63,7 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     over = bench_sub.add_parser(
         "engine", help="decode tokens/s of the engine vs plain model.generate",
         description="Decode speed of a Session against plain model.generate on the same prompt (target: under "
-                    "10%% overhead).")
+                    "10% overhead).")
     over.add_argument("--model", default=DEFAULT_MODEL, help="built-in name, HF id or local path")
     over.add_argument("--prompt-tokens", type=positive_int, default=512, help="default 512")
     over.add_argument("--new-tokens", type=positive_int, default=128, help="default 128")
