@@ -8,7 +8,8 @@ prior bias (G, T) (0 for plain tokens, beta of earlier compactions, -inf for pad
 For a query q the span contributes the mass Z(q) = sum_j exp(s q.K_j + prior_j) and the
 local output y(q) = softmax(s q.K^T + prior) V. With row-normalised
 Phi_ij = exp(s q_i.K_j + prior_j - m_i) the mass is b = Phi 1, and a subset S with
-weights w reproduces it when Phi[:, S] w ~ b. See ../shared/DESIGN.md section 3.
+weights w reproduces it when Phi[:, S] w ~ b. docs/attention-matching.md walks through
+the three steps (keys, beta, values).
 """
 
 from __future__ import annotations

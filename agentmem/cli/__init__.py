@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sqlite3
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -82,8 +81,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fail(f"{exc.strerror or exc}: {exc.filename}")
         where = "cannot write to stdout: " if _stdout_failed() else ""
         return _fail(f"{where}{exc.strerror or exc}")
-    except sqlite3.OperationalError as exc:  # e.g. a database locked by another writer for too long
-        return _fail(f"session database: {exc}")
     except KeyboardInterrupt:
         print("agentmem: interrupted", file=sys.stderr)
         return 130

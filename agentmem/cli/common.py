@@ -11,7 +11,6 @@ import argparse
 import json
 import math
 import os
-import sqlite3
 import sys
 import threading
 import time
@@ -19,7 +18,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
-from ..errors import AgentmemError, ConfigError, ModelNotAvailableError, StoreBusyError
+from ..errors import AgentmemError, ConfigError, ModelNotAvailableError
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_STORE = Path("agentmem.db")
@@ -157,10 +156,7 @@ def open_store(path: Path, *, must_exist: bool, readonly: bool = False):
                           f"`agentmem chat --store {path}`")
     if not readonly:
         check_creatable(path)
-    try:
-        store = Store(path, readonly=readonly)
-    except sqlite3.OperationalError as exc:
-        raise _unusable(path, exc, readonly=readonly) from exc
+    store = Store(path, readonly=readonly)  # SQLite's refusals arrive as StoreWriteError
     if not readonly:
         try:
             store.check_writable()
@@ -185,20 +181,6 @@ def check_creatable(path: Path) -> None:
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot create the session database {path}: {folder} is not a writable folder; "
                           f"pass --store PATH in a writable folder")
-
-
-def _unusable(path: Path, exc: sqlite3.OperationalError, *, readonly: bool) -> Exception:
-    """One clear error for an SQLite failure to open or write the session database."""
-    text = str(exc)
-    if "locked" in text or "busy" in text:
-        return StoreBusyError(f"{path}: another process holds the database's write lock ({text}); retry when it "
-                              f"is done")
-    if readonly:
-        return ConfigError(f"cannot read the session database {path} (SQLite: {text}); if its folder is "
-                           f"read-only, SQLite cannot create the {path.name}-shm file it needs: copy the file to a "
-                           f"writable folder")
-    return ConfigError(f"cannot write the session database {path} (SQLite: {text}): the file or its folder is "
-                       f"read-only; make it writable or pass --store PATH in a writable folder")
 
 
 _BIDI = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
