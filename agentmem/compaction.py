@@ -106,7 +106,7 @@ def compact(
         ModelMismatchError: the cache was made by another model.
         CompactionError: the result is not finite.
     """
-    opts = _options(options)
+    opts = options_from(options)
     spec = _method(method)
     ratio = _ratio(ratio)
     start = _index("start", start)
@@ -338,7 +338,8 @@ class _Compactor:
 # ---------------------------------------------------------------------- validation
 
 
-def _options(options: dict) -> Options:
+def options_from(options: dict) -> Options:
+    """`Options` from `compact`'s keyword options; `ConfigError` names unknown ones (types are checked later)."""
     known = set(Options.__dataclass_fields__)
     unknown = set(options) - known
     if unknown:

@@ -25,15 +25,15 @@ import torch
 
 from . import hf
 from .chat import ChatFormat
-from .compaction import METHODS
-from .compaction import _options as check_options
-from .errors import ConfigError
+from .checkpoint import checkpoint_layers, policy_data, recent_state, stored_policy
+from .compaction import METHODS, options_from
+from .errors import ConfigError, SessionNotFoundError, StaleSessionError
 from .integrity import check_session, rebuild_cache
-from .memory import AfterHook, BeforeHook, Compactor, Plan
-from .memory import now as _now
+from .memory import AfterHook, BeforeHook, Compactor, Plan, over_budget_event, snap_spans
 from .policies import Policy, policy_from
 from .policies._config import check_ratio
-from .sampling import Choices, Sampler, StopText, generation_config
+from .probes import FreeMemory, bytes_per_token
+from .sampling import Choices, Detokenizer, Sampler, StopText, generation_config
 from .segments import CompactionEvent, KVStats, Segment
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 PREFILL_CHUNK = 512  # tokens per forward pass while prefilling; triggers are checked between chunks
 FIT_METHODS = ("am", "am-fast", "am-omp-fast")
 DEFAULT_REPEAT_TOKENS = 2048
-CHECKPOINT_BLOCK = 64  # slots per stored KV block
 
 
 @dataclass
@@ -110,7 +109,7 @@ class Session:
         # A session re-compacts its whole history again and again: repeat-prefill only the
         # span's newest tokens so a compaction costs the same at turn 500 as at turn 10.
         options = {"max_repeat_tokens": DEFAULT_REPEAT_TOKENS, **(compaction_options or {})}
-        check_options(options)  # an unknown option fails here, not as a fallback drop at the first compaction
+        options_from(options)  # an unknown option fails here, not as a fallback drop at the first compaction
         self.compactor = Compactor(model, tokenizer, options=options)
         self.messages: list[dict] = []
         self.segments: list[Segment] = []
@@ -135,8 +134,8 @@ class Session:
         self._began = time.perf_counter()
         self._context_length = getattr(hf.text_config(model), "max_position_embeddings", None)
         self._device = next(model.parameters()).device
-        self._bytes_per_token = _bytes_per_token(model, len(self._full_layers))
-        self._free = _FreeMemory(self._device)
+        self._bytes_per_token = bytes_per_token(model, len(self._full_layers))
+        self._free = FreeMemory(self._device)
         self._version = 0  # the stored session's version this copy last saw (optimistic concurrency)
         self._model_name = model_name or str(model.config.name_or_path or "model")
         hf.enable(model)
@@ -262,7 +261,7 @@ class Session:
         prompt_tokens = len(self.ids) - cached_before
         logits = self._flush()
         generated: list[int] = []
-        detok = _Detokenizer(self.tokenizer)
+        detok = Detokenizer(self.tokenizer)
         text = full = prefix or ""  # text: yielded so far; full: decoded so far
         finish = "length"
         if text:
@@ -397,19 +396,7 @@ class Session:
         segments = [s for s in self.segments if s.start < self.cached]
         pinned = {s.index for s in segments if self.policy.pin.pinned(s, segments) or s.pinned}
         holders = sorted(pinned | self._protected(segments))
-        slots = {i: hf.span_slots(self.cache, self.segments[i].start, min(self.segments[i].end, self.cached))
-                 for i in holders[:6]}
-        sizes = ", ".join(f"{self.segments[i].kind} #{i}: {n:.0f}" for i, n in slots.items())
-        message = (f"KV cache stays over budget ({reason}) after compacting all it may: {stats.physical_tokens} "
-                   f"slots; pinned or recent segments hold {sizes}{', ...' if len(holders) > 6 else ''}, the rest "
-                   f"is already compacted or below min_segment_tokens. Unpin some, lower protect_recent, or raise "
-                   f"the limit")
-        log.warning("%s", message)
-        event = CompactionEvent(time=_now(), trigger=reason, method="none", ratio=1.0, start=0, end=self.cached,
-                                tokens_before=stats.physical_tokens, tokens_after=stats.physical_tokens,
-                                bytes_before=stats.bytes, bytes_after=stats.bytes,
-                                logical_tokens=stats.logical_tokens, seconds=0.0, status="over_budget",
-                                error=message, segments=tuple(holders))
+        event = over_budget_event(reason, stats, self.cache, [self.segments[i] for i in holders], self.cached)
         self.events.append(event)  # not passed to after-compaction hooks: nothing was compacted
 
     def compact(self, *, ratio: float | None = None, method: str | None = None) -> list[CompactionEvent]:
@@ -431,7 +418,7 @@ class Session:
         self._split_generation()
         segments = [s for s in self.segments if s.end <= self.cached]
         physical = {s.index: hf.span_slots(self.cache, s.start, s.end) for s in segments}
-        spans = _snap(self.cache, self.policy.plan(segments, stats, physical=physical), ratio)
+        spans = snap_spans(self.cache, self.policy.plan(segments, stats, physical=physical), ratio)
         spans = [replace(span, segments=tuple(s.index for s in segments if s.start < span.end and s.end > span.start))
                  for span in spans]
         pinned = {s.index for s in segments if self.policy.pin.pinned(s, segments) or s.pinned}
@@ -514,8 +501,6 @@ class Session:
         """
         if self.store is None:
             raise ConfigError("this session has no store; pass store=Store(path) to keep it")
-        from .errors import SessionNotFoundError, StaleSessionError
-
         logical, physical, nbytes = hf.cache_size(self.cache)
         unsaved = self.messages[self._saved_messages:]
         try:
@@ -524,11 +509,11 @@ class Session:
                 messages=unsaved,
                 segments=self.segments,
                 events=self.events[self._saved_events:],
-                checkpoint=self._checkpoint() + self._recent_state(),
+                checkpoint=self._checkpoint() + recent_state(self._recent),
                 checkpoint_info={"logical_tokens": logical, "physical_tokens": physical, "bytes": nbytes},
                 state={"cached": self.cached, "tokens": len(self.ids),
                        "last_compaction_turn": self._last_compaction_turn, "blocked_until": self._blocked_until,
-                       "policy": self._policy_data()},
+                       "policy": policy_data(self.policy)},
                 expect_version=self._version,
             )
         except StaleSessionError as exc:
@@ -560,35 +545,11 @@ class Session:
         from .models import model_fingerprint
 
         return self.store.create_session(model=self._model_name, fingerprint=model_fingerprint(self.model),
-                                         title=title, config={"policy": self._policy_data()})
-
-    def _policy_data(self) -> dict:
-        """The policy as `Policy.from_dict` reads it back, or a summary for a class it cannot."""
-        try:
-            return self.policy.to_dict()
-        except ConfigError:  # a user class not registered by name: it cannot be rebuilt on resume
-            return {"summary": _policy_summary(self.policy)}
+                                         title=title, config={"policy": policy_data(self.policy)})
 
     def _checkpoint(self) -> list[dict]:
-        """The cache as checkpoint layers; blocks unchanged since the last save are passed by hash."""
-        state = hf.cache_state(self.cache, block=CHECKPOINT_BLOCK)
-        stable = min(self._stable_logical, self.cached)
-        for idx, (layer, entry) in enumerate(zip(self.cache.layers, state)):
-            previous = self._saved_blocks[idx] if idx < len(self._saved_blocks) else []
-            if entry["kind"] == "sliding" or not previous or stable <= 0:
-                continue
-            if isinstance(layer, hf.CompactedLayer):
-                kept = layer.slots_before(stable)  # a later drop or compaction may have merged runs around it
-            else:
-                kept = stable
-            for j in range(min(len(previous), kept // CHECKPOINT_BLOCK, len(entry["blocks"]))):
-                entry["blocks"][j] = previous[j]
-        return state
-
-    def _recent_state(self) -> list[dict]:
-        """Recent decode queries as checkpoint entries: a resumed session compacts like this one."""
-        return [{"kind": "queries", "meta": {"layer": idx}, "blocks": [{"queries": torch.cat(list(ring), dim=2)}]}
-                for idx, ring in sorted(self._recent.items()) if ring]
+        """The cache as checkpoint layers, blocks unchanged since the last save passed by hash."""
+        return checkpoint_layers(self.cache, self._saved_blocks, min(self._stable_logical, self.cached))
 
     @classmethod
     def resume(cls, store, session_id: str, model, tokenizer, **kwargs) -> Session:
@@ -606,7 +567,7 @@ class Session:
         loaded = store.load_session(session_id, fingerprint=model_fingerprint(model),
                                     map_location=next(model.parameters()).device)
         if kwargs.get("policy") is None:
-            kwargs["policy"] = _stored_policy(loaded, session_id)
+            kwargs["policy"] = stored_policy(loaded, session_id)
         session = cls(model, tokenizer, store=store, session_id=session_id, **kwargs)
         session._version = loaded.version
         ids, cached = check_session(loaded, getattr(hf.text_config(model), "vocab_size", None))
@@ -640,96 +601,7 @@ class Session:
         return torch.tensor([self.ids[-1024:]])
 
 
-class _Detokenizer:
-    """Incremental decoding: yields text only once it no longer ends in a partial character."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer, self.ids, self.prefix, self.read = tokenizer, [], 0, 0
-
-    def push(self, token: int) -> str:
-        self.ids.append(token)
-        done = self.tokenizer.decode(self.ids[self.prefix : self.read])
-        text = self.tokenizer.decode(self.ids[self.prefix :])
-        if len(text) > len(done) and not text.endswith("\ufffd"):
-            self.prefix, self.read = self.read, len(self.ids)
-            return text[len(done):]
-        return ""
-
-
-def _snap(cache, spans, ratio: float | None) -> list:
-    """Spans widened to whole compacted runs (merging any that then touch), optional ratio override."""
-    out: list = []
-    for span in sorted(spans, key=lambda s: s.start):
-        start, end = hf.snap_span(cache, span.start, span.end)
-        span = replace(span, start=start, end=end, ratio=float(ratio) if ratio is not None else span.ratio)
-        if out and span.start <= out[-1].end:
-            last = out[-1]
-            span = replace(last, end=max(last.end, span.end), segments=tuple(last.segments) + tuple(span.segments))
-            out[-1] = span
-        else:
-            out.append(span)
-    return out
-
-
 def _merge_config(defaults: dict, config, **overrides):
     merged = dict(defaults)
     merged.update({k: v for k, v in overrides.items() if v is not None})
     return generation_config(config, **merged)
-
-
-def _bytes_per_token(model, full_layers: int) -> float:
-    """Bytes one more uncompacted token adds to the cache (keys and values of full layers)."""
-    config = hf.text_config(model)
-    kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return float(full_layers * kv * dim * 2 * next(model.parameters()).element_size())
-
-
-class _FreeMemory:
-    """Free / total device memory, measured at most once per `every` seconds (stats() runs per token)."""
-
-    def __init__(self, device: torch.device, every: float = 0.5):
-        self.device, self.every = device, every
-        self.value: float | None = None
-        self.at = float("-inf")
-
-    def fraction(self) -> float | None:
-        now = time.monotonic()
-        if now - self.at >= self.every:
-            self.value, self.at = self._measure(), now
-        return self.value
-
-    def _measure(self) -> float | None:
-        if self.device.type == "cuda":
-            free, total = torch.cuda.mem_get_info(self.device)
-            return free / total
-        try:
-            with open("/proc/meminfo") as f:
-                info = dict(line.split(":", 1) for line in f)
-            return int(info["MemAvailable"].split()[0]) / int(info["MemTotal"].split()[0])
-        except (OSError, KeyError, ValueError):
-            return None
-
-
-def _stored_policy(loaded, session_id: str) -> Policy | None:
-    """The policy a stored session was saved with (newest first), or None for the default."""
-    for data in ((loaded.state or {}).get("policy"), (loaded.config or {}).get("policy")):
-        if not isinstance(data, dict):
-            continue
-        if "summary" in data or "trigger" not in data or not isinstance(data["trigger"], dict):
-            # A user-defined policy class, or a session from before policies were stored whole.
-            log.warning("session %r: its policy (%s) cannot be rebuilt here; using the default policy. Pass "
-                        "policy= to resume it under the policy it was made with", session_id, data)
-            return None
-        try:
-            return Policy.from_dict(data)
-        except ConfigError as exc:
-            raise ConfigError(f"session {session_id!r}: its stored policy cannot be rebuilt here ({exc}); "
-                              f"register its classes, or pass policy= to resume it under another one") from exc
-    return None
-
-
-def _policy_summary(policy: Policy) -> dict:
-    return {"trigger": repr(policy.trigger), "ratio": repr(policy.ratio), "pin": repr(policy.pin),
-            "method": policy.method, "protect_recent": policy.protect_recent}
-

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import torch
@@ -132,3 +133,36 @@ class Compactor:
             log.info("compaction %s x%.3g: %d -> %d slots, %.0f ms (%s)", method, ratio, physical_before,
                      physical_after, seconds * 1e3, reason)
         return event
+
+
+def snap_spans(cache, spans, ratio: float | None) -> list:
+    """Spans widened to whole compacted runs (merging any that then touch), optional ratio override."""
+    out: list = []
+    for span in sorted(spans, key=lambda s: s.start):
+        start, end = hf.snap_span(cache, span.start, span.end)
+        span = replace(span, start=start, end=end, ratio=float(ratio) if ratio is not None else span.ratio)
+        if out and span.start <= out[-1].end:
+            last = out[-1]
+            span = replace(last, end=max(last.end, span.end), segments=tuple(last.segments) + tuple(span.segments))
+            out[-1] = span
+        else:
+            out.append(span)
+    return out
+
+
+def over_budget_event(reason: str, stats: KVStats, cache, holders: Sequence[Segment], cached: int) -> CompactionEvent:
+    """The `over_budget` event (logged as a warning) for a cache that compaction could not bring
+    under its limit: `holders` are the pinned or recent segments that keep their slots."""
+    slots = {s.index: hf.span_slots(cache, s.start, min(s.end, cached)) for s in holders[:6]}
+    kinds = {s.index: s.kind for s in holders}
+    sizes = ", ".join(f"{kinds[i]} #{i}: {n:.0f}" for i, n in slots.items())
+    message = (f"KV cache stays over budget ({reason}) after compacting all it may: {stats.physical_tokens} "
+               f"slots; pinned or recent segments hold {sizes}{', ...' if len(holders) > 6 else ''}, the rest "
+               f"is already compacted or below min_segment_tokens. Unpin some, lower protect_recent, or raise "
+               f"the limit")
+    log.warning("%s", message)
+    return CompactionEvent(time=now(), trigger=reason, method="none", ratio=1.0, start=0, end=cached,
+                           tokens_before=stats.physical_tokens, tokens_after=stats.physical_tokens,
+                           bytes_before=stats.bytes, bytes_after=stats.bytes, logical_tokens=stats.logical_tokens,
+                           seconds=0.0, status="over_budget", error=message,
+                           segments=tuple(s.index for s in holders))

@@ -140,3 +140,19 @@ def _pieces_by_first_char(tokenizer) -> dict[str, list[tuple[int, str]]]:
                 groups.setdefault(piece[0], []).append((i, piece))
         tokenizer._agentmem_pieces = groups
     return groups
+
+
+class Detokenizer:
+    """Incremental decoding: yields text only once it no longer ends in a partial character."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.prefix, self.read = tokenizer, [], 0, 0
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        done = self.tokenizer.decode(self.ids[self.prefix : self.read])
+        text = self.tokenizer.decode(self.ids[self.prefix :])
+        if len(text) > len(done) and not text.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return text[len(done):]
+        return ""

@@ -74,10 +74,15 @@ def test_stale_second_writer_is_refused_and_the_stored_session_stays_intact(tmp_
     assert Store(db).messages(first.id) == a.messages
 
 
-def test_saving_a_session_deleted_by_another_writer_keeps_the_reply(tmp_path, model, tokenizer):
+def _one_saved_turn(tmp_path, model, tokenizer):
     db = tmp_path / "s.db"
     session = Session(model, tokenizer, policy=SMALL, store=Store(db))
     _turns(session, 1)
+    return db, session
+
+
+def test_saving_a_session_deleted_by_another_writer_keeps_the_reply(tmp_path, model, tokenizer):
+    db, session = _one_saved_turn(tmp_path, model, tokenizer)
     Store(db).delete_session(session.id)
     session.add("user", "after the delete")
     with pytest.raises(StaleSessionError, match="deleted"):
@@ -88,9 +93,7 @@ def test_saving_a_session_deleted_by_another_writer_keeps_the_reply(tmp_path, mo
 
 
 def test_dropping_checkpoints_makes_a_live_copy_stale(tmp_path, model, tokenizer):
-    db = tmp_path / "s.db"
-    session = Session(model, tokenizer, policy=SMALL, store=Store(db))
-    _turns(session, 1)
+    db, session = _one_saved_turn(tmp_path, model, tokenizer)
     Store(db).drop_checkpoints(session.id)
     session.add("user", "more")
     with pytest.raises(StaleSessionError):
