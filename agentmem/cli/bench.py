@@ -87,14 +87,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     rec = bench_sub.add_parser(
         "recall", help="facts from early turns asked after 1, 3 and 6 compactions",
-        description="Facts stated in early turns are asked for again after 1, 3 and 6 compactions of the "
-                    "conversation around them.")
+        description="Facts stated in the first user messages and tool results are asked for again after 1, 3 and "
+                    "6 compactions of the conversation around them, of a full-cache session, one limited session "
+                    "per method and a limited streaming session: the answer's log-prob, exact match and multiple "
+                    "choice, with retained = (method - streaming) / (full - streaming) and 95% bootstrap "
+                    "intervals.")
     rec.add_argument("--model", default=DEFAULT_MODEL, help="built-in name, HF id or local path")
     rec.add_argument("--limit", type=positive_int, default=2048, help="physical KV slots (default 2048)")
     rec.add_argument("--ratio", type=ratio, default=5.0, help="compaction ratio (default 5)")
-    rec.add_argument("--method", default="am-fast", help="compaction method (default am-fast)")
+    rec.add_argument("--methods", "--method", dest="methods", nargs="+", default=["am-fast"],
+                     help="compaction method(s), one limited session each (default am-fast); a streaming session "
+                          "always runs (it is the zero of retained)")
+    rec.add_argument("--facts", type=int, default=40,
+                     help="facts stated in the opening messages, half in user messages, half in tool results "
+                          "(default 40)")
     rec.add_argument("--checkpoints", type=positive_int, nargs="+", default=[1, 3, 6],
                      help="ask after this many compactions (default 1 3 6)")
+    rec.add_argument("--seed", type=int, default=0, help="facts, scripted turns and bootstrap seed (default 0)")
     rec.add_argument("--json", type=Path, default=None, help="write the full result here")
     rec.set_defaults(func=run_recall)
 
@@ -167,10 +176,12 @@ def run_recall(args: argparse.Namespace) -> int:
     """`agentmem bench recall`."""
     from ..bench import recall
 
+    recall.check_args(facts=args.facts, checkpoints=args.checkpoints, methods=args.methods)
     model, tokenizer = load(args.model)
-    result = recall.run(model, tokenizer, limit=args.limit, ratio=args.ratio, method=args.method,
-                        checkpoints=tuple(args.checkpoints), progress=say)
-    return finish(result, args, recall.table(result), result["summary"] | {"model": args.model})
+    result = recall.run(model, tokenizer, limit=args.limit, ratio=args.ratio, methods=args.methods,
+                        facts=args.facts, checkpoints=tuple(args.checkpoints), seed=args.seed, progress=say)
+    result["summary"]["model"] = args.model
+    return finish(result, args, recall.table(result), result["summary"])
 
 
 def finish(result: dict, args: argparse.Namespace, text: str, summary: dict) -> int:
