@@ -76,6 +76,11 @@ def highest_attention_scores(t: Targets) -> torch.Tensor:
     return probs.pow(2).mean(1).sqrt()
 
 
+def max_attention_scores(t: Targets) -> torch.Tensor:
+    """Each key's largest attention probability over the queries (KVzip's score): (G, T)."""
+    return (t.phi / t.mass.unsqueeze(-1)).amax(1)
+
+
 def select_omp(
     t: Targets, width: int, *, per_step: int = 1, refit_every: int = 1, w_max: float = math.exp(7)
 ) -> torch.Tensor:
@@ -218,8 +223,9 @@ def match(
     if selection == "omp":
         index = select_omp(t, width, per_step=per_step, refit_every=refit_every)
         lo, hi = w_bounds or (math.exp(-7), math.exp(7))
-    elif selection == "highest":
-        index = select_top(highest_attention_scores(t), t.valid, width)
+    elif selection in ("highest", "max"):
+        scores = highest_attention_scores(t) if selection == "highest" else max_attention_scores(t)
+        index = select_top(scores, t.valid, width)
         lo, hi = w_bounds or (math.exp(-3), math.exp(3))
     else:
         raise ValueError(f"unknown key selection {selection!r}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import am, queries
+from . import am, profiles, queries
 
 SINKS = 4  # StreamingLLM attention sinks
 SNAPKV_WINDOW = 32  # SnapKV observation window (the span's last tokens)
@@ -74,14 +74,24 @@ def _h2o(probs: torch.Tensor, valid: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def _kvzip(c, captured) -> dict[int, torch.Tensor]:
-    """Max attention over repeat queries; one global top-k over all layers and heads."""
+    """Max attention over repeat queries, budgets shared across layers by one global ranking.
+
+    KVzip keeps the global top-k (layer, head, key) scores. Here a layer's share of the
+    total is the number of its scores in that top-k, and every head of the layer keeps
+    that many of its own best keys: a layer's heads are stored at one width, so ragged
+    per-head counts would be padded and hold more bytes than the ratio promises.
+    """
     scores = {idx: _probs(c, idx, captured).amax(1) for idx in c.layers}  # (G, T) each
-    total = sum(int(c.budgets[idx].sum()) for idx in c.layers)
-    flat = torch.cat([s.masked_fill(~torch.isfinite(c._span(i)[2]), -1.0).flatten() for i, s in scores.items()])
-    threshold = flat.topk(min(total, flat.numel())).values[-1]
+    valid = {idx: torch.isfinite(c._span(idx)[2]) for idx in c.layers}
+    total = sum(int(c.budgets[idx].max()) for idx in c.layers)  # slots per head, summed over layers
+    flat = torch.cat([s.masked_fill(~valid[i], -1.0).flatten() for i, s in scores.items()])
+    heads = next(iter(scores.values())).shape[0]
+    threshold = flat.topk(min(total * heads, flat.numel())).values[-1]
+    counts = torch.tensor([float((s >= threshold).sum()) for s in scores.values()])
+    caps = torch.tensor([int(valid[idx].sum(-1).min()) for idx in c.layers])
+    widths = profiles.allocate(counts, caps, total)
     out = {}
-    for idx, s in scores.items():
-        keep = (s >= threshold).sum(-1).clamp_min(1)  # (G,)
-        c.budgets[idx] = keep
-        out[idx] = am.select_top(s, torch.isfinite(c._span(idx)[2]), int(keep.max()))
+    for idx, width in zip(c.layers, widths.tolist()):
+        c.budgets[idx] = torch.full_like(c.budgets[idx], width)
+        out[idx] = am.select_top(scores[idx], valid[idx], width)
     return out

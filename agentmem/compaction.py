@@ -159,27 +159,27 @@ class _Compactor:
     def _budgets(self) -> dict[int, torch.Tensor]:
         """Slots each (batch, KV head) keeps in each layer: layer -> (G,) long.
 
-        Uniform: span / ratio per head. With a head profile the same total is shared in
-        proportion to the profile, each head capped at 2x the uniform budget (OMP's cost
-        grows with the widest head) and 75% of its span.
+        Every head of a layer keeps the same number of slots: the cache stores a layer's
+        heads at one width, so a head narrower than the widest would hold padding and
+        the span would take more bytes than its ratio promises. Uniform: span / ratio
+        per layer. With a head profile the layers share the same total in proportion to
+        their heads' shares, each layer capped at 2x the uniform width (OMP's cost grows
+        with it) and 75% of its span.
         """
         sizes = {idx: b - a for idx, (a, b) in self.spans.items()}
         base = {idx: max(1, round(sizes[idx] / self.ratio)) for idx in self.layers}
-        want = {idx: torch.full((self.num_kv,), base[idx], dtype=torch.long) for idx in self.layers}
         profile = None
         if self.spec.head_profile and self.opts.head_budgets is not None and self.ratio != 1:
             profile = profiles.resolve(self.opts.head_budgets, self.model)
         if profile is not None:
-            weights = torch.cat([torch.tensor([profile.get(f"L{idx}H{h}", 0.0) * base[idx]
-                                               for h in range(self.num_kv)]) for idx in self.layers])
-            caps = torch.cat([torch.full((self.num_kv,), max(1, min(int(0.75 * sizes[idx]), 2 * base[idx])))
-                              for idx in self.layers])
-            shared = profiles.allocate(weights, caps, sum(base.values()) * self.num_kv)
-            want = dict(zip(self.layers, shared.split(self.num_kv)))
+            weights = torch.tensor([sum(profile.get(f"L{idx}H{h}", 0.0) for h in range(self.num_kv)) * base[idx]
+                                    for idx in self.layers])
+            caps = torch.tensor([max(1, min(int(0.75 * sizes[idx]), 2 * base[idx])) for idx in self.layers])
+            base = dict(zip(self.layers, profiles.allocate(weights, caps, sum(base.values())).tolist()))
         out = {}
         for idx in self.layers:
             valid = torch.isfinite(self._span(idx)[2]).sum(-1).reshape(self.batch, self.num_kv).min(0).values
-            out[idx] = torch.minimum(want[idx], valid.clamp_min(1).cpu()).repeat(self.batch)
+            out[idx] = valid.clamp(min=1, max=base[idx]).cpu().repeat(self.batch)
         return out
 
     def _span(self, idx: int):
@@ -268,7 +268,7 @@ class _Compactor:
     def _fit(self, idx: int, q: torch.Tensor) -> am.Fit:
         keys, values, prior = self._span(idx)
         spec = self.spec
-        selection = "highest" if spec.selection == "highest" else "omp"
+        selection = spec.selection if spec.selection in ("highest", "max") else "omp"
         return am.match(q, keys, values, prior, self.scalings[idx], self.budgets[idx], selection=selection,
                         per_step=spec.per_step, refit_every=spec.refit_every)
 

@@ -47,7 +47,7 @@ class KVStats:
     """What a trigger may look at: the cache's size now and the session's progress."""
 
     logical_tokens: int  # tokens the cache stands for
-    physical_tokens: int  # slots actually stored (widest full-attention layer)
+    physical_tokens: int  # slots actually stored per full-attention layer (mean over layers)
     bytes: int  # physical bytes of all layers
     turns: int = 0  # user turns so far
     context_length: int | None = None  # the model's maximum positions, if known

@@ -42,6 +42,20 @@ def test_compaction_shrinks_and_keeps_positions(tiny_model, ids, method):
     assert out.shape[1] == ids.shape[1] + 4
 
 
+@pytest.mark.parametrize("method", list(agentmem.METHODS))
+def test_a_ratio_is_a_memory_promise(ids, method):
+    """At ratio r no method stores more bytes than the uniform budget, padding included,
+    even when a head profile (am) or a global ranking (kvzip) shares slots unevenly."""
+    model = tiny_llama()
+    skewed = {"L0H0": 0.85, "L0H1": 0.05, "L1H0": 0.05, "L1H1": 0.05}
+    uniform = compact(model, prefill(model, ids), ids, ratio=6, method="streaming")
+    options = {"head_budgets": skewed} if agentmem.METHODS[method].head_profile else {}
+    out = compact(model, prefill(model, ids), ids, ratio=6, method=method, **options)
+    assert out.nbytes() <= uniform.nbytes()
+    for i in out.full_layers():  # no padding slot anywhere
+        assert bool(torch.isfinite(out.layers[i].bias).all())
+
+
 def test_matching_beats_baselines_on_a_gqa_model():
     model = tiny_llama()
     torch.manual_seed(3)
@@ -258,15 +272,17 @@ def test_uncapped_budgets_follow_the_weights_exactly():
     assert out.tolist() == [10, 20, 30, 20]
 
 
-def test_a_skewed_head_profile_keeps_the_uniform_total(ids):
-    """Budget a capped head cannot take goes to the others instead of being dropped."""
+def test_a_skewed_head_profile_moves_slots_between_layers_at_the_uniform_bytes(ids):
+    """A ratio is a memory promise: a profile shares the uniform total between layers, and
+    every head of a layer keeps the same number of slots, so nothing is padding."""
     model = tiny_llama()
-    skewed = {"L0H0": 0.85, "L0H1": 0.05, "L1H0": 0.05, "L1H1": 0.05}  # L0H0 wants 3.4x the uniform share
+    skewed = {"L0H0": 0.85, "L0H1": 0.05, "L1H0": 0.05, "L1H1": 0.05}  # layer 0 holds 90% of the shares
     uniform = compact(model, prefill(model, ids), ids, ratio=6, method="am", head_budgets=None)
     shaped = compact(model, prefill(model, ids), ids, ratio=6, method="am", head_budgets=skewed)
     assert shaped.effective_slots() == uniform.effective_slots() == 4 * (48 // 6)
-    per_head = [int(torch.isfinite(shaped.layers[i].bias[0, h]).sum()) for i in (0, 1) for h in (0, 1)]
-    assert per_head[0] == 2 * (48 // 6) and per_head[0] > max(per_head[1:])  # capped at 2x uniform
+    assert shaped.nbytes() == uniform.nbytes()
+    per_head = [[int(torch.isfinite(shaped.layers[i].bias[0, h]).sum()) for h in (0, 1)] for i in (0, 1)]
+    assert per_head == [[14, 14], [2, 2]]  # 0.9 : 0.1 of 16 slots per head, largest remainders first
 
 
 def test_recent_and_self_study_queries_are_kept_whole_up_to_half_the_limit():

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         small = compact(model, cache, ids, ratio=args.ratio, method=args.method, tokenizer=tokenizer, stats=stats)
     print(f"context: {ids.shape[1]} tokens of the Python language reference, prefilled in {prefill:.1f}s")
     print(f"compacted with {args.method} x{args.ratio:g} in {stats['seconds']:.1f}s: "
-          f"{full.physical_length()} -> {small.physical_length()} slots per layer, "
+          f"{full.physical_length()} -> {small.physical_length()} slots per layer (mean), "
           f"{full.nbytes() / 2**20:.1f} MB -> {small.nbytes() / 2**20:.2f} MB")
     prompt = tokenizer("\n\nIn short, the text above explains", add_special_tokens=False,
                        return_tensors="pt").input_ids

@@ -274,8 +274,13 @@ class CompactedCache(Cache):
         return [i for i, layer in enumerate(self.layers) if isinstance(layer, CompactedLayer)]
 
     def physical_length(self) -> int:
-        """Physical slots of the widest full-attention layer."""
-        return max((self.layers[i].physical_length for i in self.full_layers()), default=0)
+        """Physical slots per full-attention layer, averaged over those layers and rounded up.
+
+        A compaction may give layers different widths at the same total (a head profile,
+        kvzip's global ranking), so the mean, not the widest layer, is what the bytes follow.
+        """
+        widths = [self.layers[i].physical_length for i in self.full_layers()]
+        return -(-sum(widths) // len(widths)) if widths else 0
 
     def nbytes(self) -> int:
         """Physical bytes of all layers (padding and sliding windows included)."""

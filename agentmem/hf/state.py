@@ -134,7 +134,7 @@ def drop_span(cache: Cache, start: int, end: int, *, scalings: dict[int, float] 
 
 
 def cache_size(cache: Cache) -> tuple[int, int, int]:
-    """(logical tokens, physical slots of the widest full layer, bytes of all layers)."""
+    """(logical tokens, physical slots per full layer (mean over layers), bytes of all layers)."""
     if isinstance(cache, CompactedCache):
         return cache.get_seq_length(), cache.physical_length(), cache.nbytes()
     physical = total = 0

@@ -1,0 +1,73 @@
+# Experiment script (see docs/LOG.md, "AM levers"); run from the repository root:
+#   python docs/experiments/fidelity_levers.py VARIANT [--methods am am-fast] [--ratios 10 50] [--contexts 2]
+# Each variant changes one lever of the AM fit for the duration of the run, then runs
+# `agentmem bench fidelity`'s measurement and prints one line per (method, ratio).
+import argparse, json, math, sys, time
+
+import torch
+
+import agentmem
+from agentmem import am, compaction, queries
+from agentmem.bench import fidelity
+
+p = argparse.ArgumentParser()
+p.add_argument("variant")
+p.add_argument("--methods", nargs="+", default=["am-fast"])
+p.add_argument("--ratios", type=float, nargs="+", default=[10.0])
+p.add_argument("--contexts", type=int, default=2)
+p.add_argument("--model", default="smollm2-135m")
+p.add_argument("--json", default=None)
+args = p.parse_args()
+v = args.variant
+
+def option(**extra):
+    """Run compact() with extra options."""
+    real = compaction.compact
+    def patched(*a, **k):
+        return real(*a, **{**k, **extra})
+    import agentmem.bench.common as common
+    common.compact = patched
+
+def replace_method(name, **changes):
+    from dataclasses import replace
+    compaction.METHODS[name] = replace(compaction.METHODS[name], **changes)
+
+for part in v.split("+"):
+    key, _, val = part.partition("=")
+    if key in ("base", "layer"):  # the code as it stands (labels a code state)
+        pass
+    elif key == "queries":  # max_queries per KV head
+        option(max_queries=int(val))
+    elif key == "selfstudy":  # self-study tokens
+        option(self_study_tokens=int(val))
+    elif key == "uniform":  # no head profile
+        option(head_budgets=None)
+    elif key == "ridge":  # value-fit ridge
+        real_fit = am.fit_values
+        am.fit_values = lambda *a, ridge=None, _r=float(val), **k: real_fit(*a, ridge=_r, **k)
+    elif key == "wbounds":  # bounds on w = exp(beta): +-val
+        real_match = am.match
+        b = float(val)
+        am.match = lambda *a, _b=b, **k: real_match(*a, **{**k, "w_bounds": (math.exp(-_b), math.exp(_b))})
+    elif key == "select":  # key selection for am-fast: highest | omp | max
+        replace_method("am-fast", selection="highest" if val == "highest" else val)
+    elif key == "onpolicy":
+        option(on_policy=val == "1")
+    else:
+        sys.exit(f"unknown lever {key!r}")
+
+model, tok = agentmem.load_model(args.model)
+began = time.perf_counter()
+res = fidelity.run(model, tok, ratios=args.ratios, methods=args.methods, count=args.contexts,
+                   progress=lambda s: print(s, file=sys.stderr, flush=True))
+wall = time.perf_counter() - began
+stream = {r["ratio"]: r["bytes_after"] for r in res["rows"] if r["method"] == "streaming"}
+for r in res["rows"]:
+    ret = {m: r["retained"][m][0] for m in ("recall", "ref_nll", "kl")}
+    print(f"{v:28s} {r['method']:12s} x{r['ratio']:<4g} retained recall {ret['recall']:6.1%} "
+          f"[{r['retained']['recall'][1]:.0%},{r['retained']['recall'][2]:.0%}] ref {ret['ref_nll']:6.1%} "
+          f"kl {ret['kl']:6.1%} EM {r['exact']:4.0%} MC {r['choice']:4.0%} bytes/streaming "
+          f"{r['bytes_after'] / stream[r['ratio']]:.3f} t/prefill {r['time_ratio']:.2f}", flush=True)
+print(f"# {v}: {wall:.0f} s", flush=True)
+if args.json:
+    json.dump({"variant": v, "rows": res["rows"]}, open(args.json, "w"))
