@@ -74,24 +74,12 @@ def _h2o(probs: torch.Tensor, valid: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def _kvzip(c, captured) -> dict[int, torch.Tensor]:
-    """Max attention over repeat queries, budgets shared across layers by one global ranking.
-
-    KVzip keeps the global top-k (layer, head, key) scores. Here a layer's share of the
-    total is the number of its scores in that top-k, and every head of the layer keeps
-    that many of its own best keys: a layer's heads are stored at one width, so ragged
-    per-head counts would be padded and hold more bytes than the ratio promises.
-    """
+    """Max attention over repeat queries; layers share the budget by one global ranking."""
     scores = {idx: _probs(c, idx, captured).amax(1) for idx in c.layers}  # (G, T) each
     valid = {idx: torch.isfinite(c._span(idx)[2]) for idx in c.layers}
     total = sum(int(c.budgets[idx].max()) for idx in c.layers)  # slots per head, summed over layers
-    flat = torch.cat([s.masked_fill(~valid[i], -1.0).flatten() for i, s in scores.items()])
-    heads = next(iter(scores.values())).shape[0]
-    threshold = flat.topk(min(total * heads, flat.numel())).values[-1]
-    counts = torch.tensor([float((s >= threshold).sum()) for s in scores.values()])
-    caps = torch.tensor([int(valid[idx].sum(-1).min()) for idx in c.layers])
-    widths = profiles.allocate(counts, caps, total)
     out = {}
-    for idx, width in zip(c.layers, widths.tolist()):
+    for idx, width in profiles.global_widths(scores, valid, total).items():
         c.budgets[idx] = torch.full_like(c.budgets[idx], width)
         out[idx] = am.select_top(scores[idx], valid[idx], width)
     return out

@@ -37,6 +37,7 @@ class Method:
     refit_every: int = 1
     on_policy: bool = False
     head_profile: bool = False
+    global_budgets: bool = False  # layers share the budget by one ranking of max attention (as kvzip)
 
 
 METHODS: dict[str, Method] = {
@@ -182,6 +183,18 @@ class _Compactor:
             out[idx] = valid.clamp(min=1, max=base[idx]).cpu().repeat(self.batch)
         return out
 
+    def _share_globally(self, fitting: dict[int, torch.Tensor]) -> None:
+        """Re-share the layers' total by one ranking of each key's max attention over its fitting queries."""
+        scores, valid = {}, {}
+        for idx in self.layers:
+            keys, _, prior = self._span(idx)
+            logits = am.span_logits(fitting[idx], keys.float(), prior.float(), self.scalings[idx])
+            scores[idx] = torch.softmax(logits, dim=-1).amax(1)
+            valid[idx] = torch.isfinite(prior)
+        total = sum(int(self.budgets[idx].max()) for idx in self.layers)
+        for idx, width in profiles.global_widths(scores, valid, total).items():
+            self.budgets[idx] = torch.full_like(self.budgets[idx], width)
+
     def _span(self, idx: int):
         """(keys (G,T,D), values (G,T,Dv), prior bias (G,T)) of the span in layer idx."""
         layer = self.view.layers[idx]
@@ -204,8 +217,11 @@ class _Compactor:
                 self._repeat_pass(transform=self._on_policy_hook(extra))
                 return self.out
             captured = self._repeat_pass() if spec.repeat_queries else {}
+            fitting = {idx: self._layer_queries(idx, captured, extra) for idx in self.layers}
+            if spec.global_budgets and self.ratio != 1:
+                self._share_globally(fitting)
             for idx in self.layers:
-                self._install(idx, self._fit(idx, self._layer_queries(idx, captured, extra)))
+                self._install(idx, self._fit(idx, fitting[idx]))
             return self.out
         captured = self._repeat_pass() if spec.repeat_queries else {}
         if spec.selection == "snapkv":

@@ -118,3 +118,19 @@ def allocate(weights: torch.Tensor, caps: torch.Tensor, total: int) -> torch.Ten
     short = total - int(out.sum())  # fewer than the heads with a fractional share, all below their cap
     out[torch.argsort(share - out.double(), descending=True)[:short]] += 1  # largest remainders first
     return out
+
+
+def global_widths(scores: dict[int, torch.Tensor], valid: dict[int, torch.Tensor], total: int) -> dict[int, int]:
+    """Per-layer widths from one ranking of every (layer, head, key) score, summing to `total`.
+
+    `scores[l]` and `valid[l]` are (G, T_l); `total` is the slots per head summed over the
+    layers. A layer's share is the number of its scores among the global top `total * G`
+    (KVzip's allocation), then every head of the layer keeps that many slots: a layer's
+    heads are stored at one width, so ragged per-head counts would only add padding.
+    """
+    heads = next(iter(scores.values())).shape[0]
+    flat = torch.cat([s.masked_fill(~valid[i], -1.0).flatten() for i, s in scores.items()])
+    threshold = flat.topk(min(total * heads, flat.numel())).values[-1]
+    counts = torch.tensor([float(((s >= threshold) & valid[i]).sum()) for i, s in scores.items()])
+    caps = torch.tensor([max(1, int(valid[i].sum(-1).min())) for i in scores])
+    return dict(zip(scores, allocate(counts, caps, total).tolist()))

@@ -267,6 +267,19 @@ def test_head_budgets_are_shared_within_bounds_and_keep_the_total(seed):
     assert profiles.allocate(weights, caps, 3).tolist() == [1] * n
 
 
+def test_global_widths_follow_one_ranking_and_keep_the_total():
+    g = torch.Generator().manual_seed(0)
+    sharp = torch.rand(2, 40, generator=g)  # layer 0: a few keys matter a lot
+    sharp[:, :10] += 5
+    flat = torch.rand(2, 40, generator=g) * 0.1  # layer 1: nothing stands out
+    valid = {0: torch.ones(2, 40, dtype=torch.bool), 1: torch.ones(2, 40, dtype=torch.bool)}
+    widths = profiles.global_widths({0: sharp, 1: flat}, valid, 10)
+    assert sum(widths.values()) == 10 and widths[0] > widths[1] >= 1
+    valid[0][:, 6:] = False  # layer 0 holds only 6 real slots: capped there, the rest goes to layer 1
+    widths = profiles.global_widths({0: sharp, 1: flat}, valid, 10)
+    assert widths == {0: 6, 1: 4}
+
+
 def test_uncapped_budgets_follow_the_weights_exactly():
     out = profiles.allocate(torch.tensor([1.0, 2.0, 3.0, 2.0]), torch.full((4,), 100), 80)
     assert out.tolist() == [10, 20, 30, 20]

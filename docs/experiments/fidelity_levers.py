@@ -51,6 +51,9 @@ for part in v.split("+"):
         am.match = lambda *a, _b=b, **k: real_match(*a, **{**k, "w_bounds": (math.exp(-_b), math.exp(_b))})
     elif key == "select":  # key selection for am-fast: highest | omp | max
         replace_method("am-fast", selection="highest" if val == "highest" else val)
+    elif key == "global":  # layers share the budget by a global max-attention ranking
+        for name in val.split(","):
+            replace_method(name, global_budgets=True)
     elif key == "onpolicy":
         option(on_policy=val == "1")
     else:
