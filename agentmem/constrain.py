@@ -1,5 +1,9 @@
 """Keep a tool call well-formed while it is decoded (a token filter for `Session.stream`).
 
+`call_constraint` holds a call to its tool's whole JSON schema with llguidance
+(`agentmem.grammar`) where that is installed; this module's hand-written machine is the
+fallback, described below.
+
 Once a reply contains ``<tool_call>``, `CallConstraint` lets through only tokens that keep
 the text after it a prefix of::
 
@@ -24,6 +28,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .errors import ConfigError
 from .toolcalls import CLOSE, OPEN
 
 log = logging.getLogger(__name__)
@@ -321,8 +326,47 @@ def typed_arguments(parameters: dict, kind: str) -> list[str]:
     return [k for k, spec in parameters.get("properties", {}).items() if spec.get("type") == kind]
 
 
-def call_constraint(tokenizer, tools: Sequence[dict], *, max_new_tokens: int, prefix: str = "") -> CallConstraint:
-    """A `CallConstraint` for tool schemas in OpenAI function format (`{"type": "function", ...}`)."""
+_ENGINES = ("auto", "llguidance", "builtin")
+_announced: set[str] = set()
+
+
+def call_constraint(tokenizer, tools: Sequence[dict], *, max_new_tokens: int, prefix: str = "",
+                    engine: str = "auto"):
+    """A token filter that keeps a tool call to `tools` (OpenAI function format) well-formed.
+
+    `engine="auto"` (the default) holds the call to each tool's whole JSON schema with
+    llguidance (`agentmem.grammar.SchemaConstraint`) when it is installed and the tokenizer
+    is a fast one, and otherwise uses the hand-written `CallConstraint` (names, argument
+    names, required arguments, strings, integers, string enums); the path taken is logged
+    once. `"llguidance"` requires the engine (ConfigError without it); `"builtin"` always
+    uses the hand-written machine.
+    """
+    if engine not in _ENGINES:
+        raise ConfigError(f"engine must be one of {_ENGINES}, got {engine!r}")
+    if engine != "builtin":
+        from . import grammar
+
+        reason = None if grammar.available() else "llguidance is not installed (pip install llguidance)"
+        if reason is None and getattr(tokenizer, "backend_tokenizer", None) is None:
+            reason = f"{type(tokenizer).__name__} is not a fast (tokenizers) tokenizer"
+        if reason is None:
+            _announce("llguidance", "tool calls are held to their JSON schemas by llguidance")
+            return grammar.SchemaConstraint(tokenizer, tools, max_new_tokens=max_new_tokens, prefix=prefix)
+        if engine == "llguidance":
+            raise ConfigError(f"engine='llguidance' cannot be used: {reason}")
+        _announce("builtin", f"tool calls use agentmem's hand-written call machine ({reason}); booleans, "
+                             f"numbers, arrays and nested objects are not checked while decoding")
+    return builtin_constraint(tokenizer, tools, max_new_tokens=max_new_tokens, prefix=prefix)
+
+
+def _announce(path: str, message: str) -> None:
+    if path not in _announced:
+        _announced.add(path)
+        log.info(message)
+
+
+def builtin_constraint(tokenizer, tools: Sequence[dict], *, max_new_tokens: int, prefix: str = "") -> CallConstraint:
+    """The hand-written `CallConstraint` for tool schemas in OpenAI function format."""
     functions = [t.get("function", t) for t in tools]
     names = [f["name"] for f in functions]
     parameters = {f["name"]: f.get("parameters") or {} for f in functions}

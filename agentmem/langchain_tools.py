@@ -97,9 +97,10 @@ def _forcing(tools: Sequence[dict], choice: str | None) -> _Forcing:
     properties = parameters.get("properties") or {}
     if not properties:
         return _Forcing(complete=format_tool_call(choice, {}))
-    # Start the arguments with the schema's first (required) key: small models otherwise copy
-    # the prompt's `{...}` placeholder instead of writing arguments.
-    first = next((k for k in parameters.get("required") or [] if k in properties), next(iter(properties)))
+    # Start the arguments with the schema's first required key (in the schema's order, which the
+    # grammar keeps keys in): small models otherwise copy the prompt's `{...}` placeholder.
+    required = set(parameters.get("required") or [])
+    first = next((k for k in properties if k in required), next(iter(properties)))
     opening = json.dumps(first, ensure_ascii=False) + ": " + ('"' if properties[first].get("type") == "string" else "")
     return _Forcing(prefix=OPEN + '{"name": ' + json.dumps(choice, ensure_ascii=False) + ', "arguments": {' + opening)
 
