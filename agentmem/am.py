@@ -154,7 +154,9 @@ def solve_weights(
             free.unsqueeze(2) & eye.bool(), ridge.view(G, 1, 1) * eye, eye * (~free).unsqueeze(2)
         )
         b = torch.where(free, rhs - torch.bmm(gram, fixed_value.unsqueeze(-1)).squeeze(-1), fixed_value)
-        w = torch.linalg.solve(system, b)
+        w, info = torch.linalg.solve_ex(system, b)
+        if bool((info != 0).any()):  # numerically singular (near-identical columns): a least-squares solution
+            w = torch.linalg.lstsq(system, b.unsqueeze(-1)).solution.squeeze(-1)
         low, high = free & (w < lo), free & (w > hi)
         if not bool((low | high).any()):
             break

@@ -44,7 +44,8 @@ def select(c, captured: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
 def _probs(c, idx: int, captured) -> torch.Tensor:
     """Attention probabilities of the captured queries over the span: (G, n, T)."""
     keys, values, prior = c._span(idx)
-    q = queries.subsample(queries.group_queries(captured[idx], c.num_kv), c.opts.max_queries, c.generator)
+    q = queries.combine(queries.group_queries(captured[idx], c.num_kv), [], c.max_queries, c.generator,
+                        positions=captured[idx].shape[-2])
     logits = am.span_logits(q, keys.float(), prior.float(), c.scalings[idx])
     return torch.softmax(logits, dim=-1)
 

@@ -31,29 +31,41 @@ class Method:
     description: str
     repeat_queries: bool = True
     self_study_tokens: int = 0
-    selection: str = "omp"  # omp | highest | truncate | streaming | h2o | snapkv | kvzip
+    selection: str = "omp"  # omp | highest | max | truncate | streaming | h2o | snapkv | kvzip
     fit: bool = True  # attention matching (beta + values) or copied values
     per_step: int = 1
     refit_every: int = 1
     on_policy: bool = False
     head_profile: bool = False
     global_budgets: bool = False  # layers share the budget by one ranking of max attention (as kvzip)
+    max_queries: int = 2048  # fitting queries per KV head unless the caller sets max_queries
 
 
+# What each method keeps was chosen by whole-span recall (`agentmem bench fidelity`,
+# docs/LOG.md "AM levers"): sharing the budget between layers by one global ranking and
+# fitting on every query head's questions are what keep a span's facts.
 METHODS: dict[str, Method] = {
     m.name: m
     for m in [
-        Method("am", "OMP keys, NNLS beta, LS values; repeat-prefill + self-study queries, on-policy, head budgets",
+        Method("am", "highest-attention keys, layer budgets by one global ranking, NNLS beta, LS values; up to "
+               "8192 repeat-prefill queries per KV head + 16 self-study tokens",
+               selection="highest", global_budgets=True, max_queries=8192, self_study_tokens=16),
+        Method("am-fast", "highest-attention keys, layer budgets by one global ranking, NNLS beta, LS values; "
+               "4096 repeat-prefill queries per KV head, every position asked", selection="highest",
+               global_budgets=True, max_queries=4096),
+        Method("am-omp", "the paper's recipe: OMP keys (4 per step, refit every 2), NNLS beta, LS values; "
+               "repeat-prefill + self-study queries, on-policy, layer budgets from the shipped head profile",
                self_study_tokens=16, per_step=4, refit_every=2, on_policy=True, head_profile=True),
-        Method("am-fast", "highest-attention keys, repeat-prefill queries, NNLS beta, LS values", selection="highest"),
-        Method("am-omp-fast", "OMP picking 4 keys per step, refit every 2 steps", per_step=4, refit_every=2),
+        Method("am-omp-fast", "OMP picking 4 keys per step, refit every 2 steps, layer budgets by one global ranking",
+               per_step=4, refit_every=2, global_budgets=True),
         Method("truncate", "keep the most recent tokens", repeat_queries=False, selection="truncate", fit=False),
         Method("streaming", "attention sinks + most recent tokens", repeat_queries=False, selection="streaming",
                fit=False),
         Method("h2o", "heavy hitters (accumulated attention) + recent", selection="h2o", fit=False),
         Method("snapkv", "pooled attention of the span's last window", repeat_queries=False, selection="snapkv",
                fit=False),
-        Method("kvzip", "repeat queries, max attention, global top-k, no beta", selection="kvzip", fit=False),
+        Method("kvzip", "repeat queries, max attention, global top-k, no beta", selection="kvzip", fit=False,
+               max_queries=4096),
     ]
 }
 
@@ -64,7 +76,7 @@ class Options:
 
     tokenizer: object | None = None
     recent_queries: dict[int, torch.Tensor] | None = None  # layer -> (B, H_q, n, D)
-    max_queries: int = 2048  # per KV head, bounds memory to a fixed multiple of the span's KV
+    max_queries: int | None = None  # per KV head (None: the method's); bounds memory to a multiple of the span's KV
     max_repeat_tokens: int | None = None  # repeat-prefill only the span's last N tokens (long re-compactions)
     self_study_tokens: int | None = None
     on_policy: bool | None = None
@@ -153,6 +165,7 @@ class _Compactor:
         self.batch = view.layers[self.layers[0]].keys.shape[0]
         self.scalings = hf.attention_scalings(model)
         self.generator = torch.Generator().manual_seed(opts.seed)
+        self.max_queries = spec.max_queries if opts.max_queries is None else opts.max_queries
         self.budgets = self._budgets()
         self.out = view.copy()
 
@@ -274,8 +287,9 @@ class _Compactor:
         extras = [queries.group_queries(q, self.num_kv) for q in extra.get(idx, [])]
         if repeat is None and not extras:
             raise ConfigError(f"method {self.spec.name!r} needs reference queries but none were gathered")
+        positions = 0 if repeat is None else repeat.shape[-2]
         repeat = None if repeat is None else queries.group_queries(repeat, self.num_kv)
-        return queries.combine(repeat, extras, self.opts.max_queries, self.generator)
+        return queries.combine(repeat, extras, self.max_queries, self.generator, positions=positions)
 
     def _logical_span(self) -> tuple[int, int]:
         return self.span
@@ -328,7 +342,7 @@ class _Compactor:
             done.add(idx)
             q = queries.group_queries(query.float(), self.num_kv)
             extras = [queries.group_queries(e, self.num_kv) for e in extra.get(idx, [])]
-            q = queries.combine(q, extras, self.opts.max_queries, self.generator)
+            q = queries.combine(q, extras, self.max_queries, self.generator, positions=query.shape[-2])
             self._install(idx, self._fit(idx, q))
             new = self.out.layers[idx]
             grown = key.shape[-2] - self.view.layers[idx].physical_length  # tokens of this pass
@@ -469,7 +483,7 @@ def _check_options(opts: Options, model, view: hf.CompactedCache, layers: list[i
 
     if isinstance(opts.seed, bool) or not isinstance(opts.seed, numbers.Integral) or not -(2**63) <= opts.seed < 2**64:
         raise ConfigError(f"seed must be an int (a torch generator seed, e.g. 0), got {opts.seed!r}")
-    whole("max_queries", opts.max_queries, 1)
+    whole("max_queries", opts.max_queries, 1, optional=True)
     whole("max_repeat_tokens", opts.max_repeat_tokens, 1, optional=True)
     whole("self_study_tokens", opts.self_study_tokens, 0, optional=True)
     if opts.on_policy is not None and not isinstance(opts.on_policy, bool):

@@ -39,7 +39,7 @@ from .segments import CompactionEvent, KVStats, Segment
 log = logging.getLogger(__name__)
 
 PREFILL_CHUNK = 512  # tokens per forward pass while prefilling; triggers are checked between chunks
-FIT_METHODS = ("am", "am-fast", "am-omp-fast")
+FIT_METHODS = tuple(name for name, method in METHODS.items() if method.fit)
 DEFAULT_REPEAT_TOKENS = 2048
 
 

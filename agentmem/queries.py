@@ -100,19 +100,38 @@ def subsample(queries: torch.Tensor, limit: int, generator: torch.Generator) -> 
     return queries[:, keep]
 
 
+def spread(queries: torch.Tensor, limit: int, generator: torch.Generator, positions: int) -> torch.Tensor:
+    """Keep at most `limit` rows of grouped queries (G, r * positions, D), covering positions evenly.
+
+    The rows are r query heads x `positions` token positions (`group_queries`' layout).
+    Rounds of one randomly chosen head per position are taken until `limit` is reached, so
+    every position of the span asks its question once before any asks twice; a random
+    sample would leave about a third of the positions unasked at r = 3 and limit = n.
+    """
+    total = queries.shape[1]
+    if total <= limit or positions <= 0 or total % positions:
+        return subsample(queries, limit, generator)
+    heads = total // positions
+    order = torch.rand(positions, heads, generator=generator).argsort(dim=1)  # per position: heads in random order
+    rows = order * positions + torch.arange(positions).unsqueeze(1)  # (positions, heads) row indices
+    rounds = rows.T[:, torch.randperm(positions, generator=generator)].reshape(-1)  # round 0 covers every position
+    keep = rounds[:limit].sort().values.to(queries.device)
+    return queries[:, keep]
+
+
 def combine(repeat: torch.Tensor | None, extras: list[torch.Tensor], limit: int,
-            generator: torch.Generator) -> torch.Tensor:
+            generator: torch.Generator, *, positions: int = 0) -> torch.Tensor:
     """At most `limit` fitting queries per head from the repeat pass and the extras, (G, n, D).
 
     The extras (recent decode queries, self-study) are few and closest to what the model
     will ask next, so they are kept whole up to half the limit; the repeat pass's many
-    queries are sampled to fill the rest.
+    queries fill the rest, spread over its `positions` token positions when given.
     """
     extra = torch.cat(extras, dim=1) if extras else None
     if extra is not None:
         extra = subsample(extra, limit if repeat is None else max(1, limit // 2), generator)
     if repeat is None:
         return extra
-    if extra is None:
-        return subsample(repeat, limit, generator)
-    return torch.cat([subsample(repeat, limit - extra.shape[1], generator), extra], dim=1)
+    rows = limit if extra is None else limit - extra.shape[1]
+    sampled = spread(repeat, rows, generator, positions) if positions else subsample(repeat, rows, generator)
+    return sampled if extra is None else torch.cat([sampled, extra], dim=1)

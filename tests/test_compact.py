@@ -72,10 +72,13 @@ def test_matching_beats_baselines_on_a_gqa_model():
 
 def test_recompaction_of_a_middle_span_honours_earlier_beta(tiny_model, ids):
     first = compact(tiny_model, prefill(tiny_model, ids), ids, ratio=4, method="am-fast", start=0, end=24)
-    idx = first.full_layers()[0]
-    assert first.layers[idx].runs[0] == [24, 6]
+    layers = first.full_layers()
+    assert [first.layers[i].runs[0][0] for i in layers] == [24] * len(layers)
+    assert sum(first.layers[i].runs[0][1] for i in layers) == 6 * len(layers)  # shared between layers
     second = compact(tiny_model, first, ids, ratio=2, method="am", start=0, end=36)
-    assert second.layers[idx].runs == [[36, 9], [12, 12]]
+    assert [[tokens for tokens, _ in second.layers[i].runs] for i in layers] == [[36, 12]] * len(layers)
+    assert sum(second.layers[i].runs[0][1] for i in layers) == 9 * len(layers)
+    assert [second.layers[i].runs[1][1] for i in layers] == [12] * len(layers)
     assert second.get_seq_length() == ids.shape[1]
     with pytest.raises(ConfigError, match="inside a compacted run"):
         compact(tiny_model, first, ids, ratio=2, start=10, end=30)
@@ -290,12 +293,27 @@ def test_a_skewed_head_profile_moves_slots_between_layers_at_the_uniform_bytes(i
     every head of a layer keeps the same number of slots, so nothing is padding."""
     model = tiny_llama()
     skewed = {"L0H0": 0.85, "L0H1": 0.05, "L1H0": 0.05, "L1H1": 0.05}  # layer 0 holds 90% of the shares
-    uniform = compact(model, prefill(model, ids), ids, ratio=6, method="am", head_budgets=None)
-    shaped = compact(model, prefill(model, ids), ids, ratio=6, method="am", head_budgets=skewed)
+    uniform = compact(model, prefill(model, ids), ids, ratio=6, method="am-omp", head_budgets=None)
+    shaped = compact(model, prefill(model, ids), ids, ratio=6, method="am-omp", head_budgets=skewed)
     assert shaped.effective_slots() == uniform.effective_slots() == 4 * (48 // 6)
     assert shaped.nbytes() == uniform.nbytes()
     per_head = [[int(torch.isfinite(shaped.layers[i].bias[0, h]).sum()) for h in (0, 1)] for i in (0, 1)]
     assert per_head == [[14, 14], [2, 2]]  # 0.9 : 0.1 of 16 slots per head, largest remainders first
+
+
+def test_spread_asks_every_position_once_before_any_twice():
+    from agentmem import queries
+
+    g = torch.Generator().manual_seed(0)
+    positions, heads = 50, 3
+    rows = torch.arange(heads * positions).float().view(1, -1, 1).expand(2, -1, 1)  # row = head * 50 + position
+    for limit in (50, 80, 149):
+        out = queries.spread(rows, limit, g, positions)
+        assert out.shape == (2, limit, 1) and torch.equal(out[0], out[1])  # the same rows for every KV head
+        asked = torch.bincount(out[0, :, 0].long() % positions, minlength=positions)
+        assert int(asked.min()) >= 1 and int(asked.max()) - int(asked.min()) <= 1
+        assert out[0, :, 0].unique().numel() == limit  # no row twice
+    assert queries.spread(rows, 500, g, positions).shape[1] == heads * positions  # under the limit: all of them
 
 
 def test_recent_and_self_study_queries_are_kept_whole_up_to_half_the_limit():

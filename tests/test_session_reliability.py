@@ -188,12 +188,17 @@ def stored(tmp_path, stored_template):
 
 
 def _rewrite_blob(conn, change):
-    """Replace the first blob by `change(tensors)`, stored under its new (valid) sha256."""
+    """Replace the first block of the newest checkpoint's first layer by `change(tensors)`, stored under
+    its new (valid) sha256."""
     import hashlib
+    import json
 
     from safetensors.torch import load, save
 
-    digest, data = conn.execute("SELECT hash, data FROM blobs ORDER BY hash LIMIT 1").fetchone()
+    blocks = conn.execute("SELECT blocks_json FROM kv_checkpoints WHERE kind != 'queries' "
+                          "ORDER BY turn DESC, created_at DESC, layer LIMIT 1").fetchone()[0]
+    digest = json.loads(blocks)[0]
+    data = conn.execute("SELECT data FROM blobs WHERE hash = ?", (digest,)).fetchone()[0]
     tensors = load(data)
     change(tensors)
     new = save(tensors)

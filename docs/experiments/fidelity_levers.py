@@ -20,11 +20,15 @@ p.add_argument("--json", default=None)
 args = p.parse_args()
 v = args.variant
 
+EXTRA = {}
+
+
 def option(**extra):
-    """Run compact() with extra options."""
+    """Run compact() with extra options (they accumulate over levers)."""
+    EXTRA.update(extra)
     real = compaction.compact
     def patched(*a, **k):
-        return real(*a, **{**k, **extra})
+        return real(*a, **{**k, **EXTRA})
     import agentmem.bench.common as common
     common.compact = patched
 
@@ -54,6 +58,25 @@ for part in v.split("+"):
     elif key == "global":  # layers share the budget by a global max-attention ranking
         for name in val.split(","):
             replace_method(name, global_budgets=True)
+    elif key == "fit":  # which parts are fitted: copy (own values, fitted beta), nobeta (beta 0), none
+        real_fit_values, real_fit_beta = am.fit_values, am.fit_beta
+        state = {}
+        def fit_beta(t, index, active, *, lo, hi, _mode=val):
+            state["index"] = index
+            beta = real_fit_beta(t, index, active, lo=lo, hi=hi)
+            return beta if _mode == "copy" else torch.where(active, torch.zeros_like(beta), beta)
+        def fit_values(queries, kept, beta, outputs, scale, _mode=val, **k):
+            if _mode == "nobeta":
+                return real_fit_values(queries, kept, beta, outputs, scale, **k)
+            values = state["values"]
+            return torch.gather(values, 1, state["index"].unsqueeze(-1).expand(-1, -1, values.shape[-1]))
+        real_match = am.match
+        def match(q, keys, values, *a, **k):
+            state["values"] = values.float()
+            return real_match(q, keys, values, *a, **k)
+        am.fit_beta, am.fit_values, am.match = fit_beta, fit_values, match
+    elif key == "spread":  # repeat queries cover every position before any twice
+        pass  # now the default (queries.spread); the lever labels the runs made before
     elif key == "onpolicy":
         option(on_policy=val == "1")
     else:
