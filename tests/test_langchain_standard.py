@@ -157,12 +157,6 @@ class TestChatAgentMemSmolLM2(ChatModelIntegrationTests):
     def test_agent_loop(self, model: BaseChatModel) -> None:
         super().test_agent_loop(model)
 
-    @pytest.mark.xfail(reason="SmolLM2-135M writes a well-formed call but translates the Chinese customer name "
-                              "into English ('Hello Group'), so the unicode check fails")
-    def test_unicode_tool_call_integration(self, model: BaseChatModel, *, tool_choice: str | None = None,
-                                           force_tool_call: bool = True) -> None:
-        super().test_unicode_tool_call_integration(model, tool_choice=tool_choice, force_tool_call=force_tool_call)
-
 
 for _name in dir(ChatModelIntegrationTests):  # the other groups run in the fast tier
     if _name.startswith("test_") and _name not in TOOLS_AND_STRUCTURED_OUTPUT:
