@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import am, profiles, queries
+from . import am, queries
 
 SINKS = 4  # StreamingLLM attention sinks
 SNAPKV_WINDOW = 32  # SnapKV observation window (the span's last tokens)
@@ -41,12 +41,16 @@ def select(c, captured: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
     return out
 
 
+def _queries(c, idx: int, captured) -> torch.Tensor:
+    """The captured queries of layer idx grouped per KV head and capped: (G, n, D)."""
+    return queries.combine(queries.group_queries(captured[idx], c.num_kv), [], c.max_queries, c.generator,
+                           positions=captured[idx].shape[-2])
+
+
 def _probs(c, idx: int, captured) -> torch.Tensor:
     """Attention probabilities of the captured queries over the span: (G, n, T)."""
     keys, values, prior = c._span(idx)
-    q = queries.combine(queries.group_queries(captured[idx], c.num_kv), [], c.max_queries, c.generator,
-                        positions=captured[idx].shape[-2])
-    logits = am.span_logits(q, keys.float(), prior.float(), c.scalings[idx])
+    logits = am.span_logits(_queries(c, idx, captured), keys.float(), prior.float(), c.scalings[idx])
     return torch.softmax(logits, dim=-1)
 
 
@@ -76,11 +80,6 @@ def _h2o(probs: torch.Tensor, valid: torch.Tensor, width: int) -> torch.Tensor:
 
 def _kvzip(c, captured) -> dict[int, torch.Tensor]:
     """Max attention over repeat queries; layers share the budget by one global ranking."""
-    scores = {idx: _probs(c, idx, captured).amax(1) for idx in c.layers}  # (G, T) each
-    valid = {idx: torch.isfinite(c._span(idx)[2]) for idx in c.layers}
-    total = sum(int(c.budgets[idx].max()) for idx in c.layers)  # slots per head, summed over layers
-    out = {}
-    for idx, width in profiles.global_widths(scores, valid, total).items():
-        c.budgets[idx] = torch.full_like(c.budgets[idx], width)
-        out[idx] = am.select_top(scores[idx], valid[idx], width)
-    return out
+    scores = c.share_globally({idx: _queries(c, idx, captured) for idx in c.layers})
+    return {idx: am.select_top(s, torch.isfinite(c._span(idx)[2]), int(c.budgets[idx].max()))
+            for idx, s in scores.items()}

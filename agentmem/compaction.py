@@ -196,17 +196,19 @@ class _Compactor:
             out[idx] = valid.clamp(min=1, max=base[idx]).cpu().repeat(self.batch)
         return out
 
-    def _share_globally(self, fitting: dict[int, torch.Tensor]) -> None:
-        """Re-share the layers' total by one ranking of each key's max attention over its fitting queries."""
+    def share_globally(self, fitting: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Re-share the layers' total by one ranking of each key's max attention over its `fitting`
+        queries (G, n, D) per layer; returns those scores, (G, T) per layer (kvzip keeps by them)."""
         scores, valid = {}, {}
         for idx in self.layers:
             keys, _, prior = self._span(idx)
             logits = am.span_logits(fitting[idx], keys.float(), prior.float(), self.scalings[idx])
             scores[idx] = torch.softmax(logits, dim=-1).amax(1)
             valid[idx] = torch.isfinite(prior)
-        total = sum(int(self.budgets[idx].max()) for idx in self.layers)
+        total = sum(int(self.budgets[idx].max()) for idx in self.layers)  # slots per head, summed over layers
         for idx, width in profiles.global_widths(scores, valid, total).items():
             self.budgets[idx] = torch.full_like(self.budgets[idx], width)
+        return scores
 
     def _span(self, idx: int):
         """(keys (G,T,D), values (G,T,Dv), prior bias (G,T)) of the span in layer idx."""
@@ -232,7 +234,7 @@ class _Compactor:
             captured = self._repeat_pass() if spec.repeat_queries else {}
             fitting = {idx: self._layer_queries(idx, captured, extra) for idx in self.layers}
             if spec.global_budgets and self.ratio != 1:
-                self._share_globally(fitting)
+                self.share_globally(fitting)
             for idx in self.layers:
                 self._install(idx, self._fit(idx, fitting[idx]))
             return self.out

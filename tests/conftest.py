@@ -56,6 +56,17 @@ def ids():
     return torch.randint(3, VOCAB, (1, 48))
 
 
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """A CLI test that must refuse its arguments before any model is loaded."""
+    import agentmem.models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(agentmem.models, "load_model", refuse)
+
+
 @pytest.fixture(scope="session")
 def smollm2():
     """The real SmolLM2-135M for the slow tier (skipped where its package is missing)."""

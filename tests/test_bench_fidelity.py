@@ -130,11 +130,7 @@ def test_bad_settings_are_refused():
     (["--ratios", "0.5"], "must be a finite number >= 1"),
     (["--context", "0"], "must be >= 1"),
 ])
-def test_cli_refuses_bad_arguments_before_loading(monkeypatch, capsys, argv, words):
-    def no_load(*args, **kwargs):
-        raise AssertionError("the model was loaded")
-
-    monkeypatch.setattr(agentmem.models, "load_model", no_load)
+def test_cli_refuses_bad_arguments_before_loading(no_model_load, capsys, argv, words):
     code = main(["bench", "fidelity", *argv])
     err = capsys.readouterr().err
     assert code == 2 and words in err and "Traceback" not in err

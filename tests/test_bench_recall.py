@@ -169,11 +169,7 @@ def test_bad_settings_are_refused(kwargs, words):
     (["--method", "magic"], "unknown method(s) magic"),
     (["--checkpoints", "0"], "must be >= 1"),
 ])
-def test_cli_refuses_bad_arguments_before_loading(monkeypatch, capsys, argv, words):
-    def no_load(*args, **kwargs):
-        raise AssertionError("the model was loaded")
-
-    monkeypatch.setattr(agentmem.models, "load_model", no_load)
+def test_cli_refuses_bad_arguments_before_loading(no_model_load, capsys, argv, words):
     code = main(["bench", "recall", *argv])
     err = capsys.readouterr().err
     assert code == 2 and words in err and "Traceback" not in err

@@ -143,13 +143,7 @@ def contexts(tokenizer, *, count: int, context: int, facts: int, protect: int, c
                               f"{protect} protected tokens; use a longer --context or a smaller --protect")
         fact_list = []
         for i, (key, code) in enumerate(zip(keys, codes)):
-            others = [c for c in codes if c != code]
-            picked = rng.sample(others, min(len(others), choices - 1))
-            while len(picked) < choices - 1:  # fewer facts than options: fresh codes
-                fresh = str(rng.randrange(10 ** (CODE_DIGITS - 1), 10 ** CODE_DIGITS))
-                if fresh not in codes and fresh not in picked:
-                    picked.append(fresh)
-            options = [code] + picked
+            options = [code] + wrong_options(code, codes, choices - 1, rng)
             rng.shuffle(options)
             fact_list.append(Fact(prompt=_ids(tokenizer, "\n" + key), right=options.index(code),
                                   options=[_ids(tokenizer, f" {o}") for o in options], position=positions[i]))
@@ -157,6 +151,18 @@ def contexts(tokenizer, *, count: int, context: int, facts: int, protect: int, c
         out.append(Context(ids=torch.tensor([ids]), continuation=torch.tensor([cont]), facts=fact_list,
                            quotes=[newline + q for q in quotes]))
     return out
+
+
+def wrong_options(code: str, codes: list[str], count: int, rng: random.Random) -> list[str]:
+    """`count` wrong options for `code`: the other planted codes (so knowing that a code was seen
+    is not enough), then fresh codes when there are too few."""
+    others = [c for c in codes if c != code]
+    picked = rng.sample(others, min(len(others), count))
+    while len(picked) < count:
+        fresh = str(rng.randrange(10 ** (CODE_DIGITS - 1), 10 ** CODE_DIGITS))
+        if fresh not in codes and fresh not in picked:
+            picked.append(fresh)
+    return picked
 
 
 def _ids(tokenizer, text: str) -> list[int]:

@@ -108,21 +108,11 @@ def make_facts(count: int, seed: int = 0) -> list[Fact]:
     codes = [str(c) for c in rng.sample(range(1000, 10000), count)]
     out = []
     for i, (key, code) in enumerate(zip(keys, codes)):
-        options = [code] + _others(code, codes, rng)
+        options = [code] + fidelity.wrong_options(code, codes, CHOICES - 1, rng)
         rng.shuffle(options)
         out.append(Fact(key=key, code=code, options=options, right=options.index(code),
                         source="user" if (i // GROUP) % 2 == 0 else "tool"))
     return out
-
-
-def _others(code: str, codes: list[str], rng: random.Random) -> list[str]:
-    """CHOICES - 1 wrong options: other facts' codes, fresh codes when there are too few facts."""
-    picked = rng.sample([c for c in codes if c != code], min(len(codes) - 1, CHOICES - 1))
-    while len(picked) < CHOICES - 1:
-        fresh = str(rng.randrange(1000, 10000))
-        if fresh not in codes and fresh not in picked:
-            picked.append(fresh)
-    return picked
 
 
 def opening(facts: list[Fact]) -> list[tuple[str, str]]:
