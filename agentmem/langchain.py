@@ -23,6 +23,9 @@ answers `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, parsed into
 `AIMessage.tool_calls` (unreadable blocks go to `invalid_tool_calls`). Generation stops
 after the first complete call unless `bind_tools(..., parallel_tool_calls=True)`: small
 models tend to keep writing after a call, and an agent runs the tool before going on.
+With `repeat_guard=True` a reply cannot write a tool call identical to one made since the
+last human message (a `ToolMessage` already holds its result): the model answers or makes
+another call.
 `tool_choice` "any"/"required" (or a tool name) is enforced by starting the reply with
 `<tool_call>{"name": "` (or with the name filled in); a forced call to a tool without
 parameters is complete without the model, so it is written directly.
@@ -45,7 +48,7 @@ from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.messages.ai import InputTokenDetails, UsageMetadata
 from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
@@ -59,11 +62,12 @@ from .chat import ChatFormat
 from .constrain import call_constraint
 from .engine import Session
 from .errors import ConfigError, SessionNotFoundError
+from .forbid import ForbidText, call_texts
 from .langchain_history import _REGISTRY, _Entry, _key, _Turn, _turns, clear_sessions
 from .langchain_tools import _choice, _ends_with_call, _Forcing, _forcing, _split_reply, _Visible
 from .policies import Policy, policy_from
 from .sampling import generation_config
-from .toolcalls import CLOSE, OPEN
+from .toolcalls import OPEN, ToolCall
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +170,10 @@ class ChatAgentMem(BaseChatModel):
     """Generate through `_stream` even in `invoke` (callbacks then see every token)."""
     max_sessions: int = 8
     """Engine sessions (KV caches) this process keeps in memory; older ones are evicted."""
+    repeat_guard: bool = False
+    """A reply cannot write a tool call identical to one made since the last human message
+    (its result is already in the history). Off by default: on SmolLM2-135M the model then
+    wrote a slightly different call (a longer city string) rather than an answer (docs/LOG.md)."""
     loaded: Any = Field(default=None, exclude=True, repr=False)
     """An already loaded `(model, tokenizer)` pair; see `from_model`."""
 
@@ -384,8 +392,8 @@ class ChatAgentMem(BaseChatModel):
         forbidden = tools and kwargs.get("tool_choice") == "none"
         if forbidden:
             stops.append(OPEN)  # no calls: a reply that starts one ends there (the tools stay in the prompt)
-        elif tools and not kwargs.get("parallel_tool_calls"):
-            stops.append(CLOSE)  # with _ends_with_call: the reply ends after its first complete call
+        # With tools (and no parallel calls) the reply ends after its first complete call
+        # (_ends_with_call): not at a "</tool_call>" stop string, which a string argument may contain.
         thread = kwargs.get("session_id")
         if thread is None and run_manager is not None:
             metadata = getattr(run_manager, "metadata", None) or {}
@@ -446,6 +454,11 @@ class ChatAgentMem(BaseChatModel):
                         options["logits_processor"] = call_constraint(
                             session.tokenizer, call.tools, max_new_tokens=call.max_new_tokens,
                             prefix=call.forcing.prefix or "")
+                        made = _calls_this_turn(call.messages) if self.repeat_guard else []
+                        if made:  # the repeat guard: a call already answered is not written again
+                            options["logits_processor"] = ForbidText(
+                                session.tokenizer, call_texts(made), inner=options["logits_processor"],
+                                prefix=call.forcing.prefix or "")
                     for piece in session.stream(call.max_new_tokens, stop=call.stop or None, stop_when=stop_when,
                                                 prefix=call.forcing.prefix, **call.sampling, **options):
                         shown.append(piece)
@@ -561,6 +574,17 @@ class ChatAgentMem(BaseChatModel):
         while f"{thread}/{n}" in taken:
             n += 1
         return f"{thread}/{n}"
+
+
+def _calls_this_turn(messages: Sequence[BaseMessage]) -> list[ToolCall]:
+    """The tool calls of the AI messages after the last human message (the agent loop's calls so far)."""
+    calls: list[ToolCall] = []
+    for message in reversed(messages):
+        if isinstance(message, HumanMessage):
+            break
+        if isinstance(message, AIMessage):
+            calls += [ToolCall(c["name"], dict(c.get("args") or {})) for c in message.tool_calls]
+    return calls
 
 
 def _thread(config: RunnableConfig | None, kwargs: dict) -> dict:

@@ -8,7 +8,9 @@ A model asks for a tool by writing a JSON object inside tags, as the tool prompt
 `parse_tool_calls` splits a reply into its plain text and its calls. Small models write
 sloppy JSON, so the parser is lenient where the intent is unambiguous (a missing closing
 tag at the end of the reply, `arguments` given as a JSON string, `parameters` instead of
-`arguments`) and reports everything else as an error the caller can show the model.
+`arguments`) and reports everything else as an error the caller can show the model. A
+block ends after its JSON object when one parses there, so a string argument may contain
+``</tool_call>``.
 """
 
 from __future__ import annotations
@@ -62,14 +64,40 @@ def parse_tool_calls(text: str) -> ParsedReply:
         if text.endswith(CLOSE[:size]):
             text = text[:-size]
             break
-    for match in _BLOCK.finditer(text):
-        body = match.group(1).strip()
+    kept: list[str] = []  # the text outside the blocks
+    at = 0
+    while (start := text.find(OPEN, at)) >= 0:
+        kept.append(text[at:start])
+        end = _json_block_end(text, start + len(OPEN))
+        if end is not None:  # a complete JSON object: the block ends with it (a closing tag inside a string is text)
+            body, at = text[start + len(OPEN):end[0]].strip(), end[1]
+        else:
+            match = _BLOCK.match(text, start)
+            body, at = match.group(1).strip(), match.end()
         try:
             calls.append(_call_from(body))
         except ValueError as exc:
             unreadable.append((body, str(exc)))
-    content = _BLOCK.sub("", text).strip()
+    kept.append(text[at:])
+    content = "".join(kept).strip()
     return ParsedReply(content=content, calls=calls, unreadable=unreadable)
+
+
+def _json_block_end(text: str, at: int) -> tuple[int, int] | None:
+    """(end of the object, end of the block) when a JSON object starts at `at`, then a closing tag or the end."""
+    body = text[at:]
+    lead = len(body) - len(body.lstrip())
+    try:
+        _, end = json.JSONDecoder().raw_decode(body, lead)
+    except ValueError:
+        return None
+    rest = body[end:]
+    tail = len(rest) - len(rest.lstrip())
+    if rest[tail:].startswith(CLOSE):
+        return at + end, at + end + tail + len(CLOSE)
+    if not rest.strip():
+        return at + end, len(text)
+    return None
 
 
 def _call_from(body: str) -> ToolCall:

@@ -31,16 +31,20 @@ API summary (all importable from `agentmem.agents`):
   and exceptions raised by the function become an observation ("error: ValueError: ...")
   for the model. Plain callables passed to `Agent(tools=...)` are wrapped automatically.
 - `ModelSettings(max_new_tokens=256, temperature=0.0, tool_choice="auto", stop=(),
-  reset_tool_choice=True, constrain_calls=True)`: tool_choice is "auto", "required",
-  "none" or a tool name. "required" / a name force the reply to begin with
-  `<tool_call>{"name": "` (or `<tool_call>{"name": "NAME", "arguments": `) through
-  `Session.stream(prefix=...)`, and `constrain_calls` keeps a started call well-formed JSON
-  (token filter), which is what makes a 135M model write valid calls. After a tool ran,
-  tool_choice goes back to "auto" (`reset_tool_choice`) so the agent can answer.
+  constrain_calls=True)`: tool_choice is "auto", "required", "none" or a tool name.
+  "required" / a name force the reply to begin with `<tool_call>{"name": "` (or
+  `<tool_call>{"name": "NAME", "arguments": `) through `Session.stream(prefix=...)`, and
+  `constrain_calls` holds a started call to the tool's JSON schema (token filter), which
+  is what makes a 135M model write valid calls.
 - `Agent(name, instructions=None, tools=(), model="smollm2-135m", policy=None,
-  settings=ModelSettings(), stop_at_tools=(), on_compaction=None)`; `model` is a built-in
-  name / HF id / path (loaded once per process), a `LocalModel`, or a `ScriptedModel`.
-  `on_compaction(plan)` returning False vetoes a compaction.
+  settings=ModelSettings(), stop_at_tools=(), on_compaction=None, reset_tool_choice=True,
+  repeat_guard=RepeatGuard())`; `model` is a built-in name / HF id / path (loaded once per
+  process), a `LocalModel`, or a `ScriptedModel`. `on_compaction(plan)` returning False
+  vetoes a compaction. `reset_tool_choice` (openai-agents' semantics): once a run has used
+  a tool, tool_choice goes back to "auto" for the rest of that run (the next run is forced
+  again). `repeat_guard`: a call identical to one already run in this run is masked while
+  decoding; written anyway, it is not run and the next reply is a plain-text answer
+  (`RepeatGuard(forbid=True, then="answer" | "refuse")`; None turns it off).
 - `LocalModel(name, device=None, dtype=None)`, `LocalModel.from_pretrained(model, tokenizer)`.
 - `ScriptedModel(script)`: strict fake model for tests: replies are strings,
   `ScriptedModel.call("read_file", path="a.py")`, callables receiving the messages, or
@@ -69,7 +73,7 @@ API summary (all importable from `agentmem.agents`):
   the KV cache is checkpointed every turn and the next run, even in a new process,
   resumes it without prefilling the history again).
 
-Modules: `tools` (tool, FunctionTool), `agent` (Agent, ModelSettings), `models` (the
+Modules: `tools` (tool, FunctionTool), `agent` (Agent, ModelSettings), `guard` (RepeatGuard), `models` (the
 Conversation seam, LocalModel), `scripted` (ScriptedModel), `sessions` (Session,
 MemorySession, SQLiteSession), `events` (events, Usage), `constrain` (well-formed tool
 calls), `runner` (Runner, RunResult, RunResultStreaming, RunHooks).
@@ -90,6 +94,7 @@ from .events import (
     TurnDoneEvent,
     Usage,
 )
+from .guard import RepeatGuard
 from .models import Conversation, LocalModel, Model
 from .runner import RunHooks, Runner, RunResult, RunResultStreaming
 from .scripted import ScriptedCompaction, ScriptedModel, ScriptedRequest
@@ -108,6 +113,7 @@ __all__ = [
     "MemorySession",
     "Model",
     "ModelSettings",
+    "RepeatGuard",
     "RunEvent",
     "RunHooks",
     "RunResult",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from agentmem.errors import ConfigError
 from agentmem.memory import Plan
 
+from .guard import RepeatGuard
 from .models import as_model
 from .tools import FunctionTool, as_tool
 
@@ -23,24 +25,27 @@ class ModelSettings:
     Args:
         max_new_tokens: tokens per reply at most.
         temperature: 0 decodes greedily (the default: reproducible runs).
-        tool_choice: "auto" (the model decides), "required" (every reply starts with
-            ``<tool_call>{"name": "``), "none" (replies are final answers; calls in them
-            are not run) or a tool name (the reply starts with
-            ``<tool_call>{"name": "NAME", "arguments": ``). Forcing is done with the
-            engine's reply prefix, so even a 135M model produces a call.
-        stop: extra stop strings (a reply also stops after a tool call's ``</tool_call>``,
-            so one reply holds at most one call).
-        reset_tool_choice: after a tool ran, go back to "auto" for the rest of the run, so
-            "required" cannot loop forever.
+        tool_choice: "auto" (the model decides), "required" (the reply starts with
+            ``<tool_call>{"name": "``), "none" (replies are final answers: calls in them
+            are not run, and a local model with `constrain_calls` cannot start one) or a
+            tool name (the reply starts with ``<tool_call>{"name": "NAME", "arguments": ``).
+            Forcing is done with the engine's reply prefix, so even a 135M model produces
+            a call. As in openai-agents, "required" and a tool name hold for the replies
+            of a run until it has used a tool, then the run goes on with "auto"
+            (`Agent.reset_tool_choice`).
+        stop: extra stop strings (a reply also ends once its tool call is complete, so
+            one reply holds at most one call).
+        reset_tool_choice: deprecated, use `Agent(reset_tool_choice=...)`; when set, it
+            overrides the agent's.
         constrain_calls: once a reply opens ``<tool_call>``, allow only tokens that keep the
-            call well-formed JSON with a known tool name (local models only).
+            call to a known tool's JSON schema (local models only).
     """
 
     max_new_tokens: int = 256
     temperature: float = 0.0
     tool_choice: str = "auto"
     stop: tuple[str, ...] = ()
-    reset_tool_choice: bool = True
+    reset_tool_choice: bool | None = None
     constrain_calls: bool = True
 
     def __post_init__(self) -> None:
@@ -72,6 +77,12 @@ class Agent:
         settings: decoding settings (`ModelSettings`).
         stop_at_tools: tool names whose output, when they succeed, is the final output.
         on_compaction: called with the `Plan` before each compaction; False vetoes it.
+        reset_tool_choice: once a run has used a tool, its later replies use "auto"
+            instead of the settings' "required" / tool name (openai-agents' semantics: a
+            forced choice cannot loop forever). False keeps forcing every reply.
+        repeat_guard: what to do about a call identical to one already run in this run
+            (`RepeatGuard`: masked while decoding; if written anyway, not run and the next
+            reply is a plain-text answer). None turns the guard off.
     """
 
     name: str
@@ -82,8 +93,16 @@ class Agent:
     settings: ModelSettings = field(default_factory=ModelSettings)
     stop_at_tools: Sequence[str] = ()
     on_compaction: Callable[[Plan], bool | None] | None = None
+    reset_tool_choice: bool = True
+    repeat_guard: RepeatGuard | None = field(default_factory=RepeatGuard)
 
     def __post_init__(self) -> None:
+        if self.settings.reset_tool_choice is not None:
+            warnings.warn("ModelSettings(reset_tool_choice=...) is deprecated; pass Agent(reset_tool_choice=...)",
+                          DeprecationWarning, stacklevel=3)
+            self.reset_tool_choice = self.settings.reset_tool_choice
+        if self.repeat_guard is not None and not isinstance(self.repeat_guard, RepeatGuard):
+            raise ConfigError(f"repeat_guard must be a RepeatGuard or None, got {self.repeat_guard!r}")
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError("an agent needs a name, e.g. Agent('assistant', instructions=...)")
         self.tools = [as_tool(t) for t in self.tools]

@@ -3,7 +3,15 @@
 The loop is one generator, `_run_stream`: ask the model for a reply (streaming its
 tokens), run the tool it calls, give the output back as a ``tool`` message, repeat until a
 reply calls no tool (its text is the final output), a `stop_at_tools` tool succeeds, or
-`max_turns` replies were used (`MaxTurnsExceeded`). A model's mistake (an unreadable call,
+`max_turns` replies were used (`MaxTurnsExceeded`).
+
+Tool choice follows openai-agents: "required" or a tool name forces the first reply of a
+run; once the run has used a tool it goes back to "auto" (`Agent.reset_tool_choice`, on by
+default). The repeat guard (`Agent.repeat_guard`, `agents.guard`) keeps the model from
+running the same call twice: the call is masked while decoding and, if written anyway,
+not run, and the next reply is a plain-text answer. A reply that opens a call under the
+call constraint ends when the call's JSON object is complete and closed (a
+``</tool_call>`` inside a string argument does not end it). A model's mistake (an unreadable call,
 an unknown tool, bad arguments) or a tool's exception becomes the next observation; a bug
 in this package raises. `run_sync`, `run` and `run_streamed` all consume the same
 generator; the async ones run it in a worker thread (the model is torch work), and async
@@ -16,6 +24,7 @@ order between the tokens they happened between.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import weakref
@@ -42,6 +51,7 @@ from .events import (
     TurnDoneEvent,
     Usage,
 )
+from .guard import ForbidText, RepeatGuard, call_texts, no_calls
 from .sessions import Session, SQLiteSession, check_items, close_call
 from .tools import ToolOutput, run_coroutine_blocking
 
@@ -222,6 +232,10 @@ def _run_stream(agent: Agent, result: RunResult, *, session: Session | None, max
         raise ConfigError(f"max_turns must be >= 1, got {max_turns}")
     hooks = hooks or RunHooks()
     settings, choice = agent.settings, agent.settings.tool_choice
+    guard = agent.repeat_guard
+    ran: dict[tuple[str, str], ToolCall] = {}  # calls handled in this run, by RepeatGuard.key
+    written: list[str] = []  # those calls as the model wrote them
+    answer_now = False  # the guard refused a repeated call: the next reply is a plain-text answer
     conversation, stored = _open(agent, session)
     buffer = _Compactions(agent, hooks)
     relay = _relay(conversation)
@@ -241,9 +255,15 @@ def _run_stream(agent: Agent, result: RunResult, *, session: Session | None, max
             turn = buffer.turn = result.turns
             hooks.on_turn_start(agent, turn)
             allowed = hooks.allowed_tools(agent, turn)
-            prefix, stops, processor = _decoding(agent, conversation, choice, allowed)
-            for piece in conversation.stream(settings.max_new_tokens, stop=stops, temperature=settings.temperature,
-                                             prefix=prefix, logits_processor=processor):
+            reply_choice = "none" if answer_now else choice
+            forbidden = call_texts(ran.values(), written) if guard is not None and guard.forbid else []
+            decoding = _decoding(agent, conversation, reply_choice, allowed, forbidden)
+            shown: list[str] = []
+            extra = {"stop_when": lambda _: _call_closed("".join(shown))} if decoding.watch_call else {}
+            for piece in conversation.stream(settings.max_new_tokens, stop=decoding.stops,
+                                             temperature=settings.temperature, prefix=decoding.prefix,
+                                             logits_processor=decoding.processor, **extra):
+                shown.append(piece)
                 yield from buffer.drain()
                 yield TokenEvent(piece, turn)
             yield from buffer.drain()
@@ -251,13 +271,22 @@ def _run_stream(agent: Agent, result: RunResult, *, session: Session | None, max
             result._record(reply)
             result.new_items.append({"role": "assistant", "content": close_call(reply.text)})
             parsed = parse_tool_calls(reply.text)
-            done, final = choice == "none" or not (parsed.calls or parsed.errors), None
+            done, final = reply_choice == "none" or not (parsed.calls or parsed.errors), None
             if done:
-                final = reply.text.strip() if choice == "none" else parsed.content
+                final = reply.text.strip() if reply_choice == "none" else parsed.content
             for call in [] if done else parsed.calls:
                 yield ToolCallEvent(call, turn)
                 hooks.on_tool_start(agent, call)
-                output = _call_tool(agent, call, run_coroutine, allowed)
+                key = RepeatGuard.key(call)
+                if guard is not None and key in ran:
+                    output = ToolOutput(guard.refusal(call), True)
+                    answer_now = guard.then == "answer"
+                    log.info("repeat guard: %s(%s) was already called in this run; not running it", *key)
+                else:
+                    output = _call_tool(agent, call, run_coroutine, allowed)
+                    if allowed is None or call.name in allowed:
+                        ran.setdefault(key, call)
+                        written.extend(_written_calls(reply.text))
                 hooks.on_tool_end(agent, call, output.text)
                 _observe(conversation, result, output.text)
                 yield ToolResultEvent(call, output.text, output.is_error, turn)
@@ -267,8 +296,8 @@ def _run_stream(agent: Agent, result: RunResult, *, session: Session | None, max
             for error in [] if done else parsed.errors:
                 _observe(conversation, result, f"error: {error}")
                 yield ToolResultEvent(None, f"error: {error}", True, turn)
-            if parsed.calls and settings.reset_tool_choice and choice != "none":
-                choice = "auto"
+            if parsed.calls and agent.reset_tool_choice and choice != "none":
+                choice = "auto"  # openai-agents' reset_tool_choice: a run that used a tool is not forced again
             hooks.on_turn_end(agent, turn, reply)
             yield TurnDoneEvent(turn, Usage.of(reply), reply.finish_reason, reply.text)
             if done:
@@ -298,23 +327,71 @@ def _open(agent: Agent, session: Session | None) -> tuple[Any, SQLiteSession | N
     return conversation, None
 
 
-def _decoding(agent: Agent, conversation: Any, choice: str,
-              allowed: Sequence[str] | None = None) -> tuple[str | None, list[str], Any]:
-    """The reply's forced prefix, stop strings and token filter for this tool choice."""
+@dataclass
+class _Decoding:
+    """How one reply is decoded: its forced prefix, stop strings and token filter."""
+
+    prefix: str | None
+    stops: list[str]
+    processor: Any = None
+    watch_call: bool = False  # end the reply once its call is complete (instead of a CLOSE stop string)
+
+
+def _decoding(agent: Agent, conversation: Any, choice: str, allowed: Sequence[str] | None = None,
+              forbidden: Sequence[str] = ()) -> _Decoding:
+    """The reply's forced prefix, stop strings and token filter for this tool choice.
+
+    With the call constraint, ``</tool_call>`` is not a stop string (a string argument may
+    contain it); the runner ends the reply when the call's JSON object is closed instead.
+    `forbidden` are call texts the reply may not write (the repeat guard).
+    """
     stops = list(agent.settings.stop)
     names = [t.name for t in agent.tools if allowed is None or t.name in allowed]
     if allowed is not None and choice not in ("none", "auto", "required") and choice not in names:
         choice = "required" if names else "none"
+    tokenizer = getattr(conversation, "tokenizer", None)
+    constrained = agent.settings.constrain_calls and tokenizer is not None
     if choice == "none" or not names:
-        return None, stops, None
-    stops.append(CLOSE)  # one call per reply: decoding stops when the call is closed
+        plain = constrained and bool(agent.tools)  # tools are in the prompt: keep the reply from calling one
+        return _Decoding(None, stops, no_calls(tokenizer) if plain else None)
     prefix = OPEN + HEAD if choice == "required" else OPEN + HEAD + choice + MIDDLE if choice in names else None
-    processor = None
-    if agent.settings.constrain_calls and getattr(conversation, "tokenizer", None) is not None:
-        schemas = [t.schema() for t in agent.tools if t.name in names]
-        processor = call_constraint(conversation.tokenizer, schemas, max_new_tokens=agent.settings.max_new_tokens,
-                                    prefix=prefix or "")
-    return prefix, stops, processor
+    if not constrained:
+        return _Decoding(prefix, stops + [CLOSE])  # one call per reply: decoding stops when the call is closed
+    schemas = [t.schema() for t in agent.tools if t.name in names]
+    processor = call_constraint(tokenizer, schemas, max_new_tokens=agent.settings.max_new_tokens,
+                                prefix=prefix or "")
+    if forbidden:
+        processor = ForbidText(tokenizer, forbidden, inner=processor, prefix=prefix or "")
+    return _Decoding(prefix, stops, processor, watch_call=True)
+
+
+def _call_closed(text: str) -> bool:
+    """Whether `text` holds a call whose JSON object is complete and closed (or followed by other text)."""
+    start = text.find(OPEN)
+    if start < 0:
+        return False
+    body = text[start + len(OPEN):].lstrip()
+    try:
+        _, end = json.JSONDecoder().raw_decode(body)
+    except ValueError:
+        return False
+    rest = body[end:].lstrip()
+    return rest.startswith(CLOSE) or (bool(rest) and not CLOSE.startswith(rest))
+
+
+def _written_calls(text: str) -> list[str]:
+    """Each call in a reply as written, from ``<tool_call>`` to the end of its JSON object."""
+    out, start = [], text.find(OPEN)
+    while start >= 0:
+        body = text[start + len(OPEN):]
+        try:
+            _, end = json.JSONDecoder().raw_decode(body)
+        except ValueError:
+            pass
+        else:
+            out.append(text[start:start + len(OPEN) + end])
+        start = text.find(OPEN, start + len(OPEN))
+    return out
 
 
 def _call_tool(agent: Agent, call: ToolCall, run_coroutine: RunCoroutine,

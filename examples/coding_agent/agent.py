@@ -64,8 +64,9 @@ def build_agent(workspace: Workspace, *, model: Any = "smollm2-135m", policy: Po
     tools = [t for t in workspace_tools(workspace, guard=guard, known_paths=True) if t.name != "write_file"]
     agent = Agent("coding-agent", instructions=INSTRUCTIONS, tools=tools, model=model, policy=policy,
                   settings=ModelSettings(max_new_tokens=max_new_tokens, temperature=temperature,
-                                         tool_choice="required", reset_tool_choice=False),
-                  stop_at_tools=["run_tests"])
+                                         tool_choice="required"),
+                  stop_at_tools=["run_tests"], reset_tool_choice=False,
+                  repeat_guard=None)  # its RepeatGuard knows when a file changed; the SDK's does not
     agent.guard = guard
     return agent
 
