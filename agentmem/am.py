@@ -14,7 +14,9 @@ the three steps (keys, beta, values).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -216,25 +218,47 @@ def match(
     per_step: int = 1,
     refit_every: int = 1,
     w_bounds: tuple[float, float] | None = None,
+    phases: dict[str, float] | None = None,
 ) -> Fit:
-    """Attention-match one span for G heads with per-head budgets (G,) long."""
+    """Attention-match one span for G heads with per-head budgets (G,) long.
+
+    `phases`, when given, accumulates the seconds of each step: "targets", "selection",
+    "beta" and "values".
+    """
     queries, keys, values, prior = queries.float(), keys.float(), values.float(), prior.float()
-    t = targets(queries, keys, values, prior, scale)
+    with timed(phases, "targets"):
+        t = targets(queries, keys, values, prior, scale)
     width = int(budgets.max())
     active = budget_mask(budgets, width)
-    if selection == "omp":
-        index = select_omp(t, width, per_step=per_step, refit_every=refit_every)
-        lo, hi = w_bounds or (math.exp(-7), math.exp(7))
-    elif selection in ("highest", "max"):
-        scores = highest_attention_scores(t) if selection == "highest" else max_attention_scores(t)
-        index = select_top(scores, t.valid, width)
-        lo, hi = w_bounds or (math.exp(-3), math.exp(3))
-    else:
-        raise ValueError(f"unknown key selection {selection!r}")
-    beta = fit_beta(t, index, active, lo=lo, hi=hi)
-    kept = torch.gather(keys, 1, index.unsqueeze(-1).expand(-1, -1, keys.shape[-1]))
-    # The prior bias of a kept key (an earlier beta) is folded into the new beta.
-    beta = beta + torch.gather(prior, 1, index).masked_fill(~active, 0.0)
-    fitted = fit_values(queries, kept, beta, t.outputs, scale)
-    fitted = fitted.masked_fill(~active.unsqueeze(-1), 0.0)
+    with timed(phases, "selection"):
+        if selection == "omp":
+            index = select_omp(t, width, per_step=per_step, refit_every=refit_every)
+            lo, hi = w_bounds or (math.exp(-7), math.exp(7))
+        elif selection in ("highest", "max"):
+            scores = highest_attention_scores(t) if selection == "highest" else max_attention_scores(t)
+            index = select_top(scores, t.valid, width)
+            lo, hi = w_bounds or (math.exp(-3), math.exp(3))
+        else:
+            raise ValueError(f"unknown key selection {selection!r}")
+    with timed(phases, "beta"):
+        beta = fit_beta(t, index, active, lo=lo, hi=hi)
+    with timed(phases, "values"):
+        kept = torch.gather(keys, 1, index.unsqueeze(-1).expand(-1, -1, keys.shape[-1]))
+        # The prior bias of a kept key (an earlier beta) is folded into the new beta.
+        beta = beta + torch.gather(prior, 1, index).masked_fill(~active, 0.0)
+        fitted = fit_values(queries, kept, beta, t.outputs, scale)
+        fitted = fitted.masked_fill(~active.unsqueeze(-1), 0.0)
     return Fit(index=index, bias=beta, values=fitted)
+
+
+@contextlib.contextmanager
+def timed(phases: dict[str, float] | None, name: str):
+    """Add the block's wall seconds to phases[name] (nothing when phases is None)."""
+    if phases is None:
+        yield
+        return
+    began = time.perf_counter()
+    try:
+        yield
+    finally:
+        phases[name] = phases.get(name, 0.0) + time.perf_counter() - began

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import am, baselines, hf, profiles, queries
+from .captured import REFERENCE_MODES, QuerySample
 from .errors import CompactionError, ConfigError, ModelMismatchError, UnsupportedModelError
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,8 @@ class Options:
 
     tokenizer: object | None = None
     recent_queries: dict[int, torch.Tensor] | None = None  # layer -> (B, H_q, n, D)
+    captured: QuerySample | None = None  # queries the session asked as it ran (`agentmem.captured`)
+    reference: str | None = None  # "repeat" | "captured" | "both"; None: "captured" with a sample, else "repeat"
     max_queries: int | None = None  # per KV head (None: the method's); bounds memory to a multiple of the span's KV
     max_repeat_tokens: int | None = None  # repeat-prefill only the span's last N tokens (long re-compactions)
     self_study_tokens: int | None = None
@@ -168,6 +171,8 @@ class _Compactor:
         self.max_queries = spec.max_queries if opts.max_queries is None else opts.max_queries
         self.budgets = self._budgets()
         self.out = view.copy()
+        self.phases: dict[str, float] = {}  # seconds per step (am.timed), reported in stats["phases"]
+        opts.stats["phases"] = self.phases
 
     # ---------------------------------------------------------------- budgets per head
     def _budgets(self) -> dict[int, torch.Tensor]:
@@ -225,28 +230,60 @@ class _Compactor:
         spec = self.spec
         if self.ratio == 1 and spec.selection not in ("kvzip",):
             return self.out  # nothing to remove: every slot stays as it is
-        extra = self._extra_queries()
+        with am.timed(self.phases, "self_study"):
+            extra = self._extra_queries()
         if spec.fit:
             on_policy = spec.on_policy if self.opts.on_policy is None else self.opts.on_policy
-            if on_policy:
+            mode = self.reference_mode()
+            if on_policy and mode != "captured":  # on-policy fits inside the repeat pass; captured only: off-policy
+                if mode == "both":
+                    for idx, q in self._captured().items():
+                        extra[idx].append(q)
                 self._repeat_pass(transform=self._on_policy_hook(extra))
                 return self.out
-            captured = self._repeat_pass() if spec.repeat_queries else {}
-            fitting = {idx: self._layer_queries(idx, captured, extra) for idx in self.layers}
+            asked = self._reference()
+            fitting = {idx: self._layer_queries(idx, asked, extra) for idx in self.layers}
             if spec.global_budgets and self.ratio != 1:
-                self.share_globally(fitting)
+                with am.timed(self.phases, "budgets"):
+                    self.share_globally(fitting)
             for idx in self.layers:
                 self._install(idx, self._fit(idx, fitting[idx]))
             return self.out
-        captured = self._repeat_pass() if spec.repeat_queries else {}
+        asked = self._reference() if spec.repeat_queries else {}
         if spec.selection == "snapkv":
-            captured = self._window_pass(baselines.SNAPKV_WINDOW)
-        picks = baselines.select(self, captured)
+            asked = self._window_pass(baselines.SNAPKV_WINDOW)
+        picks = baselines.select(self, asked)
         for idx in self.layers:
             self._install(idx, self._copy(idx, picks[idx]))
         return self.out
 
     # ---------------------------------------------------------------- queries
+    def reference_mode(self) -> str:
+        """Where this compaction's reference queries come from (see `Options.reference`)."""
+        if self.opts.reference is not None:
+            return self.opts.reference
+        return "captured" if self.opts.captured is not None else "repeat"
+
+    def _reference(self) -> dict[int, torch.Tensor]:
+        """Reference queries per layer, (B, H_q, n, D): the repeat pass's, the captured ones, or both."""
+        mode = self.reference_mode()
+        with am.timed(self.phases, "queries"):
+            asked = self._repeat_pass() if mode in ("repeat", "both") else {}
+        if mode in ("captured", "both"):
+            with am.timed(self.phases, "captured"):
+                captured = self._captured()
+            for idx, q in captured.items():
+                asked[idx] = torch.cat([asked[idx], q], dim=2) if idx in asked else q
+        return asked
+
+    def _captured(self) -> dict[int, torch.Tensor]:
+        start, end = self._logical_span()
+        captured = self.opts.captured.reference(self.model, start, end, self.view.get_seq_length(), self.layers)
+        if not captured:
+            raise ConfigError(f"the captured query sample holds no query at or after token {start}, so it cannot "
+                              "fit this span; pass reference='repeat' (or 'both')")
+        return captured
+
     def _repeat_pass(self, transform=None) -> dict[int, torch.Tensor]:
         start, end = self._logical_span()
         if self.opts.max_repeat_tokens:
@@ -302,7 +339,7 @@ class _Compactor:
         spec = self.spec
         selection = spec.selection if spec.selection in ("highest", "max") else "omp"
         return am.match(q, keys, values, prior, self.scalings[idx], self.budgets[idx], selection=selection,
-                        per_step=spec.per_step, refit_every=spec.refit_every)
+                        per_step=spec.per_step, refit_every=spec.refit_every, phases=self.phases)
 
     def _copy(self, idx: int, index: torch.Tensor) -> am.Fit:
         """A baseline's fit: kept keys with their own values and prior bias."""
@@ -498,6 +535,7 @@ def _check_options(opts: Options, model, view: hf.CompactedCache, layers: list[i
                           f"a profile JSON path, got {budgets!r}")
     _check_tokenizer(opts.tokenizer, _vocab_size(model))
     _check_recent_queries(opts.recent_queries, model, view, layers)
+    _check_captured(opts, model, view, layers)
 
 
 def _check_tokenizer(tokenizer, vocab: int) -> None:
@@ -543,6 +581,33 @@ def _check_recent_queries(recent, model, view: hf.CompactedCache, layers: list[i
             raise ConfigError(f"{what}; layer {idx} has shape {tuple(q.shape)}")
         if not bool(torch.isfinite(q).all()):
             raise ConfigError(f"recent_queries of layer {idx} hold NaN or inf; capture them again")
+
+
+def _check_captured(opts: Options, model, view: hf.CompactedCache, layers: list[int]) -> None:
+    """`captured` is a `QuerySample` of this model's queries; `reference` names a source that exists."""
+    if opts.reference is not None and opts.reference not in REFERENCE_MODES:
+        raise ConfigError(f"reference must be one of {', '.join(REFERENCE_MODES)} or None, got {opts.reference!r}")
+    sample = opts.captured
+    if sample is None:
+        if opts.reference in ("captured", "both"):
+            raise ConfigError(f"reference={opts.reference!r} needs captured=QuerySample(...) holding the session's "
+                              "queries; pass one or use reference='repeat'")
+        return
+    if not isinstance(sample, QuerySample):
+        raise ConfigError(f"captured must be an agentmem.captured.QuerySample, got {type(sample).__name__}")
+    config = hf.text_config(model)
+    missing = [idx for idx in layers if idx not in sample.queries]
+    if missing and len(sample):
+        raise ConfigError(f"the captured query sample has no queries for layer(s) {missing}; it was kept for "
+                          "another model or set of layers. Capture it with this model")
+    for idx in layers:
+        q = sample.queries.get(idx)
+        keys = view.layers[idx].keys
+        if q is not None and (q.shape[0], q.shape[1], q.shape[3]) != (keys.shape[0], config.num_attention_heads,
+                                                                      keys.shape[-1]):
+            raise ConfigError(f"captured queries of layer {idx} have shape {tuple(q.shape)}, this model asks "
+                              f"(batch {keys.shape[0]}, {config.num_attention_heads} heads, n, {keys.shape[-1]}); "
+                              "capture them with this model")
 
 
 def _check_input_finite(view: hf.CompactedCache, layers: list[int]) -> None:

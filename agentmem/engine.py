@@ -24,11 +24,12 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from . import hf
+from .captured import QuerySample
 from .chat import ChatFormat
 from .checkpoint import checkpoint_layers, policy_data, recent_state, stored_policy
 from .compaction import METHODS, options_from
 from .errors import ConfigError, SessionNotFoundError, StaleSessionError
-from .integrity import check_session, rebuild_cache
+from .integrity import captured_sample, check_session, rebuild_cache
 from .memory import AfterHook, BeforeHook, Compactor, Plan, over_budget_event, snap_spans
 from .policies import Policy, policy_from
 from .policies._config import check_ratio
@@ -76,6 +77,11 @@ class Session:
         seed: seed of the sampler.
         watch_every: record the KV size every this many decode steps.
         recent_queries: decode queries kept per layer for compaction (0 switches it off).
+        captured_queries: positions per layer of the session's own queries (prefill and
+            decode) kept as reference queries for compaction, spread evenly over the whole
+            history (`agentmem.captured.QuerySample`); 0 switches it off. A compaction fits
+            on them instead of a repeat pass, or beside it with
+            `compaction_options={"reference": "both"}`.
         compaction_options: extra keyword options for `agentmem.compact`.
         session_id, title, model_name: how the session is named in the store.
     """
@@ -94,6 +100,7 @@ class Session:
         seed: int = 0,
         watch_every: int = 16,
         recent_queries: int = 64,
+        captured_queries: int = 0,
         compaction_options: dict | None = None,
         session_id: str | None = None,
         title: str | None = None,
@@ -122,6 +129,7 @@ class Session:
         self._logits: torch.Tensor | None = None
         self._recent: dict[int, collections.deque] = {}
         self._recent_size = max(0, int(recent_queries))
+        self._sample = QuerySample(captured_queries) if captured_queries else None
         self._full_layers = [i for i in range(hf.text_config(model).num_hidden_layers)
                              if i not in hf.sliding_layers(model)]
         self._saved_messages = 0
@@ -341,9 +349,9 @@ class Session:
             with torch.no_grad(), hf.capture_queries(self._capture_layers(decode)) as capture:
                 out = self.model(input_ids=chunk, past_key_values=self.cache, use_cache=True,
                                  **hf.last_logits_only(self.model))
+            self._remember(capture, self.cached, decode)
             self.cached += n
             self._logits = out.logits[0, -1].float()
-            self._remember(capture)
         if not decode:
             self._watch()
         if self._logits is None:
@@ -351,11 +359,18 @@ class Session:
         return self._logits
 
     def _capture_layers(self, decode: bool) -> set[int]:
+        if self._sample is not None:
+            return set(self._full_layers)
         if not decode or not self._recent_size or self.policy.method not in FIT_METHODS:
             return set()
         return set(self._full_layers)
 
-    def _remember(self, capture) -> None:
+    def _remember(self, capture, first: int, decode: bool) -> None:
+        """Keep the queries of tokens first, first + 1, ...: the sample's, and the decode ring's."""
+        if self._sample is not None and capture.queries:
+            self._sample.add({idx: capture.stacked(idx) for idx in capture.queries}, first)
+        if not decode or not self._recent_size or self.policy.method not in FIT_METHODS:
+            return
         for idx, parts in capture.queries.items():
             ring = self._recent.setdefault(idx, collections.deque(maxlen=self._recent_size))
             ring.extend(parts)
@@ -428,7 +443,7 @@ class Session:
             recent = {i: torch.cat(list(r), dim=2) for i, r in self._recent.items() if r}
             cache, events = self.compactor.run(plan, self.cache, ids, segments, method=method or self.policy.method,
                                                pinned=pinned | self._protected(segments),
-                                               recent_queries=recent or None)
+                                               recent_queries=recent or None, captured=self._sample)
         else:
             cache, events = self.compactor.drop_oldest(self.cache, segments, pinned | self._protected(segments),
                                                        reason)
@@ -475,6 +490,7 @@ class Session:
         twin.events, twin.timeline, twin.ids = list(self.events), list(self.timeline), list(self.ids)
         twin.cache = hf.copy_cache(self.cache, self.model)
         twin._recent = {i: collections.deque(r, maxlen=r.maxlen) for i, r in self._recent.items()}
+        twin._sample = None if self._sample is None else self._sample.copy()
         twin.compactor = Compactor(self.model, self.tokenizer, options=self.compactor.options)
         return twin
 
@@ -509,7 +525,8 @@ class Session:
                 messages=unsaved,
                 segments=self.segments,
                 events=self.events[self._saved_events:],
-                checkpoint=self._checkpoint() + recent_state(self._recent),
+                checkpoint=self._checkpoint() + recent_state(self._recent)
+                + ([] if self._sample is None else self._sample.state()),
                 checkpoint_info={"logical_tokens": logical, "physical_tokens": physical, "bytes": nbytes},
                 state={"cached": self.cached, "tokens": len(self.ids),
                        "last_compaction_turn": self._last_compaction_turn, "blocked_until": self._blocked_until,
@@ -586,6 +603,8 @@ class Session:
         else:
             session.cache, queries = rebuild_cache(loaded, model, cached)
             session.cached = cached
+            if session._sample is not None:
+                session._sample = captured_sample(loaded, session._sample.capacity, cached)
             for layer, tensor in queries.items():
                 if session._recent_size:
                     ring = session._recent.setdefault(layer, collections.deque(maxlen=session._recent_size))

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import torch
 
 from . import hf
+from .captured import QuerySample
 from .errors import CorruptSessionError
 from .segments import ROLES
 
@@ -96,7 +97,7 @@ def rebuild_cache(loaded, model, cached: int):
     sid = loaded.id
     config = hf.text_config(model)
     n_layers = config.num_hidden_layers
-    layers = [c for c in loaded.checkpoint if c.get("kind") != "queries"]
+    layers = [c for c in loaded.checkpoint if c.get("kind") not in ("queries", "captured")]
     if len(layers) != n_layers:
         raise corrupt(sid, f"its KV checkpoint has {len(layers)} layers, the model has {n_layers} (a layer row "
                            f"is missing or extra)")
@@ -126,6 +127,20 @@ def rebuild_cache(loaded, model, cached: int):
         _check_tensor(sid, f"recent queries of layer {layer}", tensor, None, bias=False)
         queries[layer] = tensor
     return cache, queries
+
+
+def captured_sample(loaded, capacity: int, cached: int) -> QuerySample:
+    """The captured query sample of `loaded`'s checkpoint (empty when it has none).
+
+    Raises:
+        CorruptSessionError: the stored sample is damaged or reaches past the cache.
+    """
+    entries = [c for c in loaded.checkpoint if c.get("kind") == "captured"]
+    sample = QuerySample.from_state(entries, session=loaded.id, capacity=capacity)
+    if len(sample) and int(sample.positions[-1]) >= cached:
+        raise corrupt(loaded.id, f"its captured queries reach token {int(sample.positions[-1])}, the cache holds "
+                                 f"{cached}")
+    return sample
 
 
 def _check_tensor(sid: str, what: str, tensor: object, kv_heads: int | None, *, bias: bool) -> None:

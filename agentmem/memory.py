@@ -18,7 +18,8 @@ from datetime import datetime, timezone
 import torch
 
 from . import hf
-from .compaction import compact
+from .captured import QuerySample
+from .compaction import METHODS, compact
 from .errors import CompactionError, CompactionVetoed
 from .segments import CompactionEvent, KVStats, Segment
 
@@ -59,8 +60,13 @@ class Compactor:
         self.scalings = hf.attention_scalings(model)
 
     def run(self, plan: Plan, cache, ids: torch.Tensor, segments: Sequence[Segment], *, method: str,
-            pinned: set[int], recent_queries: dict | None = None) -> tuple[object, list[CompactionEvent]]:
-        """Compact every span of `plan`; returns (new cache, events). Hooks may veto."""
+            pinned: set[int], recent_queries: dict | None = None,
+            captured: QuerySample | None = None) -> tuple[object, list[CompactionEvent]]:
+        """Compact every span of `plan`; returns (new cache, events). Hooks may veto.
+
+        `captured`, the session's query sample, is used for a span it covers (else the
+        span's reference queries come from a repeat pass).
+        """
         if self._vetoed(plan):
             return cache, [self._event(plan.reason, "none", 1.0, 0, 0, cache, cache, 0.0, status="vetoed")]
         events = []
@@ -70,6 +76,12 @@ class Compactor:
                 options = dict(self.options, tokenizer=self.tokenizer)
                 if recent_queries and method.startswith("am"):
                     options["recent_queries"] = recent_queries
+                if captured is not None and METHODS[method].repeat_queries and captured.covers(span.start):
+                    options["captured"] = captured
+                elif options.get("reference") in ("captured", "both"):
+                    log.info("no captured queries cover tokens [%d, %d) (the sample began later): a repeat pass "
+                             "gives them", span.start, span.end)
+                    options["reference"] = "repeat"
                 new = compact(self.model, cache, ids, ratio=span.ratio, method=method, start=span.start,
                               end=span.end, **options)
             except (CompactionError, RuntimeError, MemoryError) as exc:

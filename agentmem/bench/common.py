@@ -14,6 +14,7 @@ import time
 import torch
 
 from .. import hf
+from ..captured import REFERENCE_MODES, QuerySample
 from ..compaction import METHODS, compact
 from ..errors import ConfigError
 from . import kvpress_peers
@@ -26,12 +27,28 @@ def default_methods() -> list[str]:
     return DEFAULT_METHODS + ([] if kvpress_peers.unavailable() else list(kvpress_peers.PRESSES))
 
 
+def split_method(name: str) -> tuple[str, str | None]:
+    """"am-fast:captured" -> ("am-fast", "captured"): a method and where its reference queries come from."""
+    method, _, reference = name.partition(":")
+    return method, reference or None
+
+
 def check_methods(methods: list[str]) -> None:
-    """Refuse unknown names, and kvpress names when kvpress is missing, before any work."""
+    """Refuse unknown names, and kvpress names when kvpress is missing, before any work.
+
+    An agentmem method may name its reference queries as METHOD:REFERENCE, with REFERENCE
+    one of repeat, captured (the prefill's own queries) or both.
+    """
     known = DEFAULT_METHODS + list(kvpress_peers.PRESSES)
-    unknown = [m for m in methods if m not in known]
+    unknown = []
+    for name in methods:
+        method, reference = split_method(name)
+        if method not in known or (reference is not None and (
+                reference not in REFERENCE_MODES or method not in METHODS or not METHODS[method].repeat_queries)):
+            unknown.append(name)
     if unknown:
-        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)} (a method that "
+                          f"asks reference queries may add :{'|:'.join(REFERENCE_MODES)})")
     if any(m in kvpress_peers.PRESSES for m in methods) and (why := kvpress_peers.unavailable()):
         raise ConfigError(why)
 
@@ -39,7 +56,12 @@ def check_methods(methods: list[str]) -> None:
 def method_order(methods) -> list[str]:
     """`methods` in the order tables and plots list them: agentmem's, then kvpress's."""
     order = DEFAULT_METHODS + list(kvpress_peers.PRESSES)
-    return sorted(set(methods), key=lambda m: order.index(m) if m in order else len(order))
+
+    def rank(name: str) -> tuple[int, str]:
+        method, reference = split_method(name)
+        return (order.index(method) if method in order else len(order), reference or "")
+
+    return sorted(set(methods), key=rank)
 
 
 def reference_text() -> str:
@@ -50,24 +72,33 @@ def reference_text() -> str:
 
 
 @torch.no_grad()
-def prefill(model, ids: torch.Tensor, *, repeats: int = 2):
+def prefill(model, ids: torch.Tensor, *, repeats: int = 2, capture: QuerySample | None = None):
     """Prefill `ids` into a new cache, `repeats` times; (cache, last logits (1, 1, V) fp32, fastest seconds).
 
     The fastest prefill is the denominator of every time ratio; the cache and logits are
-    those of the last run.
+    those of the last run. With `capture`, the last run also records its queries into it
+    (as a session does when it prefills), so the fastest is usually an uncaptured run.
     """
     seconds = math.inf
-    for _ in range(repeats):
+    for run in range(repeats):
         cache = hf.new_cache(model)
+        recording = capture is not None and run == repeats - 1
         began = time.perf_counter()
-        out = model(input_ids=ids, past_key_values=cache, use_cache=True, **hf.last_logits_only(model))
+        with hf.capture_queries(layers=_full_attention_layers(model) if recording else set()) as captured:
+            out = model(input_ids=ids, past_key_values=cache, use_cache=True, **hf.last_logits_only(model))
+        if recording:
+            capture.add({idx: captured.stacked(idx) for idx in captured.queries}, 0)
         seconds = min(seconds, time.perf_counter() - began)
     return cache, out.logits[:, -1:].float(), seconds
 
 
+def _full_attention_layers(model) -> set[int]:
+    return set(range(hf.text_config(model).num_hidden_layers)) - hf.sliding_layers(model)
+
+
 def compact_with(
     model, tokenizer, method: str, ratio: float, cache, full: hf.CompactedCache, ids: torch.Tensor,
-    *, prefill_seconds: float, end: int | None = None,
+    *, prefill_seconds: float, end: int | None = None, captured: QuerySample | None = None,
 ) -> tuple[hf.CompactedCache, float]:
     """Compact tokens [0, end) of a prefilled context with `method`; (compacted cache, seconds).
 
@@ -78,7 +109,10 @@ def compact_with(
     """
     if method not in kvpress_peers.PRESSES:
         stats: dict = {}
-        comp = compact(model, cache, ids, ratio=ratio, method=method, end=end, tokenizer=tokenizer, stats=stats)
+        method, reference = split_method(method)
+        extra = {"captured": captured, "reference": reference} if reference and reference != "repeat" else {}
+        comp = compact(model, cache, ids, ratio=ratio, method=method, end=end, tokenizer=tokenizer, stats=stats,
+                       **extra)
         return comp, stats["seconds"]
     length = ids.shape[1]
     end = length if end is None else end

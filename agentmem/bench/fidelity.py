@@ -48,7 +48,9 @@ from .. import hf
 from ..baselines import SINKS
 from ..errors import ConfigError
 from . import kvpress_peers
-from .common import check_methods, compact_with, kl, method_order, prefill, reference_text, teacher_force
+from ..captured import DEFAULT_CAPACITY, QuerySample
+from .common import (check_methods, compact_with, kl, method_order, prefill, reference_text, split_method,
+                     teacher_force)
 
 TEMPLATES = [
     "The deploy key for service {} is", "The door code of warehouse {} is", "The badge number of engineer {} is",
@@ -324,7 +326,7 @@ class Row:
 
 def run(model, tokenizer, *, ratios: list[float], methods: list[str], context: int = 2048, count: int = 4,
         facts: int = 10, protect: int = 64, choices: int = 4, continuation: int = 128, answer_tokens: int = 16,
-        seed: int = 0, progress=print) -> dict:
+        seed: int = 0, capture: int = DEFAULT_CAPACITY, progress=print) -> dict:
     """Run the benchmark and return {"rows", "baselines", "questions", "summary"}.
 
     Args:
@@ -336,6 +338,8 @@ def run(model, tokenizer, *, ratios: list[float], methods: list[str], context: i
         choices: options per multiple-choice question.
         continuation, answer_tokens: tokens of the KL continuation and of each reference answer.
         seed: facts, options, quotes and the bootstrap.
+        capture: positions per layer the prefill keeps for methods named METHOD:captured or
+            METHOD:both (`agentmem.captured.QuerySample`).
         progress: called with one line per context and per compaction.
 
     Rows hold means over questions (bytes and times: over contexts) and `retained`;
@@ -354,7 +358,8 @@ def run(model, tokenizer, *, ratios: list[float], methods: list[str], context: i
                                      continuation=continuation, choices=choices, answer_tokens=answer_tokens,
                                      seed=seed)):
         end = context - protect
-        cache, last, prefill_s = prefill(model, ctx.ids)
+        sample = QuerySample(capture) if any(split_method(m)[1] in ("captured", "both") for m in methods) else None
+        cache, last, prefill_s = prefill(model, ctx.ids, capture=sample)
         prefills.append(prefill_s)
         full = hf.CompactedCache.from_cache(cache, scalings=scalings)
         ref, _ = teacher_force(model, full, ctx.continuation, last, set())
@@ -374,7 +379,7 @@ def run(model, tokenizer, *, ratios: list[float], methods: list[str], context: i
                     continue
                 try:
                     comp, seconds = compact_with(model, tokenizer, method, ratio, cache, full, ctx.ids,
-                                                 prefill_seconds=prefill_s, end=end)
+                                                 prefill_seconds=prefill_s, end=end, captured=sample)
                 except Exception as exc:
                     if method not in kvpress_peers.PRESSES:
                         raise

@@ -52,7 +52,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     fid.add_argument("--ratios", type=ratio, nargs="+", default=[10, 20, 50], help="default: 10 20 50")
     fid.add_argument("--methods", nargs="+", default=None,
                      help="default: all of agentmem's methods, plus kvpress's presses when kvpress is installed; "
-                          "streaming always runs (it is the zero of retained)")
+                          "streaming always runs (it is the zero of retained). METHOD:captured fits on the "
+                          "prefill's own queries instead of a repeat pass, METHOD:both on both")
+    fid.add_argument("--capture", type=positive_int, default=1024,
+                     help="positions per layer the prefill keeps for METHOD:captured|both (default 1024)")
     fid.add_argument("--protect", type=int, default=64,
                      help="last tokens of the context left uncompacted (default 64, at most a fifth of --context)")
     fid.add_argument("--seed", type=int, default=0, help="facts, quotes and bootstrap seed (default 0)")
@@ -138,7 +141,8 @@ def run_fidelity(args: argparse.Namespace) -> int:
     fidelity.check_args(context=args.context, facts=args.facts, protect=args.protect)
     model, tokenizer = load(args.model)
     result = fidelity.run(model, tokenizer, ratios=args.ratios, methods=methods, context=args.context,
-                          count=args.contexts, facts=args.facts, protect=args.protect, seed=args.seed, progress=say)
+                          count=args.contexts, facts=args.facts, protect=args.protect, seed=args.seed,
+                          capture=args.capture, progress=say)
     result["summary"]["model"] = args.model
     print(fidelity.table(result))
     plot = args.plot or (args.json.with_suffix(".png") if args.json else Path(f"bench-fidelity-{args.model}.png"))

@@ -1,0 +1,52 @@
+# Experiment script (see docs/LOG.md, "Captured reference queries"); run from the repository root:
+#   python docs/experiments/captured_variants.py VARIANT [--contexts 2] [--ratio 10] [--capacity 1024]
+# Fits am-fast on the prefill's own captured queries, moved along the sequence by one of
+# several rules, and prints retained recall (bench fidelity's measurement) per variant.
+#   span:   queries inside the span ask from a repeat of it after the cache (the default)
+#   raw:    no rotation (each query asks from where it was asked)
+#   end:    every query asks from the cache's end (delta = length - p)
+#   repeat: the repeat pass (reference), for the same contexts
+import argparse, json, sys
+
+import torch
+
+import agentmem
+from agentmem import captured as cap
+from agentmem.bench import fidelity
+from agentmem.hf import rope
+
+p = argparse.ArgumentParser()
+p.add_argument("variant")
+p.add_argument("--contexts", type=int, default=2)
+p.add_argument("--ratio", type=float, default=10.0)
+p.add_argument("--capacity", type=int, default=1024)
+p.add_argument("--method", default="am-fast")
+args = p.parse_args()
+
+
+def moved(rule):
+    def reference(self, model, start, end, length, layers):
+        mask = (self.positions >= start) & (self.positions < length)
+        positions = self.positions[mask]
+        if rule == "raw":
+            delta = torch.zeros_like(positions)
+        elif rule == "end":
+            delta = length - positions
+        else:
+            raise SystemExit(f"unknown rule {rule}")
+        return {idx: rope.rotate(self.queries[idx][:, :, mask].float(), rope.inverse_frequencies(model, idx), delta)
+                for idx in layers if idx in self.queries}
+    return reference
+
+
+if args.variant in ("raw", "end"):
+    cap.QuerySample.reference = moved(args.variant)
+method = args.method if args.variant == "repeat" else f"{args.method}:captured"
+model, tok = agentmem.load_model("smollm2-135m")
+result = fidelity.run(model, tok, ratios=[args.ratio], methods=[method], count=args.contexts,
+                      capture=args.capacity, progress=lambda line: print(line, file=sys.stderr))
+row = next(r for r in result["rows"] if r["method"] == method)
+line = {"variant": args.variant, "capacity": args.capacity, "method": method, "ratio": args.ratio,
+        "contexts": args.contexts, "retained_recall": row["retained"]["recall"], "retained_ref": row["retained"]["ref_nll"],
+        "exact": row["exact"], "choice": row["choice"], "time_ratio": row["time_ratio"]}
+print(json.dumps(line))
