@@ -34,6 +34,28 @@ def test_rows_cover_every_method_and_ratio_and_shrink_the_cache():
     assert "am-fast" in bench.table(result) and '"bench": "compaction"' in bench.summary_line(result, "tiny")
 
 
+def test_decode_speeds_cover_every_ratio_as_a_ratio_to_the_full_cache():
+    result = bench.run(tiny_chat_llama(), tiny_tokenizer(), ratios=[4], methods=["truncate"], context=96,
+                       continuation=16, decode_steps=2, decode_ratios=(5, 10, 20, 50), decode_rounds=2,
+                       progress=lambda *_: None)
+    s = result["summary"]
+    assert set(s["decode_vs_full"]) == set(s["decode_tokens_per_s"]) == {"5", "10", "20", "50"}
+    assert s["full_tokens_per_s"] > 0 and all(v > 0 for v in s["decode_vs_full"].values())
+    assert s["decode_speedup"] == s["decode_vs_full"]["10"]
+    assert "x50" in bench.table(result) and '"decode_vs_full"' in bench.summary_line(result, "tiny")
+
+
+def test_timing_caches_carry_beta_on_their_compacted_slots_only():
+    model, tokenizer = tiny_chat_llama(), tiny_tokenizer()
+    ids = torch.randint(3, 200, (1, 60))
+    cache, _, _ = bench.prefill(model, ids, repeats=1)
+    full = hf.CompactedCache.from_cache(cache, scalings=hf.attention_scalings(model))
+    comp = bench.with_beta(bench.compact(model, full, ids, ratio=10, method="truncate"))
+    for idx in comp.full_layers():
+        layer = comp.layers[idx]
+        assert layer.has_beta and layer.physical_length == 6 and bool((layer.bias != 0).all())
+
+
 def test_ratio_one_matches_the_full_cache():
     (row,) = run_small(["am"], ratios=(1,))["rows"]
     assert row["kl"] == pytest.approx(0.0, abs=1e-5) and row["attn_err"] < 1e-4

@@ -10,10 +10,21 @@ beta) that stand for many logical tokens. The model sees it through two numbers:
   builds the causal mask in physical coordinates (the trick `DynamicSlidingWindowLayer`
   plays for its window).
 
-beta reaches the logits without a forked modeling file: `update()` returns keys with one
-extra column holding `beta / scaling`, and the registered "agentmem" attention function
-appends a column of ones to the queries, so `scaling * q'.k'` = `scaling * q.k + beta`.
-Layers without compacted slots return plain keys and the function is plain SDPA.
+beta reaches the logits without a forked modeling file: `update()` returns the layer's
+keys as a view that carries the layer's bias (`BIAS_ATTRIBUTE`), and the registered
+"agentmem" attention function applies it:
+
+- one new token (decode): the bias is SDPA's additive float mask, and the query heads
+  that share a KV head are folded into rows of one head, so the mask is (B, H_kv, 1, k)
+  and nothing as large as the keys is copied per step;
+- several new tokens (a prefill chunk): the keys get one extra column holding
+  `beta / scaling` and the queries a column of ones, so `scaling * q'.k'` =
+  `scaling * q.k + beta`, and the values a zero column (SDPA's fast CPU kernel needs
+  equal key and value widths). A float mask there would be (B, H_q, q, k).
+
+Both were measured against the full cache and against attending to the compacted slots
+apart with a log-sum-exp merge; see docs/decode.md. Layers without beta return plain keys
+and the function is plain SDPA.
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ from ..errors import TransformersVersionError, UnsupportedModelError
 ATTENTION_NAME = "agentmem"
 TESTED_TRANSFORMERS = (Version("5.2.0"), Version("5.24.0"))  # [low, high)
 _PADDING = float("-inf")
+BIAS_ATTRIBUTE = "agentmem_bias"  # set on the keys `CompactedLayer.update` returns: (B, H_kv, k) fp32
 _SDPA_GQA = Version(torch.__version__.split("+")[0]) >= Version("2.5")
 
 
@@ -125,13 +137,17 @@ class CompactedLayer(CacheLayerMixin):
         return self.attention_keys(), self.values
 
     def attention_keys(self) -> torch.Tensor:
-        """Keys as the attention function wants them: with a `beta / scaling` column if any beta is set."""
+        """Keys as the attention function wants them: if any beta is set, a view carrying the bias.
+
+        A view (no copy) so that the bias travels with this call's keys only; the stored
+        tensor never carries it. Widening the keys here with a `beta / scaling` column, as
+        this layer once did, copied every key and value each decode step.
+        """
         if not self.has_beta:
             return self.keys
-        if not self.scaling:
-            raise UnsupportedModelError("a compacted layer needs the attention scaling of its model")
-        column = (self.bias / self.scaling).clamp(min=torch.finfo(self.keys.dtype).min / 4)
-        return torch.cat([self.keys, column.to(self.keys.dtype).unsqueeze(-1)], dim=-1)
+        keys = self.keys.view_as(self.keys)
+        setattr(keys, BIAS_ATTRIBUTE, self.bias)
+        return keys
 
     def physical_span(self, start: int, end: int) -> tuple[int, int]:
         """Physical slots [a, b) holding logical tokens [start, end).
@@ -385,6 +401,17 @@ def attention_forward(
         if capture.transform is not None and (capture.layers is None or layer_idx in capture.layers):
             key, value, attention_mask = capture.transform(layer_idx, query, key, value, attention_mask)
     value_dim = value.shape[-1]
+    bias = getattr(key, BIAS_ATTRIBUTE, None)  # (B, H_kv, k) fp32, from CompactedLayer.attention_keys
+    if bias is not None and bias.shape[-1] != key.shape[-2]:
+        raise UnsupportedModelError(f"layer {layer_idx}: bias covers {bias.shape[-1]} slots, keys {key.shape[-2]}")
+    if query.shape[-2] == 1 and key.shape[-1] == query.shape[-1] and (bias is not None or query.shape[1] > key.shape[1]):
+        folded = _decode_step(module, query, key, value, bias, attention_mask, dropout, scaling)
+        if folded is not None:
+            return folded, None
+    if bias is not None:
+        # the beta column: scaling * [q, 1].[k, beta / scaling] = scaling * q.k + beta
+        column = (bias / scaling).clamp(min=torch.finfo(key.dtype).min / 4).to(key.dtype).unsqueeze(-1)
+        key = torch.cat([key, column], dim=-1)  # (B, H_kv, k, D+1)
     if key.shape[-1] == query.shape[-1] + 1:
         query = torch.cat([query, query.new_ones(query.shape[:-1] + (1,))], dim=-1)
         if value_dim == key.shape[-1] - 1:
@@ -422,6 +449,48 @@ def attention_forward(
     if out.shape[-1] != value_dim:
         out = out[..., :value_dim]
     return out.transpose(1, 2).contiguous(), None
+
+
+def _decode_step(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    bias: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    dropout: float,
+    scaling: float,
+) -> torch.Tensor | None:
+    """One query position, beta (if any) as SDPA's float mask; None where the mask's shape does not allow it.
+
+    The r query heads of a KV head become r query rows of that head (query head h uses KV
+    head h // r, as transformers' `repeat_kv` has it), so the mask stays (B, H_kv, 1, k)
+    and broadcasts over the rows: no (B, H_q, 1, k) copy and no repeat of K or V. SDPA's
+    CPU kernel also reads each KV head once instead of r times: plain decode over 2k / 8k
+    slots of SmolLM2's shapes took 401 / 2263 us folded against 513 / 4516 us with
+    `enable_gqa` (docs/LOG.md).
+    """
+    # query (B, H_q, 1, D); key (B, H_kv, k, D); value (B, H_kv, k, Dv); bias (B, H_kv, k)
+    batch, heads, _, dim = query.shape
+    kv_heads, kv_len = key.shape[1], key.shape[-2]
+    if heads % kv_heads:
+        return None
+    mask = None if bias is None else bias.unsqueeze(2).to(query.dtype)  # (B, H_kv, 1, k)
+    if attention_mask is not None:
+        if attention_mask.dim() != 4 or attention_mask.shape[1] != 1 or attention_mask.shape[-1] < kv_len:
+            return None  # a per-head mask: let the general path have it
+        attention_mask = attention_mask[..., -kv_len:]  # (B, 1, 1, k)
+        if mask is None:
+            mask = attention_mask
+        elif attention_mask.dtype == torch.bool:
+            mask = mask.masked_fill(~attention_mask, _PADDING)
+        else:
+            mask = mask + attention_mask.to(query.dtype)
+    rows = query.reshape(batch, kv_heads, heads // kv_heads, dim)  # (B, H_kv, r, D)
+    out = F.scaled_dot_product_attention(
+        rows, key, value, attn_mask=mask, dropout_p=dropout if module.training else 0.0, scale=scaling
+    )  # (B, H_kv, r, Dv)
+    return out.reshape(batch, heads, 1, value.shape[-1]).transpose(1, 2).contiguous()
 
 
 def register() -> None:
