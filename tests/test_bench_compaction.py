@@ -46,7 +46,7 @@ def test_decode_speeds_cover_every_ratio_as_a_ratio_to_the_full_cache():
 
 
 def test_timing_caches_carry_beta_on_their_compacted_slots_only():
-    model, tokenizer = tiny_chat_llama(), tiny_tokenizer()
+    model = tiny_chat_llama()
     ids = torch.randint(3, 200, (1, 60))
     cache, _, _ = bench.prefill(model, ids, repeats=1)
     full = hf.CompactedCache.from_cache(cache, scalings=hf.attention_scalings(model))

@@ -24,7 +24,7 @@ keys as a view that carries the layer's bias (`BIAS_ATTRIBUTE`), and the registe
 
 Both were measured against the full cache and against attending to the compacted slots
 apart with a log-sum-exp merge; see docs/decode.md. Layers without beta return plain keys
-and the function is plain SDPA.
+and the function is plain SDPA (at decode with GQA, folded the same way: it is faster).
 """
 
 from __future__ import annotations
@@ -404,7 +404,8 @@ def attention_forward(
     bias = getattr(key, BIAS_ATTRIBUTE, None)  # (B, H_kv, k) fp32, from CompactedLayer.attention_keys
     if bias is not None and bias.shape[-1] != key.shape[-2]:
         raise UnsupportedModelError(f"layer {layer_idx}: bias covers {bias.shape[-1]} slots, keys {key.shape[-2]}")
-    if query.shape[-2] == 1 and key.shape[-1] == query.shape[-1] and (bias is not None or query.shape[1] > key.shape[1]):
+    one_token, gqa = query.shape[-2] == 1, query.shape[1] > key.shape[1]
+    if one_token and key.shape[-1] == query.shape[-1] and (bias is not None or gqa):
         folded = _decode_step(module, query, key, value, bias, attention_mask, dropout, scaling)
         if folded is not None:
             return folded, None

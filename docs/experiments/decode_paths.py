@@ -5,7 +5,8 @@ python docs/experiments/decode_paths.py MODEL CONTEXT ROUNDS STEPS VARIANTS...
   e.g. smollm2-135m 2048 5 24 column mask fold split ext
 
 Each variant monkeypatches `CompactedLayer.update` and registers its own "agentmem"
-attention function (`column` is the path before this experiment, `lib` the library's now); the full cache is a CompactedCache without beta (plain SDPA) and a
+attention function (`column` is the path before this experiment, `lib` the library's now);
+the full cache is a CompactedCache without beta (plain SDPA) and a
 DynamicCache with transformers' own "sdpa" (`dyn`). Caches are `truncate` compactions at
 5/10/20/50x with a synthetic beta (N(0, 1), fp32) on every compacted slot. Measurements are
 interleaved (every variant and ratio once per round) and the medians printed, as tok/s and
@@ -61,8 +62,9 @@ def update_ext(self, key_states, value_states, *args, **kwargs):
         self._kext = torch.cat([self.keys, column], -1)
         self._vext = torch.cat([self.values, self.values.new_zeros(self.values.shape[:-1] + (1,))], -1)
     new = key_states.shape[-2]
-    self._kext = torch.cat([self._kext, torch.cat([key_states, key_states.new_zeros(key_states.shape[:-1] + (1,))], -1)], -2)
-    self._vext = torch.cat([self._vext, torch.cat([value_states, value_states.new_zeros(value_states.shape[:-1] + (1,))], -1)], -2)
+    zero = key_states.new_zeros(key_states.shape[:-1] + (1,))
+    self._kext = torch.cat([self._kext, torch.cat([key_states, zero], -1)], -2)
+    self._vext = torch.cat([self._vext, torch.cat([value_states, zero.to(value_states.dtype)], -1)], -2)
     self.logical_length += new
     return self._kext, self._vext
 
@@ -196,7 +198,8 @@ def micro():
     module = _Module().eval()
 
     def layer(slots, beta):
-        keys, values = torch.randn(1, kv_heads, slots, dim, generator=g), torch.randn(1, kv_heads, slots, dim, generator=g)
+        keys = torch.randn(1, kv_heads, slots, dim, generator=g)
+        values = torch.randn(1, kv_heads, slots, dim, generator=g)
         bias = torch.randn(1, kv_heads, slots, generator=g) if beta else None
         return hf.CompactedLayer.from_tensors(keys, values, bias, scaling=scaling, logical_length=CONTEXT,
                                               runs=[[CONTEXT, slots]])
