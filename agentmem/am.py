@@ -58,6 +58,47 @@ def targets(
     return Targets(phi=phi, mass=mass, outputs=outputs, valid=torch.isfinite(prior))
 
 
+@dataclass
+class Reduced:
+    """What a top-k fit needs of the span's attention, from one pass over the (G, n, T) scores.
+
+    The same quantities as `Targets`, without keeping Phi: a top-k selection needs only a
+    score per key, and beta needs only the kept keys' columns, which `columns` rebuilds
+    exactly from the row maxima.
+    """
+
+    rowmax: torch.Tensor  # (G, n) max logit per query (Phi's normaliser)
+    mass: torch.Tensor  # (G, n)
+    outputs: torch.Tensor  # (G, n, Dv)
+    rms: torch.Tensor  # (G, T) RMS over queries of each key's attention probability
+    peak: torch.Tensor  # (G, T) max over queries of each key's attention probability (KVzip's score)
+    valid: torch.Tensor  # (G, T) bool
+
+
+def reduce(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor | None, prior: torch.Tensor,
+           scale: float) -> Reduced:
+    """One pass over the span's scores, in place after the first allocation (see `Reduced`).
+
+    Without `values` only the scores are wanted: `outputs` is left empty (G, n, 0).
+    """
+    logits = span_logits(queries, keys, prior, scale)  # (G, n, T), the one large allocation
+    rowmax = logits.amax(-1, keepdim=True)
+    phi = logits.sub_(rowmax).exp_()
+    mass = phi.sum(-1)  # (G, n)
+    outputs = phi.new_zeros(phi.shape[:2] + (0,)) if values is None else torch.bmm(phi, values) / mass.unsqueeze(-1)
+    probs = phi.mul_(mass.reciprocal().unsqueeze(-1))
+    peak = probs.amax(1)
+    rms = probs.square_().mean(1).sqrt_()
+    return Reduced(rowmax=rowmax.squeeze(-1), mass=mass, outputs=outputs, rms=rms, peak=peak,
+                   valid=torch.isfinite(prior))
+
+
+def columns(queries: torch.Tensor, keys: torch.Tensor, prior: torch.Tensor, scale: float,
+            rowmax: torch.Tensor) -> torch.Tensor:
+    """Phi's columns for `keys` (G, t, D) with bias `prior` (G, t): (G, n, t), as `targets` computes them."""
+    return span_logits(queries, keys, prior, scale).sub_(rowmax.unsqueeze(-1)).exp_()
+
+
 def budget_mask(budgets: torch.Tensor, width: int) -> torch.Tensor:
     """(G,) budgets -> (G, width) bool, True for the first budgets[g] slots."""
     return torch.arange(width, device=budgets.device).unsqueeze(0) < budgets.unsqueeze(1)
@@ -172,8 +213,14 @@ def fit_beta(t: Targets, index: torch.Tensor, active: torch.Tensor, *, lo: float
     """beta = log w for the kept keys; -inf on inactive (padding) slots. (G, t) fp32."""
     G, n, _ = t.phi.shape
     cols = torch.gather(t.phi, 2, index.unsqueeze(1).expand(G, n, index.shape[1]))  # (G, n, t)
+    return beta_from_columns(cols, t.mass, active, lo=lo, hi=hi)
+
+
+def beta_from_columns(cols: torch.Tensor, mass: torch.Tensor, active: torch.Tensor, *, lo: float,
+                      hi: float) -> torch.Tensor:
+    """`fit_beta` from the kept keys' columns of Phi (G, n, t) and the mass (G, n)."""
     gram = torch.bmm(cols.transpose(1, 2), cols)
-    rhs = torch.bmm(cols.transpose(1, 2), t.mass.unsqueeze(-1)).squeeze(-1)
+    rhs = torch.bmm(cols.transpose(1, 2), mass.unsqueeze(-1)).squeeze(-1)
     w = solve_weights(gram, rhs, lo=lo, hi=hi, active=active)
     return torch.where(active, w.clamp_min(1e-30).log(), torch.full_like(w, float("-inf")))
 
@@ -219,13 +266,18 @@ def match(
     refit_every: int = 1,
     w_bounds: tuple[float, float] | None = None,
     phases: dict[str, float] | None = None,
+    reduced: Reduced | None = None,
 ) -> Fit:
     """Attention-match one span for G heads with per-head budgets (G,) long.
 
     `phases`, when given, accumulates the seconds of each step: "targets", "selection",
-    "beta" and "values".
+    "beta" and "values". A top-k selection ("highest", "max") runs on `reduce`'s one pass
+    (pass `reduced` when it was already made for these queries); OMP needs all of Phi.
     """
     queries, keys, values, prior = queries.float(), keys.float(), values.float(), prior.float()
+    if selection in ("highest", "max"):
+        return _match_top(queries, keys, values, prior, scale, budgets, selection=selection, w_bounds=w_bounds,
+                          phases=phases, reduced=reduced)
     with timed(phases, "targets"):
         t = targets(queries, keys, values, prior, scale)
     width = int(budgets.max())
@@ -247,6 +299,29 @@ def match(
         # The prior bias of a kept key (an earlier beta) is folded into the new beta.
         beta = beta + torch.gather(prior, 1, index).masked_fill(~active, 0.0)
         fitted = fit_values(queries, kept, beta, t.outputs, scale)
+        fitted = fitted.masked_fill(~active.unsqueeze(-1), 0.0)
+    return Fit(index=index, bias=beta, values=fitted)
+
+
+def _match_top(queries, keys, values, prior, scale, budgets, *, selection, w_bounds, phases, reduced) -> Fit:
+    """`match` for a top-k selection, from the one-pass `Reduced` summary."""
+    if reduced is None:
+        with timed(phases, "targets"):
+            reduced = reduce(queries, keys, values, prior, scale)
+    width = int(budgets.max())
+    active = budget_mask(budgets, width)
+    with timed(phases, "selection"):
+        index = select_top(reduced.rms if selection == "highest" else reduced.peak, reduced.valid, width)
+    lo, hi = w_bounds or (math.exp(-3), math.exp(3))
+    gathered = index.unsqueeze(-1).expand(-1, -1, keys.shape[-1])
+    kept, kept_prior = torch.gather(keys, 1, gathered), torch.gather(prior, 1, index)
+    with timed(phases, "beta"):
+        cols = columns(queries, kept, kept_prior, scale, reduced.rowmax)
+        beta = beta_from_columns(cols, reduced.mass, active, lo=lo, hi=hi)
+    with timed(phases, "values"):
+        # The prior bias of a kept key (an earlier beta) is folded into the new beta.
+        beta = beta + kept_prior.masked_fill(~active, 0.0)
+        fitted = fit_values(queries, kept, beta, reduced.outputs, scale)
         fitted = fitted.masked_fill(~active.unsqueeze(-1), 0.0)
     return Fit(index=index, bias=beta, values=fitted)
 

@@ -171,6 +171,7 @@ class _Compactor:
         self.max_queries = spec.max_queries if opts.max_queries is None else opts.max_queries
         self.budgets = self._budgets()
         self.out = view.copy()
+        self._reduced: dict[int, am.Reduced] = {}  # layer -> the budgets pass's summary, reused by the fit
         self.phases: dict[str, float] = {}  # seconds per step (am.timed), reported in stats["phases"]
         opts.stats["phases"] = self.phases
 
@@ -205,11 +206,14 @@ class _Compactor:
         """Re-share the layers' total by one ranking of each key's max attention over its `fitting`
         queries (G, n, D) per layer; returns those scores, (G, T) per layer (kvzip keeps by them)."""
         scores, valid = {}, {}
+        keep = self.spec.fit and self.spec.selection in ("highest", "max")  # the fit reuses this pass
         for idx in self.layers:
-            keys, _, prior = self._span(idx)
-            logits = am.span_logits(fitting[idx], keys.float(), prior.float(), self.scalings[idx])
-            scores[idx] = torch.softmax(logits, dim=-1).amax(1)
-            valid[idx] = torch.isfinite(prior)
+            keys, values, prior = self._span(idx)
+            reduced = am.reduce(fitting[idx], keys.float(), values.float() if keep else None, prior.float(),
+                                self.scalings[idx])
+            scores[idx], valid[idx] = reduced.peak, reduced.valid
+            if keep:
+                self._reduced[idx] = reduced
         total = sum(int(self.budgets[idx].max()) for idx in self.layers)  # slots per head, summed over layers
         for idx, width in profiles.global_widths(scores, valid, total).items():
             self.budgets[idx] = torch.full_like(self.budgets[idx], width)
@@ -339,7 +343,8 @@ class _Compactor:
         spec = self.spec
         selection = spec.selection if spec.selection in ("highest", "max") else "omp"
         return am.match(q, keys, values, prior, self.scalings[idx], self.budgets[idx], selection=selection,
-                        per_step=spec.per_step, refit_every=spec.refit_every, phases=self.phases)
+                        per_step=spec.per_step, refit_every=spec.refit_every, phases=self.phases,
+                        reduced=self._reduced.pop(idx, None))
 
     def _copy(self, idx: int, index: torch.Tensor) -> am.Fit:
         """A baseline's fit: kept keys with their own values and prior bias."""

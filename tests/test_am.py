@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from agentmem import am
@@ -68,3 +69,29 @@ def test_weights_stay_in_bounds():
     gram, rhs = a.transpose(1, 2) @ a, (a.transpose(1, 2) @ b.unsqueeze(-1)).squeeze(-1)
     w = am.solve_weights(gram, rhs, lo=0.5, hi=2.0)
     assert (w >= 0.5 - 1e-6).all() and (w <= 2.0 + 1e-6).all()
+
+
+@pytest.mark.parametrize("selection", ["highest", "max"])
+def test_the_one_pass_top_k_fit_equals_the_fit_on_all_of_phi(selection):
+    """`reduce` keeps no Phi, yet selects, weighs and fits exactly as `targets` does."""
+    torch.manual_seed(0)
+    G, n, T, D = 3, 96, 80, 16
+    q, k, v = torch.randn(G, n, D), torch.randn(G, T, D), torch.randn(G, T, 8)
+    prior = torch.randn(G, T).clamp(-2, 2)
+    prior[1, -5:] = float("-inf")  # padding of a shorter head
+    budgets = torch.tensor([10, 7, 12])
+    t = am.targets(q, k, v, prior, 0.3)
+    scores = am.highest_attention_scores(t) if selection == "highest" else am.max_attention_scores(t)
+    index = am.select_top(scores, t.valid, 12)
+    active = am.budget_mask(budgets, 12)
+    beta = am.fit_beta(t, index, active, lo=math.exp(-3), hi=math.exp(3)) + torch.gather(prior, 1, index).masked_fill(
+        ~active, 0.0)
+    fit = am.match(q, k, v, prior, 0.3, budgets, selection=selection)
+    assert torch.equal(fit.index, index)
+    torch.testing.assert_close(fit.bias, beta, rtol=1e-4, atol=1e-5)
+    reduced = am.reduce(q, k, v, prior, 0.3)
+    torch.testing.assert_close(reduced.rms, am.highest_attention_scores(t), rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(reduced.peak, am.max_attention_scores(t), rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(reduced.outputs, t.outputs, rtol=1e-4, atol=1e-5)
+    again = am.match(q, k, v, prior, 0.3, budgets, selection=selection, reduced=reduced)
+    assert torch.equal(again.index, fit.index) and torch.equal(again.values, fit.values)
