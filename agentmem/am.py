@@ -76,21 +76,32 @@ class Reduced:
 
 
 def reduce(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor | None, prior: torch.Tensor,
-           scale: float) -> Reduced:
-    """One pass over the span's scores, in place after the first allocation (see `Reduced`).
+           scale: float, *, block: int = 256) -> Reduced:
+    """One pass over the span's scores (see `Reduced`), `block` queries at a time.
 
+    Each block's (G, block, T) scores stay in the CPU's cache through the row max, exp,
+    mass, output and per-key reductions, which are memory-bound on the whole (G, n, T).
     Without `values` only the scores are wanted: `outputs` is left empty (G, n, 0).
     """
-    logits = span_logits(queries, keys, prior, scale)  # (G, n, T), the one large allocation
-    rowmax = logits.amax(-1, keepdim=True)
-    phi = logits.sub_(rowmax).exp_()
-    mass = phi.sum(-1)  # (G, n)
-    outputs = phi.new_zeros(phi.shape[:2] + (0,)) if values is None else torch.bmm(phi, values) / mass.unsqueeze(-1)
-    probs = phi.mul_(mass.reciprocal().unsqueeze(-1))
-    peak = probs.amax(1)
-    rms = probs.square_().mean(1).sqrt_()
-    return Reduced(rowmax=rowmax.squeeze(-1), mass=mass, outputs=outputs, rms=rms, peak=peak,
-                   valid=torch.isfinite(prior))
+    G, n, _ = queries.shape
+    rowmax, mass, outputs, peak, sumsq = [], [], [], None, None
+    for rows in queries.split(block, dim=1):
+        logits = span_logits(rows, keys, prior, scale)  # (G, b, T)
+        top = logits.amax(-1, keepdim=True)
+        phi = logits.sub_(top).exp_()
+        total = phi.sum(-1)  # (G, b)
+        if values is not None:
+            outputs.append(torch.bmm(phi, values) / total.unsqueeze(-1))
+        probs = phi.mul_(total.reciprocal().unsqueeze(-1))
+        high = probs.amax(1)
+        squares = probs.square_().sum(1)
+        peak = high if peak is None else torch.maximum(peak, high)
+        sumsq = squares if sumsq is None else sumsq.add_(squares)
+        rowmax.append(top.squeeze(-1))
+        mass.append(total)
+    out = torch.cat(outputs, dim=1) if values is not None else queries.new_zeros(G, n, 0)
+    return Reduced(rowmax=torch.cat(rowmax, dim=1), mass=torch.cat(mass, dim=1), outputs=out,
+                   rms=sumsq.div_(n).sqrt_(), peak=peak, valid=torch.isfinite(prior))
 
 
 def columns(queries: torch.Tensor, keys: torch.Tensor, prior: torch.Tensor, scale: float,
