@@ -234,8 +234,7 @@ class _Compactor:
         spec = self.spec
         if self.ratio == 1 and spec.selection not in ("kvzip",):
             return self.out  # nothing to remove: every slot stays as it is
-        with am.timed(self.phases, "self_study"):
-            extra = self._extra_queries()
+        extra = self._extra_queries()
         if spec.fit:
             on_policy = spec.on_policy if self.opts.on_policy is None else self.opts.on_policy
             mode = self.reference_mode()
@@ -271,8 +270,10 @@ class _Compactor:
     def _reference(self) -> dict[int, torch.Tensor]:
         """Reference queries per layer, (B, H_q, n, D): the repeat pass's, the captured ones, or both."""
         mode = self.reference_mode()
-        with am.timed(self.phases, "queries"):
-            asked = self._repeat_pass() if mode in ("repeat", "both") else {}
+        asked = {}
+        if mode in ("repeat", "both"):
+            with am.timed(self.phases, "queries"):
+                asked = self._repeat_pass()
         if mode in ("captured", "both"):
             with am.timed(self.phases, "captured"):
                 captured = self._captured()
@@ -319,8 +320,9 @@ class _Compactor:
             prompt = queries.prompt_ids(self.opts.tokenizer, queries.SELF_STUDY_PROMPT, device)
             if prompt.shape[-1] == 0:
                 prompt = self.input_ids[:1, -1:]
-            capture = queries.self_study(self.model, self.view.copy(), layers=set(self.layers), tokens=tokens,
-                                         prompt=prompt, batch_size=self.batch)
+            with am.timed(self.phases, "self_study"):
+                capture = queries.self_study(self.model, self.view.copy(), layers=set(self.layers), tokens=tokens,
+                                             prompt=prompt, batch_size=self.batch)
             for idx in capture.queries:
                 extra[idx].append(capture.stacked(idx))
         return extra

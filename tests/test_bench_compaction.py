@@ -112,3 +112,20 @@ def test_kvpress_streaming_matches_our_streaming_at_equal_budget(build):
         assert "kvpress-kvzip@4" in result["summary"]["failed"]
     # a press's per-head evictions are taken off the modules, so they cannot leak into later runs
     assert all(getattr(m, "masked_key_indices", None) is None for m in hf.attention_modules(model).values())
+
+
+def test_time_breakdown_per_phase_and_captured_queries():
+    """Each agentmem row splits its time by phase (over the prefill); METHOD:captured skips the
+    repeat pass and reads the prefill's own queries instead."""
+    result = run_small(["am-fast", "am-fast:captured", "truncate"])
+    rows = {r["method"]: r for r in result["rows"]}
+    repeat, captured = rows["am-fast"]["phases"], rows["am-fast:captured"]["phases"]
+    assert {"queries", "budgets", "beta", "values"} <= set(repeat) and "captured" not in repeat
+    assert "captured" in captured and captured.get("queries", 0.0) == 0.0
+    for phases, row in ((repeat, rows["am-fast"]), (captured, rows["am-fast:captured"])):
+        assert all(v >= 0 for v in phases.values())
+        assert sum(phases.values()) <= row["time_ratio"] * 1.01 + 1e-6  # the phases are parts of the whole
+    assert rows["am-fast:captured"]["bytes_after"] == rows["am-fast"]["bytes_after"]
+    assert "time / prefill" in bench.table(result)
+    with pytest.raises(ConfigError, match="captured"):
+        bench.check_methods(["truncate:captured"])  # a method that asks no reference queries

@@ -99,6 +99,7 @@ def _full_attention_layers(model) -> set[int]:
 def compact_with(
     model, tokenizer, method: str, ratio: float, cache, full: hf.CompactedCache, ids: torch.Tensor,
     *, prefill_seconds: float, end: int | None = None, captured: QuerySample | None = None,
+    stats: dict | None = None,
 ) -> tuple[hf.CompactedCache, float]:
     """Compact tokens [0, end) of a prefilled context with `method`; (compacted cache, seconds).
 
@@ -108,7 +109,7 @@ def compact_with(
     Raises whatever a press raises (callers report an outside peer's failure).
     """
     if method not in kvpress_peers.PRESSES:
-        stats: dict = {}
+        stats = {} if stats is None else stats  # compact's: seconds, and seconds per phase
         method, reference = split_method(method)
         extra = {"captured": captured, "reference": reference} if reference and reference != "repeat" else {}
         comp = compact(model, cache, ids, ratio=ratio, method=method, end=end, tokenizer=tokenizer, stats=stats,

@@ -37,12 +37,13 @@ import json
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from .. import hf
+from ..captured import DEFAULT_CAPACITY, QuerySample
 from ..compaction import compact
 from . import kvpress_peers
 from .common import (  # noqa: F401  (re-exported: the shared helpers were first defined here)
@@ -55,6 +56,7 @@ from .common import (  # noqa: F401  (re-exported: the shared helpers were first
     nll,
     prefill,
     reference_text,
+    split_method,
     teacher_force,
 )
 
@@ -71,6 +73,7 @@ class Row:
     bytes_before: int
     bytes_after: int
     recovered: float = float("nan")
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per step of compact / prefill seconds
 
 
 def contexts(tokenizer, *, count: int, context: int, continuation: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -118,6 +121,7 @@ def decode_rate(model, cache, first: torch.Tensor, steps: int) -> float:
 
 
 DECODE_RATIOS = (5.0, 10.0, 20.0, 50.0)
+PHASES = ("self_study", "queries", "captured", "budgets", "targets", "selection", "beta", "values")
 
 
 def with_beta(cache: hf.CompactedCache, *, seed: int = 0) -> hf.CompactedCache:
@@ -172,9 +176,14 @@ def run(
     decode_steps: int = 32,
     decode_ratios=DECODE_RATIOS,
     decode_rounds: int = 3,
+    capture: int = DEFAULT_CAPACITY,
     progress=print,
 ) -> dict:
-    """Run the benchmark and return {"rows": [...], "summary": {...}} (rows averaged over contexts)."""
+    """Run the benchmark and return {"rows": [...], "summary": {...}} (rows averaged over contexts).
+
+    A method named METHOD:captured or METHOD:both fits on queries the prefill kept
+    (`capture` positions per layer, `agentmem.captured.QuerySample`).
+    """
     check_methods(methods)
     hf.enable(model)
     layers = set(hf.CompactedCache.from_cache(hf.new_cache(model)).full_layers()) or None
@@ -182,7 +191,8 @@ def run(
     decode = {}
     failed: dict[str, str] = {}
     for n, (ctx, cont) in enumerate(contexts(tokenizer, count=count, context=context, continuation=continuation)):
-        cache, last, prefill_s = prefill(model, ctx)  # the faster of two: every time ratio's denominator
+        sample = QuerySample(capture) if any(split_method(m)[1] in ("captured", "both") for m in methods) else None
+        cache, last, prefill_s = prefill(model, ctx, capture=sample)  # the faster of two: the time ratios' denominator
         full = hf.CompactedCache.from_cache(cache, scalings=hf.attention_scalings(model))
         layers = set(full.full_layers())
         ref, capture = teacher_force(model, full, cont, last, layers)
@@ -190,9 +200,10 @@ def run(
         progress(f"context {n + 1}/{count}: {ctx.shape[1]} tokens prefilled in {prefill_s:.1f}s, NLL {ref_nll:.3f}")
         for method in methods:
             for ratio in ratios:
+                stats: dict = {}
                 try:
                     comp, seconds = compact_with(model, tokenizer, method, ratio, cache, full, ctx,
-                                                 prefill_seconds=prefill_s)
+                                                 prefill_seconds=prefill_s, captured=sample, stats=stats)
                 except Exception as exc:
                     if method not in kvpress_peers.PRESSES:
                         raise
@@ -205,6 +216,7 @@ def run(
                     method=method, ratio=ratio, nll_gap=nll(got, cont) - ref_nll, kl=kl(ref, got),
                     attn_err=attention_error(full, comp, capture), time_ratio=seconds / prefill_s,
                     seconds=seconds, bytes_before=full.nbytes(), bytes_after=comp.nbytes(),
+                    phases={k: v / prefill_s for k, v in stats.get("phases", {}).items()},
                 )
                 sums.setdefault((method, ratio), []).append(row)
                 progress(f"  {method:12s} x{ratio:<4g} kl {row.kl:.4f} gap {row.nll_gap:+.4f} "
@@ -229,8 +241,9 @@ def _mean(rows: list[Row]) -> Row:
     first = rows[0]
     fields = {k: sum(getattr(r, k) for r in rows) / len(rows) for k in
               ("nll_gap", "kl", "attn_err", "time_ratio", "seconds")}
+    phases = {k: sum(r.phases.get(k, 0.0) for r in rows) / len(rows) for k in rows[0].phases}
     return Row(method=first.method, ratio=first.ratio, bytes_before=first.bytes_before,
-               bytes_after=first.bytes_after, **fields)
+               bytes_after=first.bytes_after, phases=phases, **fields)
 
 
 def table(result: dict) -> str:
@@ -243,6 +256,17 @@ def table(result: dict) -> str:
             f"{r['method']:17s} {r['ratio']:5g} {r['kl']:8.4f} {r['nll_gap']:+8.4f} {rec:>6s} {r['attn_err']:8.3f} "
             f"{r['time_ratio']:9.2f} {r['bytes_before'] / 2**20:9.1f}M {r['bytes_after'] / 2**20:9.2f}M"
         )
+    timed = [r for r in result["rows"] if r.get("phases")]
+    if timed:
+        names = [p for p in PHASES if any(p in r["phases"] for r in timed)]
+        head = f"{'time / prefill':17s} {'ratio':>5s} " + " ".join(f"{p:>10s}" for p in names) + f" {'total':>7s}"
+        lines += ["", head, "-" * len(head)]
+        for r in timed:
+            cells = " ".join(f"{r['phases'].get(p, 0.0):10.2f}" for p in names)
+            lines.append(f"{r['method']:17s} {r['ratio']:5g} {cells} {r['time_ratio']:7.2f}")
+        lines.append("queries: the repeat-prefill pass; captured: reading the prefill's own queries; budgets: one "
+                     "pass over the span's scores that shares the layers' budget (reused by the fit); targets: "
+                     "that pass when a fit makes its own; beta, values: the two solves")
     s = result["summary"]
     for name, why in s.get("failed", {}).items():
         lines.append(f"{name}: failed ({why})")
@@ -283,5 +307,7 @@ def plot(result: dict, path: Path, title: str) -> None:
 def summary_line(result: dict, model_name: str) -> str:
     out = {"bench": "compaction", "model": model_name, **result["summary"]}
     for r in result["rows"]:
-        out[f"{r['method']}@{r['ratio']:g}"] = {k: round(r[k], 5) for k in ("kl", "nll_gap", "attn_err", "time_ratio")}
+        out[f"{r['method']}@{r['ratio']:g}"] = {
+            **{k: round(r[k], 5) for k in ("kl", "nll_gap", "attn_err", "time_ratio")},
+            **({"phases": {k: round(v, 4) for k, v in r["phases"].items()}} if r.get("phases") else {})}
     return json.dumps(out)

@@ -29,7 +29,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     comp.add_argument("--ratios", type=ratio, nargs="+", default=[5, 10, 20, 50], help="default: 5 10 20 50")
     comp.add_argument("--methods", nargs="+", default=None,
                       help="default: all of agentmem's methods, plus kvpress's presses (kvpress-snapkv, ...) "
-                           "when kvpress is installed")
+                           "when kvpress is installed. METHOD:captured fits on the prefill's own queries instead "
+                           "of a repeat pass, METHOD:both on both")
+    comp.add_argument("--capture", type=positive_int, default=1024,
+                      help="positions per layer the prefill keeps for METHOD:captured|both (default 1024)")
+    comp.add_argument("--decode-rounds", type=int, default=3,
+                      help="interleaved decode timing rounds (full, then each ratio); 0 skips decode (default 3)")
     comp.add_argument("--context", type=positive_int, default=3072, help="context tokens (default 3072)")
     comp.add_argument("--continuation", type=positive_int, default=128, help="teacher-forced tokens (default 128)")
     comp.add_argument("--contexts", type=positive_int, default=1, help="how many contexts to average (default 1)")
@@ -120,7 +125,8 @@ def run_compaction(args: argparse.Namespace) -> int:
     model, tokenizer = load(args.model)
     result = bench.run(model, tokenizer, ratios=args.ratios, methods=methods,
                        context=args.context, continuation=args.continuation, count=args.contexts,
-                       progress=say)
+                       capture=args.capture, decode_rounds=args.decode_rounds,
+                       decode_steps=32 if args.decode_rounds > 0 else 0, progress=say)
     result["summary"]["model"] = args.model
     print(bench.table(result))
     plot = args.plot or (args.json.with_suffix(".png") if args.json else Path(f"bench-compaction-{args.model}.png"))
