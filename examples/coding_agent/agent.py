@@ -105,6 +105,7 @@ class DemoResult:
     tool_errors: int = 0
     tokens_before: list[int] = field(default_factory=list)
     tokens_after: list[int] = field(default_factory=list)
+    compaction_seconds: float = 0.0
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
@@ -174,7 +175,8 @@ def run(*, model: Any = "smollm2-135m", workspace_dir: Path = Path("agentmem-dem
     result.tests_pass = workspace.run_tests().startswith("exit code 0")
     out.line(f"result: tests {'pass' if result.tests_pass else 'still fail'}; {result.turns} turns, "
              f"{result.tool_calls} tool calls ({result.tool_errors} refused or failed), {result.compactions} "
-             f"compactions, {result.seconds:.0f} s")
+             f"compactions ({result.compaction_seconds:.0f} s, {result.compaction_seconds / max(result.seconds, 1e-9):.0%}"
+             f" of the run), {result.seconds:.0f} s")
     peak = f"; KV reached the {limit}-token limit at {result.peak_physical_tokens}" if result.compactions else ""
     out.line(f"tokens: {result.prompt_tokens} prefilled, {result.cached_tokens} reused from the KV cache, "
              f"{result.completion_tokens} generated{peak}")
@@ -202,6 +204,7 @@ def _show(event: Any, result: DemoResult, out: _Console) -> None:
         e = event.event
         result.tokens_before.append(e.tokens_before)
         result.tokens_after.append(e.tokens_after)
+        result.compaction_seconds += e.seconds
         out.line(f"  compaction {result.compactions}: {e.tokens_before} -> {e.tokens_after} tokens "
                  f"({e.method} x{e.ratio:g}, {e.seconds:.1f} s, {e.status})")
     elif isinstance(event, TurnDoneEvent):
