@@ -4,7 +4,6 @@ The heart is `compact`, which replaces a span of a transformers KV cache by far 
 slots with Attention Matching (keys, per-key log-weights beta, least-squares values).
 """
 
-from .compaction import METHODS, compact
 from .errors import (
     AgentmemError,
     CompactionError,
@@ -21,22 +20,35 @@ from .errors import (
     TransformersVersionError,
     UnsupportedModelError,
 )
-from .hf import CompactedCache, CompactedLayer, agentmem_attention, capture_queries, disable, enable
 
 __version__ = "0.1.0"
 
-
-_LAZY = {"Session": ".engine", "Reply": ".engine", "Store": ".store", "Policy": ".policies",
+# Public names and the module each comes from. `import agentmem` imports only the errors:
+# torch and transformers (about 2 s, more than the CLI's `--help` or `sessions list` need)
+# load on first use of a name below.
+_LAZY = {"compact": ".compaction", "METHODS": ".compaction",
+         "CompactedCache": ".hf", "CompactedLayer": ".hf", "agentmem_attention": ".hf",
+         "capture_queries": ".hf", "disable": ".hf", "enable": ".hf",
+         "Session": ".engine", "Reply": ".engine", "Store": ".store", "Policy": ".policies",
          "Segment": ".segments", "CompactionEvent": ".segments", "KVStats": ".segments"}
 
 
 def __getattr__(name: str):
-    """Import the engine, store and policies on first use (they are not needed to compact)."""
-    if name in _LAZY:
-        import importlib
+    """Import a public name's module on first use; `agentmem.hf` and other submodules likewise."""
+    import importlib
+    import importlib.util
 
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'agentmem' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def load_model(name_or_path: str = "smollm2-135m", **kwargs):

@@ -219,6 +219,10 @@ def open_database(path: Path, *, timeout: float, readonly: bool) -> Database:
         if readonly:
             _check_version(conn, path)
         else:
+            if not conn.execute("SELECT 1 FROM sqlite_master").fetchone():
+                # A new file frees the pages of deleted sessions with `PRAGMA incremental_vacuum`
+                # (Store.delete_session); only settable before the first table.
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             _enable_wal(conn, timeout)
             applied = migrate(db)
             if applied:

@@ -27,11 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     ConfigError,
@@ -44,6 +40,9 @@ from .errors import (
 )
 from .schema import open_database, write_error
 from .segments import CompactionEvent, Segment
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -221,13 +220,45 @@ class Store:
             return self._session_row(conn, session_id)
 
     def delete_session(self, session_id: str) -> None:
-        """Delete a session, its rows, and the blobs no other checkpoint references."""
+        """Delete a session, its rows, and the blobs no other checkpoint references, and give
+        the freed pages back to the file system (`reclaim_space`)."""
         with self._transaction(write=True) as conn:
             self._session_row(conn, session_id)
             self._prune(conn, session_id, 0)
             for table in ("messages", "segments", "compactions"):
                 conn.execute(f"DELETE FROM {table} WHERE session_id = ?", (session_id,))
             conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+        self.reclaim_space()
+
+    def reclaim_space(self) -> bool:
+        """Shrink the file to the pages in use; returns whether it could (best effort).
+
+        A file made by this agentmem (`auto_vacuum = INCREMENTAL`) frees its unused pages
+        with `PRAGMA incremental_vacuum`, which touches only those pages. An older file gets
+        one full `VACUUM` (a rewrite of the whole file, which needs that much free disk)
+        that also switches it to incremental. Then the WAL is checkpointed and truncated.
+        A lock held by another process or a full disk is logged, not raised: nothing is lost,
+        the space is only reused by later writes instead.
+
+        Raises:
+            ConfigError: the store was opened read-only.
+        """
+        if self.readonly:
+            raise ConfigError(f"{self.path} was opened read-only (Store(readonly=True)); open it without "
+                              f"readonly to change it")
+        with self._lock:
+            try:
+                if self._conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+                    # executescript steps it to the end; execute() frees a single page per call
+                    self._conn.executescript("PRAGMA incremental_vacuum")
+                else:
+                    self._conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+                    self._conn.execute("VACUUM")
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                return True
+            except sqlite3.OperationalError as exc:
+                logger.warning("%s: freed pages stay in the file for reuse (SQLite: %s)", self.path, exc)
+                return False
 
     def checkpoint_blocks(self, session_id: str) -> list[list[str]]:
         """Block hashes of each layer of the session's newest checkpoint ([] if it has none).
@@ -382,6 +413,8 @@ class Store:
     def _decode(self, conn: sqlite3.Connection, session_id: str, layers: list[dict], blobs: dict[str, bytes],
                 map_location: str | torch.device) -> list[dict]:
         """Checked tensors for each layer's blocks; any bad block raises `CorruptSessionError`."""
+        from safetensors.torch import load as load_tensors  # torch loads here, not for `sessions list`
+
         out = []
         for layer in layers:
             blocks = []
@@ -507,6 +540,9 @@ def _encode_checkpoint(checkpoint: list[dict], info: dict | None) -> tuple[list[
     and the hashes of blocks passed by hash (reused from an earlier checkpoint)."""
     if not checkpoint:
         raise ConfigError("checkpoint has no layers; pass hf.cache_state(cache), or None for no checkpoint")
+    import torch
+    from safetensors.torch import save as save_tensors
+
     layers: list[dict] = []
     blobs: dict[str, bytes] = {}
     reused: set[str] = set()

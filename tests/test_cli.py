@@ -282,7 +282,7 @@ def test_corrupt_database_is_one_line(tiny: Path, capsys: pytest.CaptureFixture,
     (["chat", "--policy", "nope", "--message", "hi"], "unknown policy 'nope'"),
     (["scenario", "aime", "--problems-file", "missing.jsonl"], "no problems file at missing.jsonl"),
     (["sessions", "export", "x", "--store", "."], "is a directory"),
-    (["demo", "--limit", "100"], "--limit 100 is too small"),
+    (["demo", "--limit", "100"], "argument --limit: must be 256 or more"),
     (["demo", "--resume"], "nothing to resume"),
     (["no-such-command"], "invalid choice"),
 ])

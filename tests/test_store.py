@@ -255,6 +255,57 @@ def test_delete_keeps_blobs_another_session_references(store):
     assert store.drop_checkpoints(b) == 1 and blob_hashes(store) == set()
 
 
+def _file_bytes(path: Path) -> int:
+    """The database and its WAL, as the file system counts them."""
+    return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+
+
+@pytest.mark.parametrize("older", [False, True], ids=["new-file", "file-without-auto-vacuum"])
+def test_deleting_a_large_session_shrinks_the_file(tmp_path, older):
+    path = tmp_path / "s.db"
+    if older:  # made before auto_vacuum: its first delete runs one VACUUM and switches it
+        conn = sqlite3.connect(path, isolation_level=None)
+        migrate(Database(conn))
+        conn.close()
+    gen = torch.Generator().manual_seed(0)
+    big = [{"kind": "dynamic", "meta": {}, "blocks": [{"keys": torch.randn(1, 2, 1024, 64, generator=gen),
+                                                       "values": torch.randn(1, 2, 1024, 64, generator=gen)}]}
+           for _ in range(8)]  # 8 MB of tensors
+    with Store(path) as store:
+        small = store.create_session(model="tiny", fingerprint="fp")
+        store.commit_turn(small, messages=[message(0)], checkpoint=checkpoint(20))
+        large = store.create_session(model="tiny", fingerprint="fp")
+        store.commit_turn(large, messages=[message(0)], checkpoint=big)
+    full = _file_bytes(path)
+    assert full > 8 * 2**20
+    with Store(path) as store:
+        store.delete_session(large)
+        assert _file_bytes(path) < 2**20  # already while open: the WAL is truncated too
+        assert [s["id"] for s in store.list_sessions()] == [small]
+        assert store.load_session(small).checkpoint is not None
+    assert _file_bytes(path) < 2**20
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental from now on
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+
+
+def test_reclaiming_space_under_a_lock_is_logged_not_raised(tmp_path, caplog):
+    path = tmp_path / "s.db"
+    with Store(path, timeout=0.1) as store:
+        sid = store.create_session(model="tiny", fingerprint="fp")
+        store.commit_turn(sid, checkpoint=checkpoint(40))
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process writing
+        try:
+            assert store.reclaim_space() is False
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert "freed pages stay in the file" in caplog.text
+        assert store.reclaim_space() is True
+
+
 # --------------------------------------------------------------------------- errors
 
 

@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import DEFAULT_MODEL, load, positive_int, ratio, say
+from .common import DEFAULT_MODEL, load, method, non_negative_int, plot_problem, positive_int, ratio, say
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                            "of a repeat pass, METHOD:both on both")
     comp.add_argument("--capture", type=positive_int, default=1024,
                       help="positions per layer the prefill keeps for METHOD:captured|both (default 1024)")
-    comp.add_argument("--decode-rounds", type=int, default=3,
+    comp.add_argument("--decode-rounds", type=non_negative_int, default=3,
                       help="interleaved decode timing rounds (full, then each ratio); 0 skips decode (default 3)")
     comp.add_argument("--context", type=positive_int, default=3072, help="context tokens (default 3072)")
     comp.add_argument("--continuation", type=positive_int, default=128, help="teacher-forced tokens (default 128)")
@@ -87,7 +87,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     soak.add_argument("--turns", type=positive_int, default=500, help="default 500")
     soak.add_argument("--limit", type=positive_int, default=2048, help="physical KV slots (default 2048)")
     soak.add_argument("--ratio", type=ratio, default=5.0, help="compaction ratio (default 5)")
-    soak.add_argument("--method", default="am-fast", help="compaction method (default am-fast)")
+    soak.add_argument("--method", type=method, default="am-fast", help="compaction method (default am-fast)")
     soak.add_argument("--reply-tokens", type=positive_int, default=8, help="generated tokens per turn (default 8)")
     soak.add_argument("--db", type=Path, default=Path("agentmem-soak.db"), help="default agentmem-soak.db")
     soak.add_argument("--json", type=Path, default=None, help="write the full result here")
@@ -122,6 +122,7 @@ def run_compaction(args: argparse.Namespace) -> int:
 
     methods = args.methods or bench.default_methods()
     bench.check_methods(methods)
+    no_plot = plot_problem(args.plot)
     model, tokenizer = load(args.model)
     result = bench.run(model, tokenizer, ratios=args.ratios, methods=methods,
                        context=args.context, continuation=args.continuation, count=args.contexts,
@@ -130,8 +131,11 @@ def run_compaction(args: argparse.Namespace) -> int:
     result["summary"]["model"] = args.model
     print(bench.table(result))
     plot = args.plot or (args.json.with_suffix(".png") if args.json else Path(f"bench-compaction-{args.model}.png"))
-    bench.plot(result, plot, f"{args.model}: {args.context}-token contexts")
-    print(f"plot: {plot}")
+    if no_plot:
+        print(f"plot: not drawn, {no_plot}")
+    else:
+        bench.plot(result, plot, f"{args.model}: {args.context}-token contexts")
+        print(f"plot: {plot}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     print(bench.summary_line(result, args.model))
@@ -145,6 +149,7 @@ def run_fidelity(args: argparse.Namespace) -> int:
     methods = args.methods or common.default_methods()
     common.check_methods(methods)
     fidelity.check_args(context=args.context, facts=args.facts, protect=args.protect)
+    no_plot = plot_problem(args.plot)
     model, tokenizer = load(args.model)
     result = fidelity.run(model, tokenizer, ratios=args.ratios, methods=methods, context=args.context,
                           count=args.contexts, facts=args.facts, protect=args.protect, seed=args.seed,
@@ -152,9 +157,12 @@ def run_fidelity(args: argparse.Namespace) -> int:
     result["summary"]["model"] = args.model
     print(fidelity.table(result))
     plot = args.plot or (args.json.with_suffix(".png") if args.json else Path(f"bench-fidelity-{args.model}.png"))
-    fidelity.plot(result, plot, f"{args.model}: {args.context}-token contexts, {result['summary']['questions']} "
-                                f"questions per cell")
-    print(f"plot: {plot}")
+    if no_plot:
+        print(f"plot: not drawn, {no_plot}")
+    else:
+        fidelity.plot(result, plot, f"{args.model}: {args.context}-token contexts, "
+                                    f"{result['summary']['questions']} questions per cell")
+        print(f"plot: {plot}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     print(fidelity.summary_line(result, args.model))

@@ -355,20 +355,29 @@ class _Console:
 
 
 class _CompactionDisplay:
-    """Compaction hooks: a live 'compacting' line while it runs, then one line per event."""
+    """Compaction hooks: a live 'compacting' line while it runs, then one line per event.
+
+    From the second compaction on, the line estimates the time left from the seconds per
+    token of the last one (compaction reports no progress of its own).
+    """
 
     def __init__(self, console: _Console):
         self.console = console
         self.activity: Activity | None = None
+        self.seconds_per_token: float | None = None
 
     def before(self, plan: Plan) -> None:
         self.console.end_line()
-        self.activity = Activity(f"compacting {plan.tokens} tokens ({plan.reason})").start()
+        expected = None if self.seconds_per_token is None else self.seconds_per_token * plan.tokens
+        self.activity = Activity(f"compacting {plan.tokens} tokens ({plan.reason})", expected=expected).start()
 
     def after(self, event: CompactionEvent) -> None:
         if self.activity is not None:
             self.activity.stop()
             self.activity = None
+        span = (event.end or 0) - (event.start or 0)
+        if event.status == "ok" and event.seconds and span > 0:
+            self.seconds_per_token = event.seconds / span
         self.console.note(describe(event))
 
 

@@ -52,28 +52,41 @@ def bar(**kwargs: Any):
 class Activity:
     """A live 'desc [elapsed]' line on stderr for one long call that reports no progress of its own.
 
-    Use as a context manager, or `start()` / `stop()` when the two ends are in different
-    callbacks (compaction hooks). A no-op when progress bars are off.
+    With `expected` (seconds, an estimate) the line also shows how long is left:
+    'desc [0:04, about 0:07 left]', then 'longer than estimated' once past it. Use as a
+    context manager, or `start()` / `stop()` when the two ends are in different callbacks
+    (compaction hooks). A no-op when progress bars are off.
     """
 
-    def __init__(self, desc: str):
+    def __init__(self, desc: str, *, expected: float | None = None):
         self.desc = desc
+        self.expected = expected if expected is not None and math.isfinite(expected) and expected > 0 else None
         self._bar = None
+        self._began = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> Activity:
         if self._bar is not None or not progress_enabled():
             return self
-        self._bar = bar(total=None, desc=self.desc, leave=False, bar_format="{desc} [{elapsed}]")
+        self._began = time.perf_counter()
+        self._bar = bar(total=None, desc=self.line(0.0), leave=False, bar_format="{desc}")
         self._stop.clear()
         self._thread = threading.Thread(target=self._tick, name="agentmem-activity", daemon=True)
         self._thread.start()
         return self
 
+    def line(self, elapsed: float) -> str:
+        """The text shown after `elapsed` seconds."""
+        if self.expected is None:
+            return f"{self.desc} [{_clock(elapsed)}]"
+        if elapsed <= self.expected:
+            return f"{self.desc} [{_clock(elapsed)}, about {_clock(self.expected - elapsed)} left]"
+        return f"{self.desc} [{_clock(elapsed)}, longer than estimated ({_clock(self.expected)})]"
+
     def _tick(self) -> None:
         while not self._stop.wait(0.25):
-            self._bar.refresh()
+            self._bar.set_description_str(self.line(time.perf_counter() - self._began), refresh=True)
 
     def stop(self) -> None:
         if self._bar is None:
@@ -89,6 +102,35 @@ class Activity:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _clock(seconds: float) -> str:
+    """Seconds as 'M:SS' (or 'H:MM:SS')."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+PLOTS_INSTALL = "pip install 'agentmem[plots]'"
+
+
+def plot_problem(path: Path | None, option: str = "--plot") -> str | None:
+    """Why a command's PNG cannot be drawn (matplotlib is the optional `plots` extra), or None.
+
+    Call it before any work: an explicit `--plot PATH` without matplotlib fails now, before
+    a model loads; a default plot is skipped and the returned reason says how to get one.
+
+    Raises:
+        ConfigError: `path` was asked for and matplotlib is not installed.
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        if path is not None:
+            raise ConfigError(f"{option} {path} needs matplotlib, which is optional: {PLOTS_INSTALL}, "
+                              f"or leave out {option}") from None
+        return f"matplotlib is not installed ({PLOTS_INSTALL} to draw it)"
+    return None
 
 
 def say(line: str) -> None:
@@ -239,6 +281,41 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def at_least(minimum: int, why: str):
+    """argparse type: an integer >= `minimum`; `why` ends the error message."""
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more ({why}), got {text!r}")
+        return value
+
+    check.__name__ = f"whole number >= {minimum}"
+    return check
+
+
+def method(text: str) -> str:
+    """argparse type: a compaction method of `agentmem.compaction.METHODS` (imports torch, not a model)."""
+    from ..compaction import METHODS
+
+    if text not in METHODS:
+        raise argparse.ArgumentTypeError(f"unknown compaction method {text!r}; choose one of {', '.join(METHODS)}")
+    return text
 
 
 def non_negative_float(text: str) -> float:

@@ -7,7 +7,17 @@ import json
 from pathlib import Path
 
 from ..errors import ConfigError
-from .common import DEFAULT_MODEL, load, non_negative_float, positive_int, ratio, say
+from .common import (
+    DEFAULT_MODEL,
+    load,
+    method,
+    non_negative_float,
+    non_negative_int,
+    plot_problem,
+    positive_int,
+    ratio,
+    say,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,11 +39,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       help="JSONL with question/answer per line (e.g. a real AIME set); default: built-in problems")
     aime.add_argument("--max-new-tokens", type=positive_int, default=None,
                       help="default: enough to refill the limit --rounds times")
-    aime.add_argument("--method", default="am-fast", help="compaction method (default am-fast)")
-    aime.add_argument("--protect-recent", type=int, default=64, help="recent tokens never compacted (default 64)")
+    aime.add_argument("--method", type=method, default="am-fast", help="compaction method (default am-fast)")
+    aime.add_argument("--protect-recent", type=non_negative_int, default=64,
+                      help="recent tokens never compacted (default 64)")
     aime.add_argument("--pin-question", action="store_true",
                       help="keep the question verbatim (default: only the system prompt and recent tokens are kept)")
-    aime.add_argument("--min-new-tokens", type=int, default=0,
+    aime.add_argument("--min-new-tokens", type=non_negative_int, default=0,
                       help="suppress the end of turn before this many tokens, to force long generations (default 0)")
     aime.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default)")
     aime.add_argument("--seed", type=int, default=0, help="sampling and problem-choice seed (default 0)")
@@ -51,6 +62,7 @@ def run_aime(args: argparse.Namespace) -> int:
                           f"({args.protect_recent})")
     chosen = (problems.load_jsonl(args.problems_file, limit=args.problems) if args.problems_file
               else problems.builtin(args.problems, seed=args.seed))
+    no_plot = plot_problem(args.plot)
     model, tokenizer = load(args.model)
 
     def save_so_far(partial: dict) -> None:  # after every problem, the last one included
@@ -65,7 +77,10 @@ def run_aime(args: argparse.Namespace) -> int:
     result["summary"].update(model=args.model, complete=True)
     print(aime.table(result))
     plot = args.plot or (args.json.with_suffix(".png") if args.json else Path("scenario-aime.png"))
-    aime.plot(result, plot)
-    print(f"plot: {plot}")
+    if no_plot:
+        print(f"plot: not drawn, {no_plot}")
+    else:
+        aime.plot(result, plot)
+        print(f"plot: {plot}")
     print(json.dumps(result["summary"]))
     return 0

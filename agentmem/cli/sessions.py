@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .common import DEFAULT_STORE, escape, megabytes, open_store, write_json
+from .common import DEFAULT_STORE, escape, megabytes, open_store, plot_problem, write_json
 
 CONTENT_WIDTH = 72
 
@@ -80,6 +80,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     """`agentmem sessions show ID`."""
+    if args.plot is not None:
+        plot_problem(args.plot)  # fails now, before printing, when matplotlib is missing
     with open_store(args.store, must_exist=True, readonly=True) as store:
         data = store.export_session(args.id)
     session, messages, events = data["session"], data["messages"], data["events"]

@@ -10,3 +10,4 @@ from __future__ import annotations
 from pathlib import Path
 
 SAMPLE_PROJECT = Path(__file__).parent / "sample_project"
+MIN_LIMIT = 256  # physical KV tokens: the instructions, the tool schemas and the task fit below it

@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agentmem.cli.common import at_least, method, non_negative_float, positive_int, ratio
+
+from . import MIN_LIMIT
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The demo's options (shared with `agentmem demo`)."""
@@ -18,11 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the sample project is copied (default ./agentmem-demo)")
     parser.add_argument("--store", type=Path, default=Path("agentmem-demo.db"),
                         help="SQLite file of the session (default ./agentmem-demo.db)")
-    parser.add_argument("--limit", type=int, default=2048, help="physical KV limit in tokens (default 2048)")
-    parser.add_argument("--ratio", type=float, default=4.0, help="compaction ratio (default 4)")
-    parser.add_argument("--method", default="am-fast", help="compaction method (default am-fast)")
-    parser.add_argument("--max-turns", type=int, default=40, help="model replies at most (default 40)")
-    parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default 0.7)")
+    parser.add_argument("--limit", type=at_least(MIN_LIMIT, "the agent's instructions, tools and task must fit"),
+                        default=2048, help=f"physical KV limit in tokens, at least {MIN_LIMIT} (default 2048)")
+    parser.add_argument("--ratio", type=ratio, default=4.0, help="compaction ratio (default 4)")
+    parser.add_argument("--method", type=method, default="am-fast", help="compaction method (default am-fast)")
+    parser.add_argument("--max-turns", type=positive_int, default=40, help="model replies at most (default 40)")
+    parser.add_argument("--temperature", type=non_negative_float, default=0.7,
+                        help="sampling temperature (default 0.7)")
     parser.add_argument("--resume", action="store_true", help="continue the session of an earlier run")
     parser.add_argument("--fresh", action="store_true", help="replace an earlier run's workspace")
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")

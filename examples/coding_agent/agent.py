@@ -30,7 +30,7 @@ from agentmem.agents.events import (
 from agentmem.errors import ConfigError, MaxTurnsExceeded
 from agentmem.policies import AnyPin, FixedRatio, PinFirstUser, PinSystem, PinToolSchemas, Policy, TokenLimit
 
-from . import SAMPLE_PROJECT
+from . import MIN_LIMIT, SAMPLE_PROJECT
 from .tools import RepeatGuard, workspace_tools
 from .workspace import Workspace
 
@@ -46,8 +46,8 @@ MARKER = ".agentmem-demo.json"  # in the workspace: which store and session it b
 
 def demo_policy(limit: int, ratio: float, method: str = "am-fast") -> Policy:
     """Compact everything but the instructions, the tools, the task and the newest tokens."""
-    if limit < 256:
-        raise ConfigError(f"--limit {limit} is too small for the agent's prompt; use 256 or more")
+    if limit < MIN_LIMIT:
+        raise ConfigError(f"--limit {limit} is too small for the agent's prompt; use {MIN_LIMIT} or more")
     return Policy(trigger=TokenLimit(limit), ratio=FixedRatio(ratio),
                   pin=AnyPin((PinSystem(), PinToolSchemas(), PinFirstUser())), method=method,
                   protect_recent=min(128, limit // 8))
@@ -173,10 +173,10 @@ def run(*, model: Any = "smollm2-135m", workspace_dir: Path = Path("agentmem-dem
     result.completion_tokens = usage.completion_tokens
     result.seconds = time.perf_counter() - began
     result.tests_pass = workspace.run_tests().startswith("exit code 0")
+    share = result.compaction_seconds / max(result.seconds, 1e-9)
     out.line(f"result: tests {'pass' if result.tests_pass else 'still fail'}; {result.turns} turns, "
              f"{result.tool_calls} tool calls ({result.tool_errors} refused or failed), {result.compactions} "
-             f"compactions ({result.compaction_seconds:.0f} s, {result.compaction_seconds / max(result.seconds, 1e-9):.0%}"
-             f" of the run), {result.seconds:.0f} s")
+             f"compactions ({result.compaction_seconds:.0f} s, {share:.0%} of the run), {result.seconds:.0f} s")
     peak = f"; KV reached the {limit}-token limit at {result.peak_physical_tokens}" if result.compactions else ""
     out.line(f"tokens: {result.prompt_tokens} prefilled, {result.cached_tokens} reused from the KV cache, "
              f"{result.completion_tokens} generated{peak}")
