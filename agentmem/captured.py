@@ -12,11 +12,12 @@ positions always cover the whole history evenly (never a recent window). Every q
 head of a kept position is kept: fitting on all query heads of a KV head is what keeps a
 span's facts (docs/LOG.md, "AM levers").
 
-A query captured at position p inside a span only saw the tokens up to p, and it asked
-from p. Before fitting, `reference` rotates it with RoPE to the position it would have in
-a repeat of the span after the cache's end (p + length - start), the place from where
-every later question is asked (`hf.rope`). Queries of tokens after the span already ask
-from after it and stay as they are.
+A query captured at position p asked from p, but every later question about the span is
+asked from after the cache's end. Before fitting, `reference` rotates each query with
+RoPE to ask from the cache's end (`hf.rope`: its score against a key at j then depends on
+length - j, as a later question's does). On SmolLM2 that kept more of a span's facts than
+rotating only the span's queries to a repeat's positions, or not rotating at all
+(docs/LOG.md, "Captured reference queries").
 """
 
 from __future__ import annotations
@@ -110,8 +111,8 @@ class QuerySample:
                   layers: list[int]) -> dict[int, torch.Tensor]:
         """The captured queries that bear on span [start, end) of a `length`-token cache.
 
-        Positions >= start (inside the span and after it); those inside are rotated to
-        ask from after the cache's end (see the module docstring).
+        Positions >= start (inside the span and after it), each rotated to ask from the
+        cache's end (see the module docstring).
 
         Returns:
             layer -> (B, H_q, n, D) fp32; empty when no kept position is >= start.
@@ -120,7 +121,7 @@ class QuerySample:
         if not bool(mask.any()):
             return {}
         positions = self.positions[mask]
-        delta = torch.where(positions < end, torch.full_like(positions, length - start), torch.zeros_like(positions))
+        delta = length - positions
         out = {}
         for idx in layers:
             if idx not in self.queries:

@@ -46,11 +46,10 @@ import torch
 
 from .. import hf
 from ..baselines import SINKS
+from ..captured import DEFAULT_CAPACITY, QuerySample
 from ..errors import ConfigError
 from . import kvpress_peers
-from ..captured import DEFAULT_CAPACITY, QuerySample
-from .common import (check_methods, compact_with, kl, method_order, prefill, reference_text, split_method,
-                     teacher_force)
+from .common import check_methods, compact_with, kl, method_order, prefill, reference_text, split_method, teacher_force
 
 TEMPLATES = [
     "The deploy key for service {} is", "The door code of warehouse {} is", "The badge number of engineer {} is",

@@ -2,10 +2,11 @@
 #   python docs/experiments/captured_variants.py VARIANT [--contexts 2] [--ratio 10] [--capacity 1024]
 # Fits am-fast on the prefill's own captured queries, moved along the sequence by one of
 # several rules, and prints retained recall (bench fidelity's measurement) per variant.
-#   span:   queries inside the span ask from a repeat of it after the cache (the default)
+#   span:   queries inside the span ask from a repeat of it after the cache (delta = length - start)
 #   raw:    no rotation (each query asks from where it was asked)
-#   end:    every query asks from the cache's end (delta = length - p)
+#   end:    every query asks from the cache's end (delta = length - p; the default since)
 #   repeat: the repeat pass (reference), for the same contexts
+#   both:   repeat pass + captured (end), with --repeat-tokens N repeating only the span's last N tokens
 import argparse, json, sys
 
 import torch
@@ -21,6 +22,7 @@ p.add_argument("--contexts", type=int, default=2)
 p.add_argument("--ratio", type=float, default=10.0)
 p.add_argument("--capacity", type=int, default=1024)
 p.add_argument("--method", default="am-fast")
+p.add_argument("--repeat-tokens", type=int, default=None)
 args = p.parse_args()
 
 
@@ -28,7 +30,9 @@ def moved(rule):
     def reference(self, model, start, end, length, layers):
         mask = (self.positions >= start) & (self.positions < length)
         positions = self.positions[mask]
-        if rule == "raw":
+        if rule == "span":
+            delta = torch.where(positions < end, torch.full_like(positions, length - start), torch.zeros_like(positions))
+        elif rule == "raw":
             delta = torch.zeros_like(positions)
         elif rule == "end":
             delta = length - positions
@@ -39,14 +43,18 @@ def moved(rule):
     return reference
 
 
-if args.variant in ("raw", "end"):
+if args.variant in ("raw", "span"):
     cap.QuerySample.reference = moved(args.variant)
-method = args.method if args.variant == "repeat" else f"{args.method}:captured"
+if args.repeat_tokens:
+    import agentmem.bench.common as common
+    real = common.compact
+    common.compact = lambda *a, **k: real(*a, **{**k, "max_repeat_tokens": args.repeat_tokens})
+method = {"repeat": args.method, "both": f"{args.method}:both"}.get(args.variant, f"{args.method}:captured")
 model, tok = agentmem.load_model("smollm2-135m")
 result = fidelity.run(model, tok, ratios=[args.ratio], methods=[method], count=args.contexts,
                       capture=args.capacity, progress=lambda line: print(line, file=sys.stderr))
 row = next(r for r in result["rows"] if r["method"] == method)
-line = {"variant": args.variant, "capacity": args.capacity, "method": method, "ratio": args.ratio,
+line = {"variant": args.variant, "repeat_tokens": args.repeat_tokens, "capacity": args.capacity, "method": method, "ratio": args.ratio,
         "contexts": args.contexts, "retained_recall": row["retained"]["recall"], "retained_ref": row["retained"]["ref_nll"],
         "exact": row["exact"], "choice": row["choice"], "time_ratio": row["time_ratio"]}
 print(json.dumps(line))
