@@ -140,28 +140,31 @@ def select_omp(
 ) -> torch.Tensor:
     """Greedy matching pursuit on the mass: the columns of Phi that best rebuild b.
 
-    Keeps an incrementally grown Gram matrix so a refit costs one small solve.
+    Keeps an incrementally grown Gram matrix and the picked columns so a refit costs one
+    small solve, and computes the residual's correlation with every column once per refit.
     Returns (G, width) indices in the order they were picked (a prefix is a good
     smaller selection, which is how per-head budgets are applied).
     """
     G, n, T = t.phi.shape
     width = min(width, T)
     picked = torch.zeros(G, width, dtype=torch.long, device=t.phi.device)
+    chosen = t.phi.new_zeros(G, n, width)  # the picked columns of Phi, in pick order
     taken = ~t.valid.clone()
     gram = t.phi.new_zeros(G, width, width)
     rhs = t.phi.new_zeros(G, width)
     residual = t.mass.clone()
+    corr = None
     count, step = 0, 0
     while count < width:
         k = min(per_step, width - count)
-        # Raw correlation, not divided by the column's norm: that favours keys with a large
-        # mass, which is what the attention needs (dividing cost 2x in KL at 10x, docs/LOG.md).
-        corr = torch.bmm(residual.unsqueeze(1), t.phi).squeeze(1)  # (G, T)
-        corr = corr.masked_fill(taken, float("-inf"))
-        new = corr.topk(k, dim=-1).indices  # (G, k)
-        new_cols = torch.gather(t.phi, 2, new.unsqueeze(1).expand(G, n, k))  # (G, n, k)
-        old_cols = torch.gather(t.phi, 2, picked[:, :count].unsqueeze(1).expand(G, n, count))
-        cross = torch.bmm(new_cols.transpose(1, 2), torch.cat([old_cols, new_cols], dim=2))  # (G, k, count+k)
+        if corr is None:  # the residual changes only at a refit, and so does this (G, T) product
+            # Raw correlation, not divided by the column's norm: that favours keys with a large
+            # mass, which is what the attention needs (dividing cost 2x in KL at 10x, docs/LOG.md).
+            corr = torch.bmm(residual.unsqueeze(1), t.phi).squeeze(1)  # (G, T)
+        new = corr.masked_fill(taken, float("-inf")).topk(k, dim=-1).indices  # (G, k)
+        chosen[:, :, count : count + k] = torch.gather(t.phi, 2, new.unsqueeze(1).expand(G, n, k))
+        new_cols = chosen[:, :, count : count + k]  # (G, n, k)
+        cross = torch.bmm(new_cols.transpose(1, 2), chosen[:, :, : count + k])  # (G, k, count+k)
         gram[:, count : count + k, : count + k] = cross
         gram[:, : count + k, count : count + k] = cross.transpose(1, 2)
         rhs[:, count : count + k] = torch.bmm(new_cols.transpose(1, 2), t.mass.unsqueeze(-1)).squeeze(-1)
@@ -171,8 +174,8 @@ def select_omp(
         step += 1
         if step % refit_every == 0 or count == width:
             w = solve_weights(gram[:, :count, :count], rhs[:, :count], lo=0.0, hi=w_max, iters=2)
-            cols = torch.gather(t.phi, 2, picked[:, :count].unsqueeze(1).expand(G, n, count))
-            residual = t.mass - torch.bmm(cols, w.unsqueeze(-1)).squeeze(-1)
+            residual = t.mass - torch.bmm(chosen[:, :, :count], w.unsqueeze(-1)).squeeze(-1)
+            corr = None
     return picked
 
 
