@@ -216,14 +216,14 @@ class CallMachine:
             if ch != '"':
                 return False
             self.mode, self.is_key, self.options, self.value = "string", False, options, ""
+        elif len(self.stack) == 1 and self.used and self.used[-1] in self.integers.get(self.name, ()):
+            if ch not in "-0123456789":
+                return False  # this argument is an integer (not a string either)
+            self.mode, self.number, self.integer = "number", ch, True
         elif ch == '"':
             self.mode, self.is_key = "string", False
         elif len(self.stack) == 1 and self.used and self.used[-1] in self.strings.get(self.name, ()):
             return False  # this argument is a string
-        elif len(self.stack) == 1 and self.used and self.used[-1] in self.integers.get(self.name, ()):
-            if ch not in "-0123456789":
-                return False  # this argument is an integer
-            self.mode, self.number, self.integer = "number", ch, True
         elif ch == "{":
             self.stack.append("{")
             self.mode = "key_or_end"

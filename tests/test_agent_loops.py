@@ -11,7 +11,7 @@ from langchain_core.tools import tool as lc_tool
 
 import agentmem.langchain as lc
 from agentmem.agents import Agent, LocalModel, ModelSettings, RepeatGuard, Runner, ScriptedModel, tool
-from agentmem.errors import ConfigError, MaxTurnsExceeded
+from agentmem.errors import ConfigError, MaxTurnsExceeded, ScriptError
 from agentmem.forbid import ForbidText, call_texts, no_calls
 from agentmem.langchain import ChatAgentMem, clear_sessions
 from agentmem.toolcalls import OPEN, ToolCall, parse_tool_calls
@@ -110,7 +110,7 @@ def test_a_named_choice_resets_too_and_reset_false_keeps_forcing():
     Runner.run_sync(agent, "go")  # stop_at_tools ends the run after the first call
     model = ScriptedModel([ScriptedModel.call("lookup", key="a"), ScriptedModel.call("lookup", key="b")])
     agent = agent.clone(model=model, stop_at_tools=())
-    with pytest.raises(Exception):  # forced every reply: the script runs out
+    with pytest.raises(ScriptError, match="asked for reply 3, but the script has only 2 replies"):  # forced each reply
         Runner.run_sync(agent, "go", max_turns=3)
     assert all(r.prefix and r.prefix.startswith(OPEN) for r in model.requests)
 

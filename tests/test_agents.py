@@ -99,13 +99,15 @@ def test_tool_forms_and_bad_tools():
     agent = Agent("a", tools=[plain], model=ScriptedModel([]))
     assert isinstance(agent.tools[0], FunctionTool) and agent.tools[0].invoke({"x": 4}) == "8"
     assert tool()(plain).name == "plain" and tool(plain).invoke({"x": 1}) == "2"
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="tool name '<lambda>' must be 1-64 letters, digits, '_' or '-'"):
         tool(lambda *args: None)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"tool 'star': \*args / \*\*kwargs cannot be described to a model"):
+        tool(name="star")(lambda *args: None)
+    with pytest.raises(ConfigError, match="tool names must be unique"):
         Agent("a", tools=[plain, plain], model=ScriptedModel([]))
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="tool_choice must be one of .* got 'nope'"):
         Agent("a", tools=[plain], model=ScriptedModel([]), settings=ModelSettings(tool_choice="nope"))
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"stop_at_tools names unknown tools \['other'\]"):
         Agent("a", tools=[plain], model=ScriptedModel([]), stop_at_tools=["other"])
 
 
@@ -172,7 +174,7 @@ def test_scripted_model_is_strict():
     assert named.model.requests[0].prefix == '<tool_call>{"name": "read_file", "arguments": '
     assert named.model.requests[1].prefix is None  # reset to "auto" after the call
     assert result.final_output == "ok"
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="script entries are strings, ToolCall"):
         ScriptedModel([42])
 
 
@@ -337,8 +339,8 @@ def test_run_sync_run_and_streamed_agree(tiny):
         assert other.new_items == sync.new_items and other.final_output == sync.final_output
         assert other.usage == sync.usage
     assert [e.type for e in events] == [e.type for e in events_sync]
-    with pytest.raises(ConfigError):
-        list(iterated)  # consumed once
+    with pytest.raises(ConfigError, match="events can be consumed only once"):
+        list(iterated)
 
 
 def test_memory_session_replays_history(tiny):

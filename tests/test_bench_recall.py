@@ -157,9 +157,10 @@ def test_table_and_summary(result):
     (dict(facts=4, methods=["magic"]), "unknown method(s) magic"),
 ])
 def test_bad_settings_are_refused(kwargs, words):
-    with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
+    words = words.replace("(", r"\(").replace(")", r"\)")
+    with pytest.raises(ConfigError, match=words):
         recall.check_args(**kwargs)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=words):
         recall.run(None, None, **kwargs)  # before touching the model
 
 

@@ -90,7 +90,7 @@ def test_cap_keeps_head_and_tail():
 
 
 def test_bad_root_and_non_empty_target(tmp_path):
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="is not a folder; create it or pass another path"):
         Workspace(tmp_path / "nope")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "a").write_text("x")

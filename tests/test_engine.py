@@ -105,11 +105,11 @@ def test_stop_string_ends_the_reply_and_is_left_out(tokenizer):
 def test_bad_generation_settings_raise(chat_model, tokenizer):
     session = Session(chat_model, tokenizer, policy="off")
     session.add("user", "x")
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="max_new_tokens must be >= 1, got 0"):
         session.generate(0)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"temperature must be >= 0 \(0 is greedy\), got -1"):
         session.generate(4, temperature=-1)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="unknown role 'robot'; use system, user, assistant or tool"):
         session.add("robot", "x")
 
 

@@ -109,7 +109,10 @@ def die() -> None:
 def kill_at(conn: sqlite3.Connection, when: int | str, *, hold: float = 0.0) -> None:
     """SIGKILL this process just before `conn` runs its `when`-th SQL statement (1-based; each
     row of an `executemany` counts), or the first one that starts with `when`; `hold` seconds
-    first, with whatever locks the transaction holds."""
+    first, with whatever locks the transaction holds.
+
+    A trace callback sees only its own connection's statements, so the tests hand this the
+    store's private `_conn`: the one place they reach inside it."""
     seen = itertools.count(1)
 
     def trace(sql: str) -> None:
@@ -339,9 +342,10 @@ def test_kill_at_every_statement_of_the_first_migration(tmp_path):
         assert (tables >= {"_migrations", *TABLES}) if n > committed else (tables == set()), (where, tables)
         check_database(path)
         with Store(path) as store:
-            assert [r[0] for r in store._conn.execute("SELECT name FROM _migrations ORDER BY rowid")] == [
-                name for name, _ in MIGRATIONS], where
-            assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal", where
+            with closing(connect(path)) as conn:
+                assert [r[0] for r in conn.execute("SELECT name FROM _migrations ORDER BY rowid")] == [
+                    name for name, _ in MIGRATIONS], where
+                assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal", where
             store.create_session(model="tiny", fingerprint="fp", session_id="s")
             assert store.commit_turn("s", **turn(store, "s", 1)) == 1, where
             assert store.load_session("s").checkpoint_info["turn"] == 1, where

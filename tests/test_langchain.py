@@ -85,11 +85,15 @@ def test_construction_loads_nothing_and_first_use_shares_one_model(monkeypatch, 
     assert loads == ["smollm2-135m"]
 
 
-@pytest.mark.parametrize("fields", [{"temperature": -1}, {"top_p": 1.5}, {"max_tokens": 0}, {"policy": "nope"},
-                                    {"model": "no such model"}, {"dtype": "float99"}, {"timeout": 0},
-                                    {"max_tokens_typo": 3}])
-def test_bad_fields_raise_at_construction(fields):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("fields, words", [
+    ({"temperature": -1}, "temperature must be >= 0"), ({"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
+    ({"max_tokens": 0}, "max_tokens must be >= 1"), ({"policy": "nope"}, "unknown policy 'nope'"),
+    ({"model": "no such model"}, "unknown model 'no such model'"), ({"dtype": "float99"}, "bad dtype 'float99'"),
+    ({"timeout": 0}, "timeout must be > 0 seconds"),
+    ({"max_tokens_typo": 3}, r"max_tokens_typo\s+Extra inputs are not permitted"),
+])
+def test_bad_fields_raise_at_construction(fields, words):
+    with pytest.raises(ValueError, match=words):
         ChatAgentMem(**fields)
 
 

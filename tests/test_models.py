@@ -65,7 +65,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_unknown_name_lists_builtins(cache: Path) -> None:
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ConfigError, match="unknown model 'no-such-model': use a built-in name") as info:
         m.load_model("no-such-model")
     for name in m.builtin_models():
         assert name in str(info.value)
@@ -76,9 +76,10 @@ def test_device_and_device_map_together() -> None:
         m.load_model("smollm2-135m", device="cpu", device_map="auto")
 
 
-@pytest.mark.parametrize("option", [{"dtype": "float33"}, {"device": "gpu:7"}])
-def test_bad_dtype_or_device(tiny_dir: Path, option: dict[str, str]) -> None:
-    with pytest.raises(ConfigError):
+@pytest.mark.parametrize("option, words", [({"dtype": "float33"}, "unknown dtype 'float33'"),
+                                           ({"device": "gpu:7"}, "unknown device 'gpu:7'")])
+def test_bad_dtype_or_device(tiny_dir: Path, option: dict[str, str], words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
         m.load_model(str(tiny_dir), **option)
 
 

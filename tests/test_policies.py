@@ -198,14 +198,22 @@ def test_every_n_turns_fires_once_per_turn() -> None:
     assert every.should_compact(KVStats(10, 10, 10, turns=6, last_compaction_turn=6), 5) is None
 
 
-@pytest.mark.parametrize("make", [
-    lambda: TokenLimit(0), lambda: TokenLimit(2.5), lambda: TokenLimit(True), lambda: ByteLimit(-1),
-    lambda: ContextFraction(0), lambda: ContextFraction(1.5), lambda: ContextFraction(float("nan")),
-    lambda: EveryNTurns(0), lambda: DeviceMemory(2), lambda: AnyTrigger(()), lambda: AnyTrigger((object(),)),
+@pytest.mark.parametrize("make, words", [
+    (lambda: TokenLimit(0), r"TokenLimit: limit must be >= 1"),
+    (lambda: TokenLimit(2.5), "TokenLimit: limit must be a whole number"),
+    (lambda: TokenLimit(True), "TokenLimit: limit must be a whole number"),
+    (lambda: ByteLimit(-1), "ByteLimit: limit must be >= 1"),
+    (lambda: ContextFraction(0), r"ContextFraction: fraction must be a number in \(0, 1\]"),
+    (lambda: ContextFraction(1.5), r"ContextFraction: fraction must be a number in \(0, 1\]"),
+    (lambda: ContextFraction(float("nan")), r"ContextFraction: fraction must be a number in \(0, 1\]"),
+    (lambda: EveryNTurns(0), "EveryNTurns: n must be >= 1"),
+    (lambda: DeviceMemory(2), r"DeviceMemory: min_free_fraction must be a number in \(0, 1\]"),
+    (lambda: AnyTrigger(()), "AnyTrigger needs a non-empty tuple of triggers"),
+    (lambda: AnyTrigger((object(),)), "AnyTrigger needs a non-empty tuple of triggers"),
 ], ids=["tokens0", "tokens-float", "tokens-bool", "bytes-neg", "frac0", "frac1.5", "frac-nan", "turns0",
         "memory2", "any-empty", "any-object"])
-def test_bad_trigger_parameters(make) -> None:
-    with pytest.raises(ConfigError):
+def test_bad_trigger_parameters(make, words) -> None:
+    with pytest.raises(ConfigError, match=words):
         make()
 
 
@@ -261,7 +269,7 @@ def test_fixed_ratio_is_immutable_and_hashable() -> None:
     ratio = FixedRatio(3, by_kind=source)
     source["tool_call"] = 2
     assert ratio.by_kind["tool_call"] == 20
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="does not support item assignment"):
         ratio.by_kind["user"] = 2  # type: ignore[index]
     assert hash(ratio) == hash(FixedRatio(3, by_kind={"tool_call": 20}))
     assert ratio == FixedRatio(3, by_kind={"tool_call": 20}) != FixedRatio(3)
@@ -276,13 +284,17 @@ def test_target_size_math() -> None:
     assert TargetSize(10_000).ratio_for(segment, stats, 2000) == 2  # already met: min_ratio
 
 
-@pytest.mark.parametrize("make", [
-    lambda: FixedRatio(0.5), lambda: FixedRatio(float("inf")), lambda: FixedRatio(5, by_kind={"user": 0}),
-    lambda: FixedRatio(5, by_kind={"tool_calls": 5}), lambda: TargetSize(0), lambda: TargetSize(10, min_ratio=0.5),
-    lambda: TargetSize(10, min_ratio=10, max_ratio=5),
+@pytest.mark.parametrize("make, words", [
+    (lambda: FixedRatio(0.5), "FixedRatio: ratio must be >= 1"),
+    (lambda: FixedRatio(float("inf")), "FixedRatio: ratio must be >= 1"),
+    (lambda: FixedRatio(5, by_kind={"user": 0}), r"FixedRatio: by_kind\['user'\] must be >= 1"),
+    (lambda: FixedRatio(5, by_kind={"tool_calls": 5}), "unknown segment kind 'tool_calls' in by_kind; kinds: system"),
+    (lambda: TargetSize(0), "TargetSize: tokens must be >= 1"),
+    (lambda: TargetSize(10, min_ratio=0.5), "TargetSize: min_ratio must be >= 1"),
+    (lambda: TargetSize(10, min_ratio=10, max_ratio=5), r"max_ratio \(5\) must be >= min_ratio \(10\); swap them"),
 ], ids=["half", "inf", "by-kind-0", "by-kind-typo", "target0", "min-below-1", "min>max"])
-def test_bad_ratio_parameters(make) -> None:
-    with pytest.raises(ConfigError):
+def test_bad_ratio_parameters(make, words) -> None:
+    with pytest.raises(ConfigError, match=words):
         make()
 
 
@@ -321,10 +333,14 @@ def test_pin_pins_expected_segments_without_mutation(name: str) -> None:
     assert segments == before
 
 
-@pytest.mark.parametrize("make", [lambda: PinLastTurns(-1), lambda: PinKinds("user"), lambda: PinKinds(("usr",)),
-                                  lambda: AnyPin((object(),))], ids=["k-neg", "kinds-str", "kinds-typo", "any-obj"])
-def test_bad_pin_parameters(make) -> None:
-    with pytest.raises(ConfigError):
+@pytest.mark.parametrize("make, words", [
+    (lambda: PinLastTurns(-1), "PinLastTurns: k must be >= 0"),
+    (lambda: PinKinds("user"), "PinKinds: kinds must be a list of segment kinds, got 'user'"),
+    (lambda: PinKinds(("usr",)), r"PinKinds: unknown segment kind\(s\) \['usr'\]; kinds: system"),
+    (lambda: AnyPin((object(),)), "AnyPin needs a tuple of pins"),
+], ids=["k-neg", "kinds-str", "kinds-typo", "any-obj"])
+def test_bad_pin_parameters(make, words) -> None:
+    with pytest.raises(ConfigError, match=words):
         make()
 
 
@@ -524,9 +540,14 @@ def test_bad_config(data, match) -> None:
     assert isinstance(info.value, ValueError)
 
 
-@pytest.mark.parametrize("value", [42, ["default"], "turbo", object()])
-def test_policy_from_rejects(value) -> None:
-    with pytest.raises(ConfigError):
+@pytest.mark.parametrize("value, words", [
+    (42, "policy must be None, a preset name, a .toml path, a mapping or a Policy, got int"),
+    (["default"], "policy must be None, .* got list"),
+    ("turbo", r"unknown policy 'turbo': pass a preset \(default, aggressive, quality, off\)"),
+    (object(), "policy must be None, .* got object"),
+])
+def test_policy_from_rejects(value, words) -> None:
+    with pytest.raises(ConfigError, match=words):
         policy_from(value)
 
 

@@ -70,5 +70,5 @@ def test_problems_from_jsonl(tmp_path):
     path.write_text('{"q": 1}\n')
     with pytest.raises(ConfigError, match="question"):
         problems.load_jsonl(path)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="no problems file at .*missing.jsonl"):
         problems.load_jsonl(tmp_path / "missing.jsonl")

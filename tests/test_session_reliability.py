@@ -296,6 +296,7 @@ def test_a_failed_save_keeps_the_reply_and_the_next_save_stores_it(tmp_path, mod
     store = Store(tmp_path / "s.db")
     session = Session(model, tokenizer, policy=SMALL, store=store)
     _turns(session, 1)
+    # query_only holds for one connection, so this fault goes through the store's own (a chmod does not stop root)
     store._conn.execute("PRAGMA query_only = ON")  # every write fails, as on a read-only file
     session.add("user", "kept through a failed save")
     with pytest.raises(StoreWriteError, match="nothing was written.*save again"):

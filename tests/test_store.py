@@ -7,6 +7,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -70,12 +71,18 @@ def snapshot(path: Path) -> dict:
         conn.close()
 
 
+def sql(store: Store, query: str, *args) -> list[tuple]:
+    """`query` on the store's file through a connection of our own, as any SQLite client would run it."""
+    with closing(sqlite3.connect(store.path, isolation_level=None)) as conn:
+        return conn.execute(query, args).fetchall()
+
+
 def blob_hashes(store: Store) -> set[str]:
-    return {r[0] for r in store._conn.execute("SELECT hash FROM blobs")}
+    return {r[0] for r in sql(store, "SELECT hash FROM blobs")}
 
 
 def referenced_hashes(store: Store) -> set[str]:
-    return {h for (text,) in store._conn.execute("SELECT blocks_json FROM kv_checkpoints") for h in json.loads(text)}
+    return {h for (text,) in sql(store, "SELECT blocks_json FROM kv_checkpoints") for h in json.loads(text)}
 
 
 # --------------------------------------------------------------------------- migrations
@@ -90,9 +97,9 @@ def test_blank_database_migrates_once(tmp_path):
     assert all(applied.endswith("+00:00") for _, applied in first)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
-    with Store(path) as store:
-        assert migrate(store._db) == []
-        assert set(TABLES) <= set(store._db.table_names())
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        assert migrate(Database(conn)) == []
+        assert set(TABLES) <= set(Database(conn).table_names())
     conn = sqlite3.connect(path, isolation_level=None)
     assert conn.execute("SELECT name, applied_at FROM _migrations ORDER BY rowid").fetchall() == first
     conn.execute("BEGIN IMMEDIATE")  # another process writing: opening and reading need no write lock
@@ -113,7 +120,7 @@ def test_older_schema_with_data_keeps_it_and_migrates_the_rest(tmp_path):
     conn.close()
 
     with Store(path) as store:
-        names = [r[0] for r in store._conn.execute("SELECT name FROM _migrations ORDER BY rowid")]
+        names = [r[0] for r in sql(store, "SELECT name FROM _migrations ORDER BY rowid")]
         assert names == [name for name, _ in MIGRATIONS]
         session = store.get_session("old")
         assert (session["title"], session["config"], session["turns"]) == ("kept", {"a": 1}, 1)
@@ -230,7 +237,7 @@ def test_consecutive_checkpoints_share_blocks_and_old_ones_are_pruned(store):
     assert len(blob_hashes(store)) == 2 * 4 + 2
     for slots in (72, 96, 130):
         store.commit_turn(sid, checkpoint=checkpoint(slots), keep_checkpoints=2)
-    turns = [r[0] for r in store._conn.execute("SELECT DISTINCT turn FROM kv_checkpoints ORDER BY turn")]
+    turns = [r[0] for r in sql(store, "SELECT DISTINCT turn FROM kv_checkpoints ORDER BY turn")]
     assert turns == [4, 5]
     assert blob_hashes(store) == referenced_hashes(store)  # no orphans
     assert store.load_session(sid).checkpoint_info["physical_tokens"] == 130
@@ -249,7 +256,7 @@ def test_delete_keeps_blobs_another_session_references(store):
     assert blob_hashes(store) == referenced_hashes(store) and len(blob_hashes(store)) == 2 * 2
     assert blob_hashes(store) < before
     for table in TABLES[1:5]:
-        assert store._conn.execute(f"SELECT count(*) FROM {table} WHERE session_id = ?", (a,)).fetchone()[0] == 0
+        assert sql(store, f"SELECT count(*) FROM {table} WHERE session_id = ?", a) == [(0,)]
     assert [s["id"] for s in store.list_sessions()] == [b]
     assert torch.equal(store.load_session(b).checkpoint[1]["blocks"][1]["keys"], checkpoint(20)[1]["blocks"][1]["keys"])
     assert store.drop_checkpoints(b) == 1 and blob_hashes(store) == set()
@@ -337,19 +344,18 @@ def test_a_damaged_blob_fails_its_session_only(store, damage):
     b = store.create_session(model="tiny", fingerprint="fp")
     store.commit_turn(a, checkpoint=checkpoint(40))
     store.commit_turn(b, checkpoint=checkpoint(40, seed=1))
-    (target,) = json.loads(store._conn.execute(
-        "SELECT blocks_json FROM kv_checkpoints WHERE session_id = ? AND layer = 1", (a,)).fetchone()[0])[1:2]
+    (target,) = store.checkpoint_blocks(a)[1][1:2]  # the damage is done to the file, as a disk would
     if damage == "flip":
-        data = bytearray(store._conn.execute("SELECT data FROM blobs WHERE hash = ?", (target,)).fetchone()[0])
+        data = bytearray(sql(store, "SELECT data FROM blobs WHERE hash = ?", target)[0][0])
         data[-1] ^= 0xFF
-        store._conn.execute("UPDATE blobs SET data = ? WHERE hash = ?", (bytes(data), target))
+        sql(store, "UPDATE blobs SET data = ? WHERE hash = ?", bytes(data), target)
     elif damage == "truncate":
-        store._conn.execute("UPDATE blobs SET data = substr(data, 1, 40) WHERE hash = ?", (target,))
+        sql(store, "UPDATE blobs SET data = substr(data, 1, 40) WHERE hash = ?", target)
     else:  # bytes that match their hash but are not safetensors
         garbage = b"\x08\x00\x00\x00\x00\x00\x00\x00not json"
         new = hashlib.sha256(garbage).hexdigest()
-        store._conn.execute("INSERT INTO blobs VALUES (?, ?, ?)", (new, garbage, len(garbage)))
-        store._conn.execute("UPDATE kv_checkpoints SET blocks_json = replace(blocks_json, ?, ?)", (target, new))
+        sql(store, "INSERT INTO blobs VALUES (?, ?, ?)", new, garbage, len(garbage))
+        sql(store, "UPDATE kv_checkpoints SET blocks_json = replace(blocks_json, ?, ?)", target, new)
         target = new
     with pytest.raises(CorruptSessionError) as info:
         store.load_session(a)
@@ -365,7 +371,7 @@ def test_a_damaged_shared_blob_names_the_sessions_sharing_it(store):
     store.create_session(model="tiny", fingerprint="fp", session_id="b")
     store.commit_turn("a", checkpoint=checkpoint(20))
     store.commit_turn("b", checkpoint=checkpoint(20))
-    store._conn.execute("UPDATE blobs SET data = substr(data, 1, 40)")
+    sql(store, "UPDATE blobs SET data = substr(data, 1, 40)")
     with pytest.raises(CorruptSessionError, match="sessions b share this block"):
         store.load_session(a)
 
