@@ -2,14 +2,15 @@
 
 Fast tier: a tiny random-init Llama behind the byte-level tokenizer. It decodes gibberish,
 but constrained decoding keeps its tool calls well-formed, so structured output passes.
-Where a standard test needs the model to *understand* a request (the right argument value,
-calling a tool unprompted), it is replaced by what such a model can meet: one call to the
-right tool, with an id and arguments its schema accepts. Everything about plumbing
-(streaming, usage, batching, tool binding, forced calls, tool-message histories) must pass.
+A standard test that needs the model to *understand* a request (the right argument value,
+calling a tool unprompted) is a strict xfail (the suite allows overriding only so), and a
+test of our own next to it asserts what such a model can meet: one call to the right tool,
+with an id and arguments its schema accepts. Everything about plumbing (streaming, usage,
+batching, tool binding, forced calls, tool-message histories) must pass.
 
 Slow tier (`-m slow`): the tool-calling and structured-output tests again on the real
-SmolLM2-135M-Instruct; the one it cannot meet (calling a tool unprompted) runs with the call
-forced and checks that the model copies the city into it.
+SmolLM2-135M-Instruct; the one it cannot meet (calling a tool unprompted) is xfailed, and
+with the call forced the model must copy the city into it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ def _tiny() -> tuple:
     if _TINY is None:
         _TINY = (tiny_chat_llama(), tiny_tokenizer())
     return _TINY
+
+
+GIBBERISH = ("a random-init tiny model writes well-formed calls (constrained decoding) but arbitrary argument values "
+             "(the tests expect e.g. input=3): the *_form tests check the form; SmolLM2 runs these, -m slow")
 
 
 def _one_call(message, to: BaseTool) -> dict:
@@ -128,8 +133,35 @@ class TestChatAgentMemIntegration(_Tiny, ChatModelIntegrationTests):
     def standard_chat_model_params(self) -> dict:
         return {"max_tokens": 24}  # short gibberish keeps the tier fast
 
+    @pytest.mark.xfail(reason=GIBBERISH, raises=AssertionError)
     @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
     def test_tool_calling(self, model: BaseChatModel) -> None:
+        super().test_tool_calling(model)
+
+    @pytest.mark.xfail(reason=GIBBERISH, raises=AssertionError)
+    async def test_tool_calling_async(self, model: BaseChatModel) -> None:
+        await super().test_tool_calling_async(model)
+
+    @pytest.mark.xfail(reason="at max_tokens=24 a call whose name is not forced (tool_choice='any', two tools) cannot "
+                              "close in byte-level tokens; test_tool_choice_with_room", raises=AssertionError)
+    def test_tool_choice(self, model: BaseChatModel) -> None:
+        super().test_tool_choice(model)
+
+    @pytest.mark.xfail(reason=GIBBERISH, raises=AssertionError)
+    def test_unicode_tool_call_integration(self, model: BaseChatModel, *, tool_choice: str | None = None,
+                                           force_tool_call: bool = True) -> None:
+        super().test_unicode_tool_call_integration(model, tool_choice=tool_choice, force_tool_call=force_tool_call)
+
+    @pytest.mark.xfail(reason="without tool_choice a random-init model writes no tool call; test_forced_agent_loop",
+                       raises=AssertionError)
+    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
+    def test_agent_loop(self, model: BaseChatModel) -> None:
+        super().test_agent_loop(model)
+
+    # What the random-init model meets, next to the standard tests above.
+
+    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
+    def test_tool_call_form(self, model: BaseChatModel) -> None:
         bound = model.bind_tools([magic_function], tool_choice="any")
         query = "What is the value of magic_function(3)? Use the tool."
         arguments = _one_call(bound.invoke(query), magic_function)
@@ -138,7 +170,7 @@ class TestChatAgentMemIntegration(_Tiny, ChatModelIntegrationTests):
             full = chunk if full is None else full + chunk
         assert _one_call(full, magic_function) == arguments  # greedy: streaming decodes the same call
 
-    async def test_tool_calling_async(self, model: BaseChatModel) -> None:
+    async def test_tool_call_form_async(self, model: BaseChatModel) -> None:
         bound = model.bind_tools([magic_function], tool_choice="any")
         query = "What is the value of magic_function(3)? Use the tool."
         arguments = _one_call(await bound.ainvoke(query), magic_function)
@@ -147,21 +179,21 @@ class TestChatAgentMemIntegration(_Tiny, ChatModelIntegrationTests):
             full = chunk if full is None else full + chunk
         assert _one_call(full, magic_function) == arguments
 
-    def test_tool_choice(self, model: BaseChatModel) -> None:
-        # The standard test as it is, with room for the call: at 24 byte-level tokens a call whose name is not
-        # forced (tool_choice="any" over two tools) cannot close, and the reply ends at the length limit, empty.
-        super().test_tool_choice(self.chat_model_class(**{**self.chat_model_params, "max_tokens": 96}))
+    def test_tool_choice_with_room(self) -> None:
+        """The standard test as it is, with room for the call (96 tokens)."""
+        roomy = self.chat_model_class(**{**self.chat_model_params, **self.standard_chat_model_params,
+                                         "max_tokens": 96})
+        ChatModelIntegrationTests.test_tool_choice(self, roomy)
 
-    def test_unicode_tool_call_integration(self, model: BaseChatModel, *, tool_choice: str | None = None,
-                                           force_tool_call: bool = True) -> None:
+    def test_unicode_tool_call_form(self, model: BaseChatModel) -> None:
         # Copying the customer's name needs a model that reads; SmolLM2 runs the standard test (-m slow).
         bound = model.bind_tools([unicode_customer], tool_choice="any")
         for name in ("你好啊集团 (Hello Group)", "こんにちは株式会社 (Hello Corporation)"):
             _one_call(bound.invoke(f"Create a customer named '{name}'"), unicode_customer)
 
     @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
-    def test_agent_loop(self, model: BaseChatModel) -> None:
-        _forced_agent_loop(model)  # a random-init model never calls a tool unprompted
+    def test_forced_agent_loop(self, model: BaseChatModel) -> None:
+        _forced_agent_loop(model)
 
 
 # ---------------------------------------------------------------------------- slow tier: SmolLM2
@@ -199,11 +231,15 @@ class TestChatAgentMemSmolLM2(ChatModelIntegrationTests):
     def supports_model_override(self) -> bool:
         return False
 
+    @pytest.mark.xfail(reason="without tool_choice SmolLM2-135M answers in prose instead of calling get_weather",
+                       raises=AssertionError)
     @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
     def test_agent_loop(self, model: BaseChatModel) -> None:
-        # Without tool_choice SmolLM2-135M answers in prose instead of calling get_weather (the standard test fails
-        # at its first assertion); forced, it must at least put the city into the call.
-        assert "San Francisco" in _forced_agent_loop(model)["location"]
+        super().test_agent_loop(model)
+
+    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
+    def test_forced_agent_loop(self, model: BaseChatModel) -> None:
+        assert "San Francisco" in _forced_agent_loop(model)["location"]  # forced, it copies the city
 
 
 for _name in dir(ChatModelIntegrationTests):  # the other groups run in the fast tier
