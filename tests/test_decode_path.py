@@ -48,8 +48,8 @@ def test_decode_and_prefill_chunks_match_the_beta_column_path(tiny_model, ids, m
     new = torch.randint(3, 100, (1, 9))
     chunks = [new[:, :5], new[:, 5:6], new[:, 6:7], new[:, 7:9]]  # prefill chunk, two decode steps, a chunk
     folded = []
-    real = hf._decode_step
-    monkeypatch.setattr(hf, "_decode_step", lambda *a: folded.append((a[4] is not None, real(*a))) or folded[-1][1])
+    real = hf.attention._decode_step
+    monkeypatch.setattr(hf.attention, "_decode_step", lambda *a: folded.append((a[4] is not None, real(*a))) or folded[-1][1])
     with hf.agentmem_attention(tiny_model):
         got = run_steps(tiny_model, compacted(tiny_model, ids), chunks)
         with_beta = [out for biased, out in folded if biased]

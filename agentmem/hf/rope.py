@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import UnsupportedModelError
+from .model import text_config
 
 
 def inverse_frequencies(model: torch.nn.Module, layer_idx: int) -> torch.Tensor:
@@ -23,8 +24,6 @@ def inverse_frequencies(model: torch.nn.Module, layer_idx: int) -> torch.Tensor:
     Raises:
         UnsupportedModelError: the model has no rotary module agentmem can read.
     """
-    from . import text_config
-
     rotary = _rotary_module(model)
     if rotary is None:
         raise UnsupportedModelError(

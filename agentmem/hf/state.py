@@ -9,7 +9,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer, DynamicSlidingWindowLayer
 
 from ..errors import UnsupportedModelError
-from . import CompactedCache, CompactedLayer
+from .cache import CompactedCache, CompactedLayer
 
 __all__ = ["cache_from_state", "cache_size", "cache_state", "compacted_runs", "copy_cache", "drop_span",
            "snap_span", "span_slots"]

@@ -31,7 +31,7 @@ VARIANTS = sys.argv[5:] or ["column", "mask"]
 RATIOS = [5, 10, 20, 50]
 original_update = hf.CompactedLayer.update
 original_attention = hf.attention_forward
-library_decode_step = hf._decode_step
+library_decode_step = hf.attention._decode_step
 
 
 # ---------------------------------------------------------------- cache-layer variants
@@ -144,7 +144,7 @@ VARIANT = {
 def use(variant):
     update, attention = VARIANT[variant]
     # `column` is the code before this experiment: no folded decode step at all
-    hf._decode_step = (lambda *args: None) if variant == "column" else library_decode_step
+    hf.attention._decode_step = (lambda *args: None) if variant == "column" else library_decode_step
     hf.CompactedLayer.update = update
     AttentionInterface.register(hf.ATTENTION_NAME, attention)
 
