@@ -49,7 +49,11 @@ def test_decode_and_prefill_chunks_match_the_beta_column_path(tiny_model, ids, m
     chunks = [new[:, :5], new[:, 5:6], new[:, 6:7], new[:, 7:9]]  # prefill chunk, two decode steps, a chunk
     folded = []
     real = hf.attention._decode_step
-    monkeypatch.setattr(hf.attention, "_decode_step", lambda *a: folded.append((a[4] is not None, real(*a))) or folded[-1][1])
+    def spy(*a):
+        folded.append((a[4] is not None, real(*a)))
+        return folded[-1][1]
+
+    monkeypatch.setattr(hf.attention, "_decode_step", spy)
     with hf.agentmem_attention(tiny_model):
         got = run_steps(tiny_model, compacted(tiny_model, ids), chunks)
         with_beta = [out for biased, out in folded if biased]
