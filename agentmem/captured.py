@@ -17,7 +17,7 @@ asked from after the cache's end. Before fitting, `reference` rotates each query
 RoPE to ask from the cache's end (`hf.rope`: its score against a key at j then depends on
 length - j, as a later question's does). On SmolLM2 that kept more of a span's facts than
 rotating only the span's queries to a repeat's positions, or not rotating at all
-(docs/LOG.md, "Captured reference queries").
+(docs/LOG.md, "captured reference queries").
 """
 
 from __future__ import annotations
