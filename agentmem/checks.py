@@ -61,8 +61,8 @@ def check_model(model, view: hf.CompactedCache) -> list[int]:
     layers = [i for i in layers if i not in sliding and view.layers[i].physical_length > 0]
     if not layers:
         raise ConfigError("the cache holds no tokens in a full-attention layer; run the model on some input first")
-    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    geometry = hf.kv_geometry(model)
+    kv_heads, head_dim = geometry.kv_heads, geometry.head_dim
     for i in layers:
         shape = view.layers[i].keys.shape
         if shape[1] != kv_heads or shape[-1] != head_dim:

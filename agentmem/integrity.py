@@ -101,7 +101,7 @@ def rebuild_cache(loaded, model, cached: int):
     if len(layers) != n_layers:
         raise corrupt(sid, f"its KV checkpoint has {len(layers)} layers, the model has {n_layers} (a layer row "
                            f"is missing or extra)")
-    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    kv_heads = hf.kv_geometry(model).kv_heads
     for idx, layer in enumerate(layers):
         if layer.get("kind") not in CACHE_KINDS or not isinstance(layer.get("meta"), Mapping):
             raise corrupt(sid, f"KV checkpoint layer {idx} has kind {layer.get('kind')!r} and meta "

@@ -180,6 +180,8 @@ def model_fingerprint(model: PreTrainedModel) -> str:
     session saved with one can be used with the other.
     """
     config = model.config
+    # Not hf.kv_geometry: these fields must stay exactly as they were hashed, or every stored
+    # session would be refused as another model's.
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     heads = getattr(text, "num_attention_heads", None)
     head_dim = getattr(text, "head_dim", None) or (text.hidden_size // heads if heads else None)

@@ -11,10 +11,8 @@ from . import hf
 
 def bytes_per_token(model, full_layers: int) -> float:
     """Bytes one more uncompacted token adds to the cache (keys and values of full layers)."""
-    config = hf.text_config(model)
-    kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return float(full_layers * kv * dim * 2 * next(model.parameters()).element_size())
+    geometry = hf.kv_geometry(model)
+    return float(full_layers * geometry.kv_heads * geometry.head_dim * 2 * next(model.parameters()).element_size())
 
 
 class FreeMemory:

@@ -27,7 +27,7 @@ def signature(model: torch.nn.Module) -> dict:
     return {
         "model_type": config.model_type,
         "num_hidden_layers": config.num_hidden_layers,
-        "num_key_value_heads": getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+        "num_key_value_heads": hf.kv_geometry(model).kv_heads,
         "hidden_size": config.hidden_size,
         "vocab_size": config.vocab_size,
     }

@@ -41,9 +41,11 @@ from .attention import (
 from .cache import BIAS_ATTRIBUTE, CompactedCache, CompactedLayer
 from .model import (
     TESTED_TRANSFORMERS,
+    KVGeometry,
     attention_modules,
     attention_scalings,
     check_transformers_version,
+    kv_geometry,
     last_logits_only,
     new_cache,
     sliding_layers,

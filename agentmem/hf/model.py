@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from dataclasses import dataclass
 
 import torch
 import transformers
@@ -29,6 +30,25 @@ def check_transformers_version() -> None:
 
 def text_config(model: torch.nn.Module):
     return model.config.get_text_config(decoder=True)
+
+
+@dataclass(frozen=True)
+class KVGeometry:
+    """The shape of a model's KV cache, from its (text) config."""
+
+    layers: int
+    query_heads: int
+    kv_heads: int
+    head_dim: int
+
+
+def kv_geometry(model: torch.nn.Module) -> KVGeometry:
+    """Layers, query heads, KV heads and head size of `model` (GQA and explicit head_dim honoured)."""
+    config = text_config(model)
+    heads = config.num_attention_heads
+    return KVGeometry(layers=config.num_hidden_layers, query_heads=heads,
+                      kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+                      head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads)
 
 
 def attention_modules(model: torch.nn.Module) -> dict[int, torch.nn.Module]:
