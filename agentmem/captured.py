@@ -86,10 +86,8 @@ class QuerySample:
         count = sizes.pop()
         positions = torch.arange(first, first + count)
         keep = positions % self.stride == 0
-        device_keep = None
         for idx, q in queries.items():
-            device_keep = keep.to(q.device) if device_keep is None or device_keep.device != q.device else device_keep
-            new = q[:, :, device_keep].detach().to(self.dtype)
+            new = q[:, :, keep.to(q.device)].detach().to(self.dtype)
             old = self.queries.get(idx)
             self.queries[idx] = new if old is None else torch.cat([old, new.to(old.device)], dim=2)
         self.positions = torch.cat([self.positions, positions[keep]])

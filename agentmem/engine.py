@@ -130,8 +130,7 @@ class Session:
         self._recent: dict[int, collections.deque] = {}
         self._recent_size = max(0, int(recent_queries))
         self._sample = QuerySample(captured_queries) if captured_queries else None
-        self._full_layers = [i for i in range(hf.text_config(model).num_hidden_layers)
-                             if i not in hf.sliding_layers(model)]
+        self._full_layers = hf.full_attention_layers(model)
         self._saved_messages = 0
         self._saved_events = 0
         self._saved_blocks: list[list[str]] = []  # block hashes of the last checkpoint, per layer
@@ -359,17 +358,17 @@ class Session:
         return self._logits
 
     def _capture_layers(self, decode: bool) -> set[int]:
-        if self._sample is not None:
-            return set(self._full_layers)
-        if not decode or not self._recent_size or self.policy.method not in FIT_METHODS:
-            return set()
-        return set(self._full_layers)
+        return set(self._full_layers) if self._sample is not None or self._keeps_recent(decode) else set()
+
+    def _keeps_recent(self, decode: bool) -> bool:
+        """Whether this step's queries go to the ring of recent decode queries."""
+        return decode and self._recent_size > 0 and self.policy.method in FIT_METHODS
 
     def _remember(self, capture, first: int, decode: bool) -> None:
         """Keep the queries of tokens first, first + 1, ...: the sample's, and the decode ring's."""
         if self._sample is not None and capture.queries:
             self._sample.add({idx: capture.stacked(idx) for idx in capture.queries}, first)
-        if not decode or not self._recent_size or self.policy.method not in FIT_METHODS:
+        if not self._keeps_recent(decode):
             return
         for idx, parts in capture.queries.items():
             ring = self._recent.setdefault(idx, collections.deque(maxlen=self._recent_size))

@@ -13,7 +13,7 @@ from conftest import VOCAB, prefill, tiny_gemma3, tiny_llama
 
 
 def full_layers(model):
-    return set(range(hf.text_config(model).num_hidden_layers)) - hf.sliding_layers(model)
+    return set(hf.full_attention_layers(model))
 
 
 def captured_prefill(model, ids, sample, *, first=0, cache=None, position_ids=None):
@@ -217,6 +217,22 @@ def test_captured_options_are_checked(ids):
 # ---------------------------------------------------------------------------- sessions
 
 
+@pytest.fixture
+def modes(monkeypatch):
+    """The reference mode of every compaction run while the test runs (a list it fills)."""
+    from agentmem import compaction
+
+    seen = []
+    real = compaction._Compactor._reference
+
+    def spy(self):
+        seen.append(self.reference_mode())
+        return real(self)
+
+    monkeypatch.setattr(compaction._Compactor, "_reference", spy)
+    return seen
+
+
 def _session(tmp_path, make, **kwargs):
     from agentmem.engine import Session
     from agentmem.policies import AnyPin, FixedRatio, PinSystem, Policy, TokenLimit
@@ -231,22 +247,13 @@ def _session(tmp_path, make, **kwargs):
 
 
 @pytest.mark.parametrize("make_name", ["llama", "gemma3"])
-def test_a_session_keeps_its_queries_compacts_on_them_and_resumes_with_them(tmp_path, make_name, monkeypatch):
-    from agentmem import compaction
+def test_a_session_keeps_its_queries_compacts_on_them_and_resumes_with_them(tmp_path, make_name, modes):
     from agentmem.engine import Session
     from agentmem.store import Store
 
     from conftest import tiny_chat_gemma3, tiny_chat_llama, tiny_tokenizer
 
     make = tiny_chat_llama if make_name == "llama" else tiny_chat_gemma3
-    modes = []
-    real = compaction._Compactor._reference
-
-    def spy(self):
-        modes.append(self.reference_mode())
-        return real(self)
-
-    monkeypatch.setattr(compaction._Compactor, "_reference", spy)
     session, policy = _session(tmp_path, make, captured_queries=32)
     for turn in range(3):
         session.add("user", f"message {turn}")
@@ -265,21 +272,12 @@ def test_a_session_keeps_its_queries_compacts_on_them_and_resumes_with_them(tmp_
     torch.testing.assert_close(again.next_token_logits(), session.next_token_logits(), rtol=0, atol=1e-6)
 
 
-def test_reference_both_in_a_session_and_a_sample_that_began_late(tmp_path, monkeypatch):
-    from agentmem import compaction
+def test_reference_both_in_a_session_and_a_sample_that_began_late(tmp_path, modes):
     from agentmem.engine import Session
     from agentmem.store import Store
 
     from conftest import tiny_chat_llama, tiny_tokenizer
 
-    modes = []
-    real = compaction._Compactor._reference
-
-    def spy(self):
-        modes.append(self.reference_mode())
-        return real(self)
-
-    monkeypatch.setattr(compaction._Compactor, "_reference", spy)
     session, policy = _session(tmp_path, tiny_chat_llama)  # no sample: saved without one
     session.add("user", "a first message that is long enough to be compacted later on")
     session.generate(20)

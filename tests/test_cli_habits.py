@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -10,7 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from test_cli import SMALL_POLICY, chat_json, one_error_line, run
+from test_cli import SMALL_POLICY, _command_paths, chat_json, one_error_line, run
 
 import agentmem
 import agentmem.models
@@ -74,15 +73,6 @@ def test_bad_arguments_fail_before_the_model_loads(no_model_load, capsys: pytest
     line = one_error_line(err)
     assert code == 2 and words in line and "loaded" not in err
     assert "FixedRatio" not in line and "--help" in line
-
-
-def _command_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    paths = [prefix]
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, child in action.choices.items():
-                paths += _command_paths(child, prefix + (name,))
-    return paths
 
 
 def test_no_help_text_shows_a_doubled_percent(capsys: pytest.CaptureFixture) -> None:

@@ -36,9 +36,8 @@ def test_readme_sdk_example_reaches_final_output(smollm2, tmp_path, monkeypatch)
     assert result.final_output is not None and result.turns <= 10
 
 
-@pytest.mark.parametrize("structured", [False, True])
-def test_langchain_create_agent_finishes(smollm2, structured):
-    agents = pytest.importorskip("langchain.agents")
+def _weather_agent_parts():
+    """The chat model, a weather tool and a structured answer type, as a LangChain agent takes them."""
     from langchain_core.tools import tool
     from pydantic import BaseModel
 
@@ -56,7 +55,13 @@ def test_langchain_create_agent_finishes(smollm2, structured):
         temperature_c: int
         sky: str
 
-    chat = ChatAgentMem(model="smollm2-135m", max_tokens=64)
+    return ChatAgentMem(model="smollm2-135m", max_tokens=64), get_weather, Weather
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_langchain_create_agent_finishes(smollm2, structured):
+    agents = pytest.importorskip("langchain.agents")
+    chat, get_weather, Weather = _weather_agent_parts()
     agent = agents.create_agent(chat, tools=[get_weather], response_format=Weather if structured else None)
     state = agent.invoke({"messages": [("user", "What's the weather in Paris?")]}, {"recursion_limit": 12})
     if structured:
@@ -68,24 +73,7 @@ def test_langchain_create_agent_finishes(smollm2, structured):
 @pytest.mark.parametrize("structured", [False, True])
 def test_langgraph_create_react_agent_finishes(smollm2, structured):
     prebuilt = pytest.importorskip("langgraph.prebuilt")
-    from langchain_core.tools import tool
-    from pydantic import BaseModel
-
-    from agentmem.langchain import ChatAgentMem
-
-    @tool
-    def get_weather(city: str) -> str:
-        """Current weather in a city."""
-        return f"It is sunny and 22 C in {city}."
-
-    class Weather(BaseModel):
-        """The weather report."""
-
-        city: str
-        temperature_c: int
-        sky: str
-
-    chat = ChatAgentMem(model="smollm2-135m", max_tokens=64)
+    chat, get_weather, Weather = _weather_agent_parts()
     agent = prebuilt.create_react_agent(chat, tools=[get_weather], response_format=Weather if structured else None)
     state = agent.invoke({"messages": [("user", "What's the weather in Paris?")]}, {"recursion_limit": 12})
     assert not state["messages"][-1].tool_calls

@@ -84,16 +84,12 @@ def prefill(model, ids: torch.Tensor, *, repeats: int = 2, capture: QuerySample 
         cache = hf.new_cache(model)
         recording = capture is not None and run == repeats - 1
         began = time.perf_counter()
-        with hf.capture_queries(layers=_full_attention_layers(model) if recording else set()) as captured:
+        with hf.capture_queries(layers=set(hf.full_attention_layers(model)) if recording else set()) as captured:
             out = model(input_ids=ids, past_key_values=cache, use_cache=True, **hf.last_logits_only(model))
         if recording:
             capture.add({idx: captured.stacked(idx) for idx in captured.queries}, 0)
         seconds = min(seconds, time.perf_counter() - began)
     return cache, out.logits[:, -1:].float(), seconds
-
-
-def _full_attention_layers(model) -> set[int]:
-    return set(range(hf.text_config(model).num_hidden_layers)) - hf.sliding_layers(model)
 
 
 def compact_with(

@@ -45,6 +45,7 @@ from .model import (
     attention_modules,
     attention_scalings,
     check_transformers_version,
+    full_attention_layers,
     kv_geometry,
     last_logits_only,
     new_cache,

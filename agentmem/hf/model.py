@@ -78,6 +78,12 @@ def sliding_layers(model: torch.nn.Module) -> set[int]:
     return {i for i, kind in enumerate(types) if kind != "full_attention"}
 
 
+def full_attention_layers(model: torch.nn.Module) -> list[int]:
+    """Indices of the layers that attend to the whole sequence (not a sliding window), in order."""
+    sliding = sliding_layers(model)
+    return [i for i in range(text_config(model).num_hidden_layers) if i not in sliding]
+
+
 def last_logits_only(model: torch.nn.Module) -> dict:
     """Keyword arguments that make a forward pass compute the last position's logits only.
 
