@@ -76,23 +76,31 @@ class Reduced:
 
 
 def reduce(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor | None, prior: torch.Tensor,
-           scale: float, *, block: int = 256) -> Reduced:
+           scale: float, *, normaliser: torch.Tensor | None = None, block: int = 256) -> Reduced:
     """One pass over the span's scores (see `Reduced`), `block` queries at a time.
 
     Each block's (G, block, T) scores stay in the CPU's cache through the row max, exp,
     mass, output and per-key reductions, which are memory-bound on the whole (G, n, T).
     Without `values` only the scores are wanted: `outputs` is left empty (G, n, 0).
+
+    `normaliser` (G, n), when given, is each query's log-sum-exp over everything it attended
+    to (the whole cache, not only the span; NaN where unknown). The key scores (`peak`,
+    `rms`) are then probabilities of that whole attention, as KVzip scores keys: a query
+    that mostly looks elsewhere gives every span key a small score instead of spreading a
+    full unit of probability over the span. The fit's quantities do not change.
     """
     G, n, _ = queries.shape
     rowmax, mass, outputs, peak, sumsq = [], [], [], None, None
-    for rows in queries.split(block, dim=1):
+    blocks = queries.split(block, dim=1)
+    norms = normaliser.split(block, dim=1) if normaliser is not None else [None] * len(blocks)
+    for rows, norm in zip(blocks, norms):
         logits = span_logits(rows, keys, prior, scale)  # (G, b, T)
         top = logits.amax(-1, keepdim=True)
         phi = logits.sub_(top).exp_()
         total = phi.sum(-1)  # (G, b)
         if values is not None:
             outputs.append(torch.bmm(phi, values) / total.unsqueeze(-1))
-        probs = phi.mul_(total.reciprocal().unsqueeze(-1))
+        probs = phi.mul_(_row_scale(total, top.squeeze(-1), norm).unsqueeze(-1))
         high = probs.amax(1)
         squares = probs.square_().sum(1)
         peak = high if peak is None else torch.maximum(peak, high)
@@ -102,6 +110,16 @@ def reduce(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor | Non
     out = torch.cat(outputs, dim=1) if values is not None else queries.new_zeros(G, n, 0)
     return Reduced(rowmax=torch.cat(rowmax, dim=1), mass=torch.cat(mass, dim=1), outputs=out,
                    rms=sumsq.div_(n).sqrt_(), peak=peak, valid=torch.isfinite(prior))
+
+
+def _row_scale(total: torch.Tensor, top: torch.Tensor, lse: torch.Tensor | None) -> torch.Tensor:
+    """What turns a row of Phi into probabilities: 1 / mass over the span, or exp(top - lse) over all
+    the query saw; never above the span's own (the span is part of all), and the span's where unknown."""
+    span = total.reciprocal()
+    if lse is None:
+        return span
+    whole = (top - lse).exp()
+    return torch.where(torch.isnan(whole), span, torch.minimum(span, whole))
 
 
 def columns(queries: torch.Tensor, keys: torch.Tensor, prior: torch.Tensor, scale: float,
@@ -281,15 +299,20 @@ def match(
     w_bounds: tuple[float, float] | None = None,
     phases: dict[str, float] | None = None,
     reduced: Reduced | None = None,
+    normaliser: torch.Tensor | None = None,
 ) -> Fit:
     """Attention-match one span for G heads with per-head budgets (G,) long.
 
     `phases`, when given, accumulates the seconds of each step: "targets", "selection",
     "beta" and "values". A top-k selection ("highest", "max") runs on `reduce`'s one pass
-    (pass `reduced` when it was already made for these queries); OMP needs all of Phi.
+    (pass `reduced` when it was already made for these queries) and scores keys over
+    `normaliser` when given (see `reduce`); OMP needs all of Phi and matches the span's mass.
     """
     queries, keys, values, prior = queries.float(), keys.float(), values.float(), prior.float()
     if selection in ("highest", "max"):
+        if reduced is None:
+            with timed(phases, "targets"):
+                reduced = reduce(queries, keys, values, prior, scale, normaliser=normaliser)
         return _match_top(queries, keys, values, prior, scale, budgets, selection=selection, w_bounds=w_bounds,
                           phases=phases, reduced=reduced)
     with timed(phases, "targets"):
@@ -319,9 +342,6 @@ def match(
 
 def _match_top(queries, keys, values, prior, scale, budgets, *, selection, w_bounds, phases, reduced) -> Fit:
     """`match` for a top-k selection, from the one-pass `Reduced` summary."""
-    if reduced is None:
-        with timed(phases, "targets"):
-            reduced = reduce(queries, keys, values, prior, scale)
     width = int(budgets.max())
     active = budget_mask(budgets, width)
     with timed(phases, "selection"):

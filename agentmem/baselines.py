@@ -80,6 +80,6 @@ def _h2o(probs: torch.Tensor, valid: torch.Tensor, width: int) -> torch.Tensor:
 
 def _kvzip(c, captured) -> dict[int, torch.Tensor]:
     """Max attention over repeat queries; layers share the budget by one global ranking."""
-    scores = c.share_globally({idx: _queries(c, idx, captured) for idx in c.layers})
+    scores = c.share_globally({idx: c.layer_queries(idx, captured, {}) for idx in c.layers})
     return {idx: am.select_top(s, torch.isfinite(c._span(idx)[2]), int(c.budgets[idx].max()))
             for idx, s in scores.items()}

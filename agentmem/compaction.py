@@ -37,6 +37,10 @@ class Method:
     head_profile: bool = False
     global_budgets: bool = False  # layers share the budget by one ranking of max attention (as kvzip)
     max_queries: int = 2048  # fitting queries per KV head unless the caller sets max_queries
+    # What a key's attention score is a probability of, for top-k selection and global budgets:
+    # "span": the query's attention over the span alone; "context": over everything the query
+    # attended to, the whole cache and the repeat so far (KVzip's; `am.reduce`).
+    normaliser: str = "span"
 
 
 # What each method keeps was chosen by whole-span recall (`agentmem bench fidelity`,
@@ -166,6 +170,12 @@ class _Compactor:
         self.scalings = hf.attention_scalings(model)
         self.generator = torch.Generator().manual_seed(opts.seed)
         self.max_queries = spec.max_queries if opts.max_queries is None else opts.max_queries
+        self.on_policy = spec.fit and (spec.on_policy if opts.on_policy is None else opts.on_policy)
+        # Scores over the whole context need each reference query's log-sum-exp from its own
+        # attention call; an on-policy fit runs inside the repeat pass and uses no scores.
+        self.context_scores = spec.normaliser == "context" and not self.on_policy
+        self._lse: dict[int, torch.Tensor] = {}  # layer -> (B, H_q, n) log-sum-exps of the asked queries
+        self._normalisers: dict[int, torch.Tensor] = {}  # layer -> (G, n) of the fitting queries
         self.budgets = self._budgets()
         self.out = view.copy()
         self._reduced: dict[int, am.Reduced] = {}  # layer -> the budgets pass's summary, reused by the fit
@@ -207,7 +217,7 @@ class _Compactor:
         for idx in self.layers:
             keys, values, prior = self._span(idx)
             reduced = am.reduce(fitting[idx], keys.float(), values.float() if keep else None, prior.float(),
-                                self.scalings[idx])
+                                self.scalings[idx], normaliser=self._normalisers.get(idx))
             scores[idx], valid[idx] = reduced.peak, reduced.valid
             if keep:
                 self._reduced[idx] = reduced
@@ -233,16 +243,16 @@ class _Compactor:
             return self.out  # nothing to remove: every slot stays as it is
         extra = self._extra_queries()
         if spec.fit:
-            on_policy = spec.on_policy if self.opts.on_policy is None else self.opts.on_policy
             mode = self.reference_mode()
-            if on_policy and mode != "captured":  # on-policy fits inside the repeat pass; captured only: off-policy
+            # on-policy fits inside the repeat pass; with captured queries only it is off-policy
+            if self.on_policy and mode != "captured":
                 if mode == "both":
                     for idx, q in self._captured().items():
                         extra[idx].append(q)
                 self._repeat_pass(transform=self._on_policy_hook(extra))
                 return self.out
             asked = self._reference()
-            fitting = {idx: self._layer_queries(idx, asked, extra) for idx in self.layers}
+            fitting = {idx: self.layer_queries(idx, asked, extra) for idx in self.layers}
             if spec.global_budgets and self.ratio != 1:
                 with am.timed(self.phases, "budgets"):
                     self.share_globally(fitting)
@@ -275,6 +285,9 @@ class _Compactor:
             with am.timed(self.phases, "captured"):
                 captured = self._captured()
             for idx, q in captured.items():
+                if self.context_scores:  # a captured query's normaliser is not known
+                    unknown = q.new_full(q.shape[:-1], float("nan"))
+                    self._lse[idx] = torch.cat([self._lse[idx], unknown], dim=2) if idx in self._lse else unknown
                 asked[idx] = torch.cat([asked[idx], q], dim=2) if idx in asked else q
         return asked
 
@@ -295,8 +308,11 @@ class _Compactor:
             [queries.prompt_ids(self.opts.tokenizer, queries.REPEAT_PROMPT, device).expand(self.batch, -1),
              self.input_ids[:, start:end]], dim=1,
         )
+        normalisers = self.context_scores and transform is None
         capture = queries.forward_pass(self.model, self.view.copy(), ids, layers=set(self.layers),
-                                       transform=transform, chunk=queries.REPEAT_CHUNK)
+                                       transform=transform, chunk=queries.REPEAT_CHUNK, normalisers=normalisers)
+        if normalisers:
+            self._lse.update({idx: capture.stacked_lse(idx) for idx in capture.queries})
         return {idx: capture.stacked(idx) for idx in capture.queries}
 
     def _window_pass(self, window: int) -> dict[int, torch.Tensor]:
@@ -310,7 +326,7 @@ class _Compactor:
         extra: dict[int, list[torch.Tensor]] = {idx: [] for idx in self.layers}
         for idx, q in (self.opts.recent_queries or {}).items():
             if idx in extra:
-                extra[idx].append(q.float())
+                extra[idx].append(self._tagged(q.float(), None))  # the caller's queries: normaliser unknown
         tokens = self.spec.self_study_tokens if self.opts.self_study_tokens is None else self.opts.self_study_tokens
         if self.spec.fit and tokens > 0:
             device = self.input_ids.device
@@ -319,19 +335,35 @@ class _Compactor:
                 prompt = self.input_ids[:1, -1:]
             with am.timed(self.phases, "self_study"):
                 capture = queries.self_study(self.model, self.view.copy(), layers=set(self.layers), tokens=tokens,
-                                             prompt=prompt, batch_size=self.batch)
+                                             prompt=prompt, batch_size=self.batch, normalisers=self.context_scores)
             for idx in capture.queries:
-                extra[idx].append(capture.stacked(idx))
+                lse = capture.stacked_lse(idx) if self.context_scores else None
+                extra[idx].append(self._tagged(capture.stacked(idx), lse))
         return extra
 
-    def _layer_queries(self, idx, captured, extra) -> torch.Tensor:
-        repeat = captured.get(idx)
+    def _tagged(self, q: torch.Tensor, lse: torch.Tensor | None) -> torch.Tensor:
+        """Queries with their normaliser column when keys are scored over the context (see `layer_queries`)."""
+        return queries.with_normaliser(q, lse) if self.context_scores else q
+
+    def layer_queries(self, idx: int, asked: dict[int, torch.Tensor], extra: dict[int, list[torch.Tensor]]
+                      ) -> torch.Tensor:
+        """Layer idx's fitting queries (G, n, D) from the `asked` reference queries and the extras.
+
+        With context scores, their log-sum-exps come along (`self._normalisers[idx]`).
+        """
+        repeat = asked.get(idx)
+        if repeat is not None:
+            repeat = self._tagged(repeat, self._lse.get(idx))
         extras = [queries.group_queries(q, self.num_kv) for q in extra.get(idx, [])]
         if repeat is None and not extras:
             raise ConfigError(f"method {self.spec.name!r} needs reference queries but none were gathered")
         positions = 0 if repeat is None else repeat.shape[-2]
         repeat = None if repeat is None else queries.group_queries(repeat, self.num_kv)
-        return queries.combine(repeat, extras, self.max_queries, self.generator, positions=positions)
+        rows = queries.combine(repeat, extras, self.max_queries, self.generator, positions=positions)
+        if not self.context_scores:
+            return rows
+        rows, self._normalisers[idx] = queries.split_normaliser(rows)
+        return rows
 
     def _logical_span(self) -> tuple[int, int]:
         return self.span
@@ -343,7 +375,7 @@ class _Compactor:
         selection = spec.selection if spec.selection in ("highest", "max") else "omp"
         return am.match(q, keys, values, prior, self.scalings[idx], self.budgets[idx], selection=selection,
                         per_step=spec.per_step, refit_every=spec.refit_every, phases=self.phases,
-                        reduced=self._reduced.pop(idx, None))
+                        reduced=self._reduced.pop(idx, None), normaliser=self._normalisers.get(idx))
 
     def _copy(self, idx: int, index: torch.Tensor) -> am.Fit:
         """A baseline's fit: kept keys with their own values and prior bias."""

@@ -42,14 +42,16 @@ def forward_pass(
     layers: set[int],
     transform: Callable | None = None,
     chunk: int | None = None,
+    normalisers: bool = False,
 ) -> hf.QueryCapture:
     """Run `ids` on top of `cache` (which grows) and return the queries each layer saw.
 
     With `chunk`, the ids go in pieces of that many tokens (same queries, less attention
-    work). A `transform` needs the whole pass in one call, so it ignores `chunk`.
+    work). A `transform` needs the whole pass in one call, so it ignores `chunk`. With
+    `normalisers`, each query's log-sum-exp over all it saw is kept too (`capture.lse`).
     """
     pieces = ids.split(chunk, dim=1) if chunk and transform is None else (ids,)
-    with hf.capture_queries(layers=layers, transform=transform) as capture:
+    with hf.capture_queries(layers=layers, transform=transform, normalisers=normalisers) as capture:
         for piece in pieces:
             model(input_ids=piece, past_key_values=cache, use_cache=True, **hf.last_logits_only(model))
     return capture
@@ -64,14 +66,16 @@ def self_study(
     tokens: int,
     prompt: torch.Tensor,
     batch_size: int,
+    normalisers: bool = False,
 ) -> hf.QueryCapture:
-    """Greedy-generate `tokens` tokens after `prompt` on top of `cache`; keep their queries."""
+    """Greedy-generate `tokens` tokens after `prompt` on top of `cache`; keep their queries
+    (and their log-sum-exps with `normalisers`, as `forward_pass`)."""
     device = next(model.parameters()).device
     if prompt.shape[-1] == 0:
         # No tokenizer: continue the text itself (the model's own next tokens).
         prompt = torch.zeros(1, 0, dtype=torch.long, device=device)
     last = hf.last_logits_only(model)
-    with hf.capture_queries(layers=layers) as capture:
+    with hf.capture_queries(layers=layers, normalisers=normalisers) as capture:
         step = prompt.expand(batch_size, -1) if prompt.shape[-1] else None
         logits = None
         if step is not None:
@@ -82,6 +86,22 @@ def self_study(
             step = logits[:, -1:].argmax(-1)
             logits = model(input_ids=step, past_key_values=cache, use_cache=True).logits
     return capture
+
+
+def with_normaliser(queries: torch.Tensor, lse: torch.Tensor | None) -> torch.Tensor:
+    """(..., n, D) queries and their (..., n) log-sum-exps -> (..., n, D + 1), the log-sum-exp last.
+
+    Grouping and subsampling pick whole rows, so a query's normaliser rides along with it
+    as a last column (`split_normaliser` takes it off again). NaN marks an unknown one.
+    """
+    if lse is None:
+        lse = queries.new_full(queries.shape[:-1], float("nan"))
+    return torch.cat([queries, lse.to(queries.dtype).unsqueeze(-1)], dim=-1)
+
+
+def split_normaliser(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`with_normaliser`'s inverse: (G, n, D + 1) -> queries (G, n, D), log-sum-exps (G, n)."""
+    return rows[..., :-1], rows[..., -1]
 
 
 def group_queries(queries: torch.Tensor, num_kv_heads: int) -> torch.Tensor:

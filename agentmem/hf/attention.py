@@ -29,11 +29,15 @@ class QueryCapture:
     """Queries seen by each layer's attention call, post-norm and post-RoPE.
 
     `queries[layer]` is a list of (B, H_q, q_len, D) tensors (fp32, detached), one per call.
+    With `normalisers`, `lse[layer]` holds each query's log-sum-exp over everything it
+    attended to, (B, H_q, q_len) per call, from the same attention kernel.
     """
 
     layers: set[int] | None = None
     queries: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     scalings: dict[int, float] = field(default_factory=dict)
+    normalisers: bool = False
+    lse: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     # Optional hook (layer_idx, query, key, value, mask) -> (key, value, mask) that may swap
     # the keys a layer attends to (on-policy compaction swaps in the compacted span).
     transform: Callable | None = None
@@ -44,18 +48,29 @@ class QueryCapture:
         self.queries.setdefault(layer_idx, []).append(query.detach().float())
         self.scalings[layer_idx] = float(scaling)
 
+    def wants(self, layer_idx: int | None) -> bool:
+        return layer_idx is not None and (self.layers is None or layer_idx in self.layers)
+
     def stacked(self, layer_idx: int) -> torch.Tensor:
         """All queries of one layer concatenated along the sequence: (B, H_q, n, D)."""
         return torch.cat(self.queries[layer_idx], dim=2)
+
+    def stacked_lse(self, layer_idx: int) -> torch.Tensor:
+        """The log-sum-exps of `stacked(layer_idx)`'s queries: (B, H_q, n)."""
+        return torch.cat(self.lse[layer_idx], dim=2)
 
 
 _local = threading.local()
 
 
 @contextlib.contextmanager
-def capture_queries(layers: set[int] | None = None, transform: Callable | None = None) -> Iterator[QueryCapture]:
-    """Record the queries of every agentmem attention call made inside the block (this thread)."""
-    capture = QueryCapture(layers=layers, transform=transform)
+def capture_queries(layers: set[int] | None = None, transform: Callable | None = None,
+                    normalisers: bool = False) -> Iterator[QueryCapture]:
+    """Record the queries of every agentmem attention call made inside the block (this thread).
+
+    With `normalisers`, also each query's log-sum-exp over all it attended to (`QueryCapture.lse`).
+    """
+    capture = QueryCapture(layers=layers, transform=transform, normalisers=normalisers)
     previous = getattr(_local, "capture", None)
     _local.capture = capture
     try:
@@ -82,16 +97,18 @@ def attention_forward(
     layer_idx = getattr(module, "layer_idx", None)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
+    wanted = capture is not None and capture.wants(layer_idx)
     if capture is not None and layer_idx is not None:
         capture.record(layer_idx, query, scaling)
-        if capture.transform is not None and (capture.layers is None or layer_idx in capture.layers):
+        if capture.transform is not None and wanted:
             key, value, attention_mask = capture.transform(layer_idx, query, key, value, attention_mask)
+    with_lse = wanted and capture.normalisers
     value_dim = value.shape[-1]
     bias = getattr(key, BIAS_ATTRIBUTE, None)  # (B, H_kv, k) fp32, from CompactedLayer.attention_keys
     if bias is not None and bias.shape[-1] != key.shape[-2]:
         raise UnsupportedModelError(f"layer {layer_idx}: bias covers {bias.shape[-1]} slots, keys {key.shape[-2]}")
     one_token, gqa = query.shape[-2] == 1, query.shape[1] > key.shape[1]
-    if one_token and key.shape[-1] == query.shape[-1] and (bias is not None or gqa):
+    if one_token and key.shape[-1] == query.shape[-1] and (bias is not None or gqa) and not with_lse:
         folded = _decode_step(module, query, key, value, bias, attention_mask, dropout, scaling)
         if folded is not None:
             return folded, None
@@ -106,6 +123,10 @@ def attention_forward(
             # zero column SDPA falls back to its math path, 3-5x slower in prefill and decode.
             value = torch.cat([value, value.new_zeros(value.shape[:-1] + (1,))], dim=-1)
     groups = query.shape[1] // key.shape[1]
+    if with_lse:
+        out, lse = _attend_with_lse(query, key, value, attention_mask, scaling, getattr(module, "is_causal", True))
+        capture.lse.setdefault(layer_idx, []).append(lse.detach().float())
+        return out[..., :value_dim].transpose(1, 2).contiguous(), None
     gqa = {}
     if groups > 1 and _SDPA_GQA:
         gqa = {"enable_gqa": True}  # no copy of K and V per query head
@@ -136,6 +157,38 @@ def attention_forward(
     if out.shape[-1] != value_dim:
         out = out[..., :value_dim]
     return out.transpose(1, 2).contiguous(), None
+
+
+def _attend_with_lse(query, key, value, mask, scaling: float, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention output (B, H_q, q, Dv) and each query's log-sum-exp (B, H_q, q), in one kernel on CPU.
+
+    Keys and values are already widened for beta; the mask is transformers' (bool or additive).
+    PyTorch's CPU flash kernel returns the log-sum-exp beside the output; elsewhere the
+    scores are formed once in fp32 (this path serves compaction's reference passes only).
+    """
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    q_len, kv_len = query.shape[-2], key.shape[-2]
+    if mask is not None:
+        mask = mask[..., -kv_len:]
+        if mask.dtype == torch.bool:
+            mask = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill_(~mask, _PADDING)
+        mask = mask.to(query.dtype)
+    is_causal = mask is None and q_len > 1 and q_len == kv_len and causal
+    if query.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, 0.0, is_causal, attn_mask=mask, scale=scaling)
+        return out, lse
+    logits = torch.matmul(query.float(), key.float().transpose(-1, -2)) * scaling
+    if mask is not None:
+        logits = logits + mask.float()
+    elif is_causal:
+        logits = logits.masked_fill(torch.ones(q_len, kv_len, dtype=torch.bool, device=logits.device).triu(1),
+                                    float("-inf"))
+    lse = torch.logsumexp(logits, dim=-1)
+    out = torch.matmul((logits - lse.unsqueeze(-1)).exp(), value.float()).to(value.dtype)
+    return out, lse
 
 
 def _decode_step(
