@@ -285,6 +285,116 @@ def fit_values(
 # ---------------------------------------------------------------------------- one span
 
 
+class SpanScores:
+    """One layer's span and its reference queries, with the attention quantities a key
+    selection reads, each computed once: `probs` (G, n, T), the one-pass `summary`
+    (`Reduced`), or all of Phi (`targets`). The fit reuses whichever was computed.
+
+    `normaliser` (G, n), when given, makes the summary's key scores probabilities of each
+    query's whole attention (see `reduce`); `at_start` says the span begins at token 0.
+    """
+
+    def __init__(self, queries: torch.Tensor | None, keys: torch.Tensor, values: torch.Tensor, prior: torch.Tensor,
+                 scale: float, *, normaliser: torch.Tensor | None = None, at_start: bool = True,
+                 summary: Reduced | None = None, phases: dict[str, float] | None = None):
+        self.queries = None if queries is None else queries.float()
+        self.keys, self.values, self.prior = keys.float(), values.float(), prior.float()
+        self.scale, self.normaliser, self.at_start, self.phases = scale, normaliser, at_start, phases
+        self._summary, self._targets = summary, None
+        self.valid = torch.isfinite(self.prior)  # (G, T) slots that are not padding
+
+    def compute(self, what: str | None) -> None:
+        """Compute what a selection reads ("probs", "summary", "targets" or None) before it runs."""
+        if what == "summary":
+            self.summary()
+        elif what == "targets":
+            self.targets()
+
+    def summary(self) -> Reduced:
+        if self._summary is None:
+            with timed(self.phases, "targets"):
+                self._summary = reduce(self._asked(), self.keys, self.values, self.prior, self.scale,
+                                       normaliser=self.normaliser)
+        return self._summary
+
+    def targets(self) -> Targets:
+        if self._targets is None:
+            with timed(self.phases, "targets"):
+                self._targets = targets(self._asked(), self.keys, self.values, self.prior, self.scale)
+        return self._targets
+
+    def probs(self) -> torch.Tensor:
+        """Each reference query's attention probabilities over the span: (G, n, T)."""
+        return torch.softmax(span_logits(self._asked(), self.keys, self.prior, self.scale), dim=-1)
+
+    def _asked(self) -> torch.Tensor:
+        if self.queries is None:
+            raise ValueError("this key selection needs reference queries, and none were given")
+        return self.queries
+
+
+class Selection:
+    """A key selection: `select(span, width)` -> (G, width) long positions of the kept slots.
+
+    `scores` names what it reads of the `SpanScores` (None: positions only, no queries);
+    `beta_bounds` bounds the weights w = exp(beta) that the fit may give the kept keys.
+    """
+
+    name = "selection"
+    scores: str | None = "summary"
+    beta_bounds = (math.exp(-3), math.exp(3))
+    window = 0  # > 0: its queries are the span's last `window` tokens read again, not a repeat pass
+
+    def select(self, span: SpanScores, width: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class TopAttention(Selection):
+    """The keys with the highest attention: RMS over the queries ("rms") or the max ("peak", KVzip's)."""
+
+    def __init__(self, score: str = "rms"):
+        if score not in ("rms", "peak"):
+            raise ValueError(f"TopAttention score must be 'rms' or 'peak', got {score!r}")
+        self.score = score
+        self.name = "highest" if score == "rms" else "max"
+
+    def select(self, span: SpanScores, width: int) -> torch.Tensor:
+        summary = span.summary()
+        return select_top(summary.rms if self.score == "rms" else summary.peak, span.valid, width)
+
+    def __repr__(self) -> str:
+        return f"TopAttention({self.score!r})"
+
+
+class MatchingPursuit(Selection):
+    """OMP on the span's mass (`select_omp`): `per_step` keys per step, a refit every `refit_every` steps."""
+
+    name = "omp"
+    scores = "targets"
+    beta_bounds = (math.exp(-7), math.exp(7))
+
+    def __init__(self, per_step: int = 1, refit_every: int = 1):
+        self.per_step, self.refit_every = per_step, refit_every
+
+    def select(self, span: SpanScores, width: int) -> torch.Tensor:
+        return select_omp(span.targets(), width, per_step=self.per_step, refit_every=self.refit_every)
+
+    def __repr__(self) -> str:
+        return f"MatchingPursuit(per_step={self.per_step}, refit_every={self.refit_every})"
+
+
+def named_selection(name: str, *, per_step: int = 1, refit_every: int = 1) -> Selection:
+    """The AM key selection called `name`: "omp", "highest" (RMS attention) or "max" (peak attention)."""
+    if name == "omp":
+        return MatchingPursuit(per_step, refit_every)
+    if name in ("highest", "max"):
+        return TopAttention("rms" if name == "highest" else "peak")
+    raise ValueError(f"unknown key selection {name!r}; choose 'omp', 'highest' or 'max'")
+
+
 def match(
     queries: torch.Tensor,
     keys: torch.Tensor,
@@ -293,7 +403,7 @@ def match(
     scale: float,
     budgets: torch.Tensor,
     *,
-    selection: str = "omp",
+    selection: Selection | str = "omp",
     per_step: int = 1,
     refit_every: int = 1,
     w_bounds: tuple[float, float] | None = None,
@@ -303,59 +413,47 @@ def match(
 ) -> Fit:
     """Attention-match one span for G heads with per-head budgets (G,) long.
 
-    `phases`, when given, accumulates the seconds of each step: "targets", "selection",
-    "beta" and "values". A top-k selection ("highest", "max") runs on `reduce`'s one pass
-    (pass `reduced` when it was already made for these queries) and scores keys over
-    `normaliser` when given (see `reduce`); OMP needs all of Phi and matches the span's mass.
+    `selection` picks the keys (a `Selection`, or a name for `named_selection` with
+    `per_step` and `refit_every`). `phases`, when given, accumulates the seconds of each
+    step: "targets", "selection", "beta" and "values". A top-k selection runs on
+    `reduce`'s one pass (pass `reduced` when it was already made for these queries, and
+    `normaliser` to score keys over the whole context); OMP needs all of Phi.
     """
-    queries, keys, values, prior = queries.float(), keys.float(), values.float(), prior.float()
-    if selection in ("highest", "max"):
-        if reduced is None:
-            with timed(phases, "targets"):
-                reduced = reduce(queries, keys, values, prior, scale, normaliser=normaliser)
-        return _match_top(queries, keys, values, prior, scale, budgets, selection=selection, w_bounds=w_bounds,
-                          phases=phases, reduced=reduced)
-    with timed(phases, "targets"):
-        t = targets(queries, keys, values, prior, scale)
+    if isinstance(selection, str):
+        selection = named_selection(selection, per_step=per_step, refit_every=refit_every)
+    span = SpanScores(queries, keys, values, prior, scale, normaliser=normaliser, summary=reduced, phases=phases)
+    span.compute(selection.scores)
     width = int(budgets.max())
-    active = budget_mask(budgets, width)
     with timed(phases, "selection"):
-        if selection == "omp":
-            index = select_omp(t, width, per_step=per_step, refit_every=refit_every)
-            lo, hi = w_bounds or (math.exp(-7), math.exp(7))
-        elif selection in ("highest", "max"):
-            scores = highest_attention_scores(t) if selection == "highest" else max_attention_scores(t)
-            index = select_top(scores, t.valid, width)
-            lo, hi = w_bounds or (math.exp(-3), math.exp(3))
+        index = selection.select(span, width)
+    return fit(span, index, budgets, bounds=w_bounds or selection.beta_bounds)
+
+
+def fit(span: SpanScores, index: torch.Tensor, budgets: torch.Tensor, *, bounds: tuple[float, float]) -> Fit:
+    """Beta (NNLS on the mass) and least-squares values for the kept keys `index` (G, width).
+
+    Uses all of Phi when the selection computed it, else the one-pass summary (the same
+    columns, rebuilt from the row maxima). The prior bias of a kept key (an earlier beta)
+    is folded into the new beta.
+    """
+    width = index.shape[1]
+    active = budget_mask(budgets, width)
+    gathered = index.unsqueeze(-1).expand(-1, -1, span.keys.shape[-1])
+    kept, kept_prior = torch.gather(span.keys, 1, gathered), torch.gather(span.prior, 1, index)
+    lo, hi = bounds
+    with timed(span.phases, "beta"):
+        if span._targets is not None:
+            t = span._targets
+            mass, outputs = t.mass, t.outputs
+            beta = fit_beta(t, index, active, lo=lo, hi=hi)
         else:
-            raise ValueError(f"unknown key selection {selection!r}")
-    with timed(phases, "beta"):
-        beta = fit_beta(t, index, active, lo=lo, hi=hi)
-    with timed(phases, "values"):
-        kept = torch.gather(keys, 1, index.unsqueeze(-1).expand(-1, -1, keys.shape[-1]))
-        # The prior bias of a kept key (an earlier beta) is folded into the new beta.
-        beta = beta + torch.gather(prior, 1, index).masked_fill(~active, 0.0)
-        fitted = fit_values(queries, kept, beta, t.outputs, scale)
-        fitted = fitted.masked_fill(~active.unsqueeze(-1), 0.0)
-    return Fit(index=index, bias=beta, values=fitted)
-
-
-def _match_top(queries, keys, values, prior, scale, budgets, *, selection, w_bounds, phases, reduced) -> Fit:
-    """`match` for a top-k selection, from the one-pass `Reduced` summary."""
-    width = int(budgets.max())
-    active = budget_mask(budgets, width)
-    with timed(phases, "selection"):
-        index = select_top(reduced.rms if selection == "highest" else reduced.peak, reduced.valid, width)
-    lo, hi = w_bounds or (math.exp(-3), math.exp(3))
-    gathered = index.unsqueeze(-1).expand(-1, -1, keys.shape[-1])
-    kept, kept_prior = torch.gather(keys, 1, gathered), torch.gather(prior, 1, index)
-    with timed(phases, "beta"):
-        cols = columns(queries, kept, kept_prior, scale, reduced.rowmax)
-        beta = beta_from_columns(cols, reduced.mass, active, lo=lo, hi=hi)
-    with timed(phases, "values"):
-        # The prior bias of a kept key (an earlier beta) is folded into the new beta.
+            summary = span.summary()
+            mass, outputs = summary.mass, summary.outputs
+            cols = columns(span.queries, kept, kept_prior, span.scale, summary.rowmax)
+            beta = beta_from_columns(cols, mass, active, lo=lo, hi=hi)
+    with timed(span.phases, "values"):
         beta = beta + kept_prior.masked_fill(~active, 0.0)
-        fitted = fit_values(queries, kept, beta, reduced.outputs, scale)
+        fitted = fit_values(span.queries, kept, beta, outputs, span.scale)
         fitted = fitted.masked_fill(~active.unsqueeze(-1), 0.0)
     return Fit(index=index, bias=beta, values=fitted)
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import am, baselines, checks, hf, profiles, queries
+from . import am, checks, hf, profiles, queries
+from .am import MatchingPursuit, Selection, TopAttention
+from .baselines import HeavyHitters, Recent, SnapKV, Streaming
 from .captured import QuerySample
 from .errors import ConfigError
 
@@ -23,16 +25,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Method:
-    """How one compaction method gathers queries, picks keys and fits."""
+    """How one compaction method gathers queries, picks keys and fits.
+
+    A new method is a new `Method`; a new way of picking keys is a new `am.Selection` class
+    (`am.TopAttention`, `am.MatchingPursuit`, the baselines in `agentmem.baselines`).
+    """
 
     name: str
     description: str
-    repeat_queries: bool = True
+    selection: Selection = field(default_factory=MatchingPursuit)
+    repeat_queries: bool = True  # reference queries from a repeat pass (else the selection's window, or none)
     self_study_tokens: int = 0
-    selection: str = "omp"  # omp | highest | max | truncate | streaming | h2o | snapkv | kvzip
     fit: bool = True  # attention matching (beta + values) or copied values
-    per_step: int = 1
-    refit_every: int = 1
     on_policy: bool = False
     head_profile: bool = False
     global_budgets: bool = False  # layers share the budget by one ranking of max attention (as kvzip)
@@ -51,23 +55,21 @@ METHODS: dict[str, Method] = {
     for m in [
         Method("am", "highest-attention keys, layer budgets by one global ranking, NNLS beta, LS values; up to "
                "8192 repeat-prefill queries per KV head + 16 self-study tokens",
-               selection="highest", global_budgets=True, max_queries=8192, self_study_tokens=16),
+               TopAttention("rms"), global_budgets=True, max_queries=8192, self_study_tokens=16),
         Method("am-fast", "highest-attention keys, layer budgets by one global ranking, NNLS beta, LS values; "
-               "4096 repeat-prefill queries per KV head, every position asked", selection="highest",
+               "4096 repeat-prefill queries per KV head, every position asked", TopAttention("rms"),
                global_budgets=True, max_queries=4096),
         Method("am-omp", "the paper's recipe: OMP keys (4 per step, refit every 2), NNLS beta, LS values; "
                "repeat-prefill + self-study queries, on-policy, layer budgets from the shipped head profile",
-               self_study_tokens=16, per_step=4, refit_every=2, on_policy=True, head_profile=True),
+               MatchingPursuit(per_step=4, refit_every=2), self_study_tokens=16, on_policy=True, head_profile=True),
         Method("am-omp-fast", "OMP picking 4 keys per step, refit every 2 steps, layer budgets by one global ranking",
-               per_step=4, refit_every=2, global_budgets=True),
-        Method("truncate", "keep the most recent tokens", repeat_queries=False, selection="truncate", fit=False),
-        Method("streaming", "attention sinks + most recent tokens", repeat_queries=False, selection="streaming",
-               fit=False),
-        Method("h2o", "heavy hitters (accumulated attention) + recent", selection="h2o", fit=False),
-        Method("snapkv", "pooled attention of the span's last window", repeat_queries=False, selection="snapkv",
-               fit=False),
-        Method("kvzip", "repeat queries, max attention, global top-k, no beta", selection="kvzip", fit=False,
-               max_queries=4096),
+               MatchingPursuit(per_step=4, refit_every=2), global_budgets=True),
+        Method("truncate", "keep the most recent tokens", Recent(), repeat_queries=False, fit=False),
+        Method("streaming", "attention sinks + most recent tokens", Streaming(), repeat_queries=False, fit=False),
+        Method("h2o", "heavy hitters (accumulated attention) + recent", HeavyHitters(), fit=False),
+        Method("snapkv", "pooled attention of the span's last window", SnapKV(), repeat_queries=False, fit=False),
+        Method("kvzip", "repeat queries, max attention, global top-k, no beta", TopAttention("peak"), fit=False,
+               global_budgets=True, max_queries=4096),
     ]
 }
 
@@ -209,22 +211,22 @@ class _Compactor:
             out[idx] = valid.clamp(min=1, max=base[idx]).cpu().repeat(self.batch)
         return out
 
-    def share_globally(self, fitting: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    def share_globally(self, fitting: dict[int, torch.Tensor]) -> None:
         """Re-share the layers' total by one ranking of each key's max attention over its `fitting`
-        queries (G, n, D) per layer; returns those scores, (G, T) per layer (kvzip keeps by them)."""
+        queries (G, n, D) per layer (KVzip's allocation)."""
         scores, valid = {}, {}
-        keep = self.spec.fit and self.spec.selection in ("highest", "max")  # the fit reuses this pass
+        keep = self.spec.selection.scores == "summary"  # the selection and the fit reuse this pass
         for idx in self.layers:
             keys, values, prior = self._span(idx)
-            reduced = am.reduce(fitting[idx], keys.float(), values.float() if keep else None, prior.float(),
-                                self.scalings[idx], normaliser=self._normalisers.get(idx))
+            wanted = values.float() if keep and self.spec.fit else None  # the fit's outputs, else scores only
+            reduced = am.reduce(fitting[idx], keys.float(), wanted, prior.float(), self.scalings[idx],
+                                normaliser=self._normalisers.get(idx))
             scores[idx], valid[idx] = reduced.peak, reduced.valid
             if keep:
                 self._reduced[idx] = reduced
         total = sum(int(self.budgets[idx].max()) for idx in self.layers)  # slots per head, summed over layers
         for idx, width in profiles.global_widths(scores, valid, total).items():
             self.budgets[idx] = torch.full_like(self.budgets[idx], width)
-        return scores
 
     def _span(self, idx: int):
         """(keys (G,T,D), values (G,T,Dv), prior bias (G,T)) of the span in layer idx."""
@@ -239,33 +241,51 @@ class _Compactor:
     # ---------------------------------------------------------------- main
     def run(self) -> hf.CompactedCache:
         spec = self.spec
-        if self.ratio == 1 and spec.selection not in ("kvzip",):
+        if self.ratio == 1:
             return self.out  # nothing to remove: every slot stays as it is
-        extra = self._extra_queries()
-        if spec.fit:
-            mode = self.reference_mode()
+        extra = self._extra_queries() if spec.fit else {}  # a baseline reads its reference queries only
+        if self.on_policy and self.reference_mode() != "captured":
             # on-policy fits inside the repeat pass; with captured queries only it is off-policy
-            if self.on_policy and mode != "captured":
-                if mode == "both":
-                    for idx, q in self._captured().items():
-                        extra[idx].append(q)
-                self._repeat_pass(transform=self._on_policy_hook(extra))
-                return self.out
-            asked = self._reference()
-            fitting = {idx: self.layer_queries(idx, asked, extra) for idx in self.layers}
-            if spec.global_budgets and self.ratio != 1:
-                with am.timed(self.phases, "budgets"):
-                    self.share_globally(fitting)
-            for idx in self.layers:
-                self._install(idx, self._fit(idx, fitting[idx]))
+            if self.reference_mode() == "both":
+                for idx, q in self._captured().items():
+                    extra[idx].append(q)
+            self._repeat_pass(transform=self._on_policy_hook(extra))
             return self.out
-        asked = self._reference() if spec.repeat_queries else {}
-        if spec.selection == "snapkv":
-            asked = self._window_pass(baselines.SNAPKV_WINDOW)
-        picks = baselines.select(self, asked)
+        fitting = self._fitting_queries(extra)
+        if spec.global_budgets:
+            with am.timed(self.phases, "budgets"):
+                self.share_globally(fitting)
         for idx in self.layers:
-            self._install(idx, self._copy(idx, picks[idx]))
+            self._rebuild(idx, fitting.get(idx))
         return self.out
+
+    def _rebuild(self, idx: int, q: torch.Tensor | None) -> None:
+        """Pick layer idx's keys with the method's selection, then fit them (AM) or copy them (baselines)."""
+        selection = self.spec.selection
+        keys, values, prior = self._span(idx)
+        span = am.SpanScores(q, keys, values, prior, self.scalings[idx], normaliser=self._normalisers.get(idx),
+                             at_start=self.span[0] == 0, summary=self._reduced.pop(idx, None), phases=self.phases)
+        span.compute(selection.scores)
+        with am.timed(self.phases, "selection"):
+            index = selection.select(span, int(self.budgets[idx].max()))
+        if self.spec.fit:
+            self._install(idx, am.fit(span, index, self.budgets[idx], bounds=selection.beta_bounds))
+        else:
+            self._install(idx, self._copy(idx, index))
+
+    def _fitting_queries(self, extra) -> dict[int, torch.Tensor]:
+        """Each layer's reference queries as the selection and the fit read them, (G, n, D); none for
+        a selection by position alone."""
+        spec = self.spec
+        if spec.selection.scores is None:
+            return {}
+        if spec.selection.window:
+            asked = self._window_pass(spec.selection.window)
+        elif spec.repeat_queries or spec.fit:
+            asked = self._reference()
+        else:
+            raise ConfigError(f"method {spec.name!r} reads reference queries but gathers none")
+        return {idx: self.layer_queries(idx, asked, extra) for idx in self.layers}
 
     # ---------------------------------------------------------------- queries
     def reference_mode(self) -> str:
@@ -369,14 +389,6 @@ class _Compactor:
         return self.span
 
     # ---------------------------------------------------------------- fitting
-    def _fit(self, idx: int, q: torch.Tensor) -> am.Fit:
-        keys, values, prior = self._span(idx)
-        spec = self.spec
-        selection = spec.selection if spec.selection in ("highest", "max") else "omp"
-        return am.match(q, keys, values, prior, self.scalings[idx], self.budgets[idx], selection=selection,
-                        per_step=spec.per_step, refit_every=spec.refit_every, phases=self.phases,
-                        reduced=self._reduced.pop(idx, None), normaliser=self._normalisers.get(idx))
-
     def _copy(self, idx: int, index: torch.Tensor) -> am.Fit:
         """A baseline's fit: kept keys with their own values and prior bias."""
         keys, values, prior = self._span(idx)
@@ -418,7 +430,7 @@ class _Compactor:
             q = queries.group_queries(query.float(), self.num_kv)
             extras = [queries.group_queries(e, self.num_kv) for e in extra.get(idx, [])]
             q = queries.combine(q, extras, self.max_queries, self.generator, positions=query.shape[-2])
-            self._install(idx, self._fit(idx, q))
+            self._rebuild(idx, q)
             new = self.out.layers[idx]
             grown = key.shape[-2] - self.view.layers[idx].physical_length  # tokens of this pass
             old = self.view.layers[idx]

@@ -1,28 +1,29 @@
 """Specs of the token-selection baselines (`agentmem.baselines`): which span positions each keeps.
 
-The rules are checked on a stand-in for the running compactor (the few fields `select` reads),
-with keys and captured queries built so that the expected choice is known.
+Each selection is asked directly (`select(span, width)` on an `am.SpanScores`), with keys and
+reference queries built so that the expected choice is known.
 """
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
-from agentmem import baselines
+from agentmem import am, baselines, queries
 
 G, T, D, WIDTH = 2, 40, 8, 10  # KV heads (batch 1), span length, head dim, kept slots per head
 
 
-def _compactor(kind: str, keys: torch.Tensor, prior: torch.Tensor, *, start: int = 0, width: int = WIDTH):
-    """The fields of `_Compactor` that `baselines.select` reads, for one layer (index 0)."""
-    values = torch.zeros_like(keys)
-    return SimpleNamespace(spec=SimpleNamespace(selection=kind), layers=[0], span=(start, start + keys.shape[1]),
-                           budgets={0: torch.full((keys.shape[0],), width)}, num_kv=keys.shape[0], max_queries=64,
-                           generator=torch.Generator().manual_seed(0), scalings={0: D ** -0.5},
-                           _span=lambda idx: (keys, values, prior))
+SELECTIONS = {"truncate": baselines.Recent(), "streaming": baselines.Streaming(), "h2o": baselines.HeavyHitters(),
+              "snapkv": baselines.SnapKV()}
+
+
+def _select(kind: str, keys: torch.Tensor, prior: torch.Tensor, asked: torch.Tensor, *, start: int = 0,
+            width: int = WIDTH) -> torch.Tensor:
+    """The kept positions (G, width) of selection `kind` on one layer's span, with queries `asked` (1, H_q, n, D)."""
+    span = am.SpanScores(queries.group_queries(asked, keys.shape[0]), keys, torch.zeros_like(keys), prior, D ** -0.5,
+                         at_start=start == 0)
+    return SELECTIONS[kind].select(span, width)
 
 
 def _span(seed: int, pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,14 +34,11 @@ def _span(seed: int, pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(G, T, D), prior
 
 
-def _queries(n: int = 6, direction: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
-    """Captured queries of layer 0, (1, H_q=2G, n, D): random, or all along `direction`."""
+def _queries(n: int = 6, direction: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference queries of the layer, (1, H_q=2G, n, D): random, or all along `direction`."""
     if direction is None:
-        return {0: torch.randn(1, 2 * G, n, D)}
-    return {0: direction.expand(1, 2 * G, n, D).clone()}
-
-
-SELECTIONS = ["truncate", "streaming", "h2o", "snapkv"]
+        return torch.randn(1, 2 * G, n, D)
+    return direction.expand(1, 2 * G, n, D).clone()
 
 
 @pytest.mark.parametrize("kind", SELECTIONS)
@@ -48,7 +46,7 @@ SELECTIONS = ["truncate", "streaming", "h2o", "snapkv"]
 @pytest.mark.parametrize("pad", [0, 17])
 def test_every_selection_keeps_width_distinct_valid_slots(kind, seed, pad):
     keys, prior = _span(seed, pad)
-    (index,) = baselines.select(_compactor(kind, keys, prior), _queries()).values()
+    index = _select(kind, keys, prior, _queries())
     assert index.shape == (G, WIDTH) and index.dtype == torch.long
     for head in range(G):
         kept = index[head].tolist()
@@ -58,13 +56,13 @@ def test_every_selection_keeps_width_distinct_valid_slots(kind, seed, pad):
 
 def test_truncate_keeps_the_most_recent():
     keys, prior = _span(0)
-    (index,) = baselines.select(_compactor("truncate", keys, prior), _queries()).values()
+    index = _select("truncate", keys, prior, _queries())
     assert all(sorted(row) == list(range(T - WIDTH, T)) for row in index.tolist())
 
 
 def test_streaming_keeps_the_sinks_and_the_most_recent():
     keys, prior = _span(0)
-    (index,) = baselines.select(_compactor("streaming", keys, prior), _queries()).values()
+    index = _select("streaming", keys, prior, _queries())
     sinks = min(baselines.SINKS, WIDTH // 2)
     assert all(sorted(row) == list(range(sinks)) + list(range(T - WIDTH + sinks, T)) for row in index.tolist())
 
@@ -72,7 +70,7 @@ def test_streaming_keeps_the_sinks_and_the_most_recent():
 def test_streaming_keeps_no_sinks_past_the_sequence_start():
     """A later span does not hold the attention sinks (they are the sequence's first tokens)."""
     keys, prior = _span(0)
-    (index,) = baselines.select(_compactor("streaming", keys, prior, start=100), _queries()).values()
+    index = _select("streaming", keys, prior, _queries(), start=100)
     assert all(sorted(row) == list(range(T - WIDTH, T)) for row in index.tolist())
 
 
@@ -85,10 +83,10 @@ def test_attention_based_selections_keep_the_most_attended_old_key(kind):
     direction = torch.randn(D)
     keys[:, heavy] = direction * 10  # the captured queries all point at it
     captured = _queries(direction=direction)
-    (index,) = baselines.select(_compactor(kind, keys, prior), captured).values()
+    index = _select(kind, keys, prior, captured)
     assert all(heavy in row for row in index.tolist()), index
     for blind in ("truncate", "streaming"):
-        (index,) = baselines.select(_compactor(blind, keys, prior), captured).values()
+        index = _select(blind, keys, prior, captured)
         assert not any(heavy in row for row in index.tolist())
 
 
@@ -99,7 +97,7 @@ def test_h2o_keeps_half_recent_and_the_heaviest_hitters():
     direction = torch.randn(D)
     for rank, position in enumerate(heavy):
         keys[:, position] = direction * (6 + rank)
-    (index,) = baselines.select(_compactor("h2o", keys, prior), _queries(direction=direction)).values()
+    index = _select("h2o", keys, prior, _queries(direction=direction))
     assert all(sorted(row) == heavy + list(range(T - WIDTH // 2, T)) for row in index.tolist()), index
 
 
@@ -109,12 +107,38 @@ def test_snapkv_keeps_the_neighbourhood_of_a_hit():
     keys = keys * 0.01
     direction = torch.randn(D)
     keys[:, 20] = direction * 10
-    (index,) = baselines.select(_compactor("snapkv", keys, prior, width=5), _queries(direction=direction)).values()
+    index = _select("snapkv", keys, prior, _queries(direction=direction), width=5)
     half = baselines.SNAPKV_POOL // 2
     assert all(set(row) <= set(range(20 - half, 20 + half + 1)) for row in index.tolist()), index
 
 
-def test_unknown_selection_is_refused():
+@pytest.mark.parametrize("kind", ["h2o", "snapkv"])
+def test_a_selection_that_reads_attention_refuses_to_run_without_queries(kind):
     keys, prior = _span(0)
-    with pytest.raises(ValueError, match="unknown selection 'top-p'"):
-        baselines.select(_compactor("top-p", keys, prior), _queries())
+    span = am.SpanScores(None, keys, torch.zeros_like(keys), prior, D ** -0.5)
+    with pytest.raises(ValueError, match="needs reference queries"):
+        SELECTIONS[kind].select(span, WIDTH)
+
+
+class Oldest(am.Selection):
+    """An experiment's selection: the span's first tokens (a new class, no patching)."""
+
+    scores = None
+
+    def select(self, span, width):
+        return am.select_top(-baselines._positions(span.valid), span.valid, width)
+
+
+def test_a_new_selection_class_is_a_new_method(monkeypatch, ids):
+    from agentmem import compact, compaction, hf
+
+    from conftest import prefill, tiny_llama
+
+    model = tiny_llama()
+    monkeypatch.setitem(compaction.METHODS, "oldest", compaction.Method("oldest", "first tokens", Oldest(),
+                                                                       repeat_queries=False, fit=False))
+    cache = prefill(model, ids)
+    out = compact(model, cache, ids, ratio=4, method="oldest", start=8, end=40)
+    view = hf.CompactedCache.from_cache(cache, scalings=hf.attention_scalings(model))
+    for idx in view.full_layers():
+        torch.testing.assert_close(out.layers[idx].keys[:, :, 8:16], view.layers[idx].keys[:, :, 8:16])
