@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AgentmemError, ConfigError, ModelNotAvailableError
+from ..ratio import check_ratio
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_STORE = Path("agentmem.db")
@@ -262,14 +263,15 @@ def write_json(path: Path | None, value: Any, *, indent: int | None = 1) -> None
 
 
 def ratio(text: str) -> float:
-    """argparse type: a finite compaction ratio >= 1."""
+    """argparse type: a compaction ratio, by the library's rule (`agentmem.ratio.check_ratio`)."""
     try:
-        value = float(text)
+        value: object = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1 (10 keeps a tenth), got {text!r}") from None
-    if not math.isfinite(value) or value < 1:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 1 (10 keeps a tenth), got {text!r}")
-    return value
+        value = text  # not a number: check_ratio says what to pass
+    try:
+        return check_ratio("", "", value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def positive_int(text: str) -> int:
