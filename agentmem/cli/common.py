@@ -331,6 +331,44 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+# ----------------------------------------------------------------------------- options many commands share
+
+
+def add_model(parser: argparse.ArgumentParser, *, note: str = "") -> None:
+    """`--model NAME`, default `DEFAULT_MODEL`; `note` extends its help."""
+    extra = f"; {note}" if note else ""
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"built-in name, HF id or local path (default {DEFAULT_MODEL}{extra})")
+
+
+def add_ratio(parser: argparse.ArgumentParser, default: float, *, what: str = "compaction ratio") -> None:
+    """`--ratio X`, checked by `ratio` (a finite number >= 1) while the arguments are parsed."""
+    parser.add_argument("--ratio", type=ratio, default=float(default), help=f"{what} (default {default:g})")
+
+
+def add_limit(parser: argparse.ArgumentParser, default: int = 2048, *, minimum: int = 1, why: str = "") -> None:
+    """`--limit N`: the physical KV slots a session may hold, a whole number >= `minimum`.
+
+    `why` (required with `minimum` above 1) says in the error why smaller limits fail.
+    """
+    if minimum > 1:
+        parser.add_argument("--limit", type=at_least(minimum, why), default=default,
+                            help=f"physical KV slots, at least {minimum} (default {default})")
+    else:
+        parser.add_argument("--limit", type=positive_int, default=default,
+                            help=f"physical KV slots (default {default})")
+
+
+def add_method(parser: argparse.ArgumentParser, default: str = "am-fast") -> None:
+    """`--method NAME`, checked by `method` (one of `agentmem.compaction.METHODS`)."""
+    parser.add_argument("--method", type=method, default=default, help=f"compaction method (default {default})")
+
+
+def add_json(parser: argparse.ArgumentParser, *, help: str = "write the full result here") -> None:  # noqa: A002
+    """`--json PATH`: a file the command writes its result to as JSON."""
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help=help)
+
+
 def megabytes(nbytes: int | float | None) -> str:
     """Bytes as '12.3 MB' (or '-' when unknown)."""
     return "-" if nbytes is None else f"{nbytes / 2**20:.1f} MB"
