@@ -7,7 +7,6 @@ that says what to pass instead; `finite` is the one check made after the fit.
 from __future__ import annotations
 
 import logging
-import math
 import numbers
 import os
 
@@ -16,17 +15,14 @@ import torch
 from . import hf, queries
 from .captured import REFERENCE_MODES, QuerySample
 from .errors import CompactionError, ConfigError, ModelMismatchError, UnsupportedModelError
+from .ratio import check_ratio
 
 log = logging.getLogger("agentmem.compaction")
 
 
-def ratio(ratio) -> float:
-    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
-        raise ConfigError(f"ratio must be a number >= 1 such as 10 (keeps a tenth of the span), got {ratio!r}")
-    value = float(ratio)
-    if not math.isfinite(value) or value < 1:
-        raise ConfigError(f"ratio must be a finite number >= 1 (10 keeps a tenth of the span), got {ratio!r}")
-    return value
+def ratio(value) -> float:
+    """`compact`'s ratio, by the one rule (`agentmem.ratio.check_ratio`)."""
+    return check_ratio("compact", "ratio", value)
 
 
 def cap_ratio(ratio: float, spans: dict[int, tuple[int, int]], stats: dict) -> float:

@@ -11,6 +11,9 @@ engine accepts whatever `policy_from` does: None, a preset name ("default", "agg
         trigger=AnyTrigger((TokenLimit(4096), ByteLimit(512 * 2**20))),
     )
 
+A physical budget alone is one call: `Policy.budget(4096, 4, pins=["system", "first_user"])`
+compacts everything else but the newest tokens x4 whenever the cache would pass 4096 slots.
+
 The dict / TOML format (every key optional; missing ones keep the preset's value):
 
     preset = "default"          # start from a preset, then override

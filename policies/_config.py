@@ -7,13 +7,13 @@ Private: the public face is `register_trigger`/`register_ratio`/`register_pin` a
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import MISSING, fields, is_dataclass
 from typing import Any
 
 from agentmem.errors import ConfigError
+from agentmem.ratio import check_ratio as check_ratio  # the one ratio check; engine.py imports it from here
 
 
 def check_int(owner: str, name: str, value: object, *, minimum: int) -> int:
@@ -29,13 +29,6 @@ def check_fraction(owner: str, name: str, value: object) -> float:
     """Return `value` as a float if 0 < value <= 1, else raise `ConfigError`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
         raise ConfigError(f"{owner}: {name} must be a number in (0, 1], e.g. 0.8, got {value!r}")
-    return float(value)
-
-
-def check_ratio(owner: str, name: str, value: object) -> float:
-    """Return `value` as a float if it is a finite ratio >= 1, else raise `ConfigError`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 1:
-        raise ConfigError(f"{owner}: {name} must be >= 1 (5 keeps a fifth of a span), got {value!r}")
     return float(value)
 
 

@@ -149,13 +149,16 @@ def pin_from(data: object) -> Pin:
     """Build a pin from a config value.
 
     Accepted forms: a pin name ("system"); a table with `kind` (`{kind = "last_turns", k = 2}`);
-    a list of those (any pins); or the short table `{kinds = ["system", "user"], last_turns = 2}`,
-    where `kinds` lists pins without arguments and every other key names a pin whose value is
-    its one argument (a table for several, `true` for none).
+    a `Pin` object (returned as is); a list of those (any pins); or the short table
+    `{kinds = ["system", "user"], last_turns = 2}`, where `kinds` lists pins without
+    arguments and every other key names a pin whose value is its one argument (a table for
+    several, `true` for none).
 
     Raises:
         ConfigError: unknown pin name, unknown keys or bad values.
     """
+    if isinstance(data, Pin):
+        return data
     if isinstance(data, Sequence) and not isinstance(data, str):
         return AnyPin(tuple(pin_from(item) for item in data))
     if isinstance(data, Mapping) and "kind" not in data:

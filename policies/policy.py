@@ -8,7 +8,6 @@ compaction) lives on the session and reaches the policy through `KVStats`.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from agentmem.errors import ConfigError
+from agentmem.ratio import check_ratio
 from agentmem.segments import KVStats, Segment
 
 from ._config import check_int
@@ -144,9 +144,8 @@ class Policy:
         eligible_physical = sum(physical[s.index] for s in eligible)
         spans: list[Span] = []
         for segment in eligible:
-            ratio = self.ratio.ratio_for(segment, stats, eligible_physical)
-            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio < 1:
-                raise ConfigError(f"ratio {self.ratio!r} gave {ratio!r} for segment {segment.index}; it must be >= 1")
+            ratio = check_ratio(f"{type(self.ratio).__name__}.ratio_for", f"segment {segment.index}'s ratio",
+                                self.ratio.ratio_for(segment, stats, eligible_physical))
             if ratio == 1:
                 continue
             last = spans[-1] if spans else None
@@ -166,6 +165,42 @@ class Policy:
         if name not in PRESETS:
             raise ConfigError(f"unknown policy preset {name!r}; presets: {', '.join(PRESETS)}")
         return PRESETS[name]
+
+    @classmethod
+    def budget(cls, limit: int, ratio: float = 5.0, *, method: str = "am-fast", pins: Any = None,
+               protect_recent: int = 64, min_segment_tokens: int = 8) -> Policy:
+        """A policy that holds the cache near `limit` physical slots by compacting at `ratio`.
+
+        When the next prefill would take the cache past `limit`, every segment that is not
+        pinned and ends before the newest `protect_recent` tokens is compacted `ratio` times
+        with `method`. The benchmarks, the AIME scenario and the coding agent build theirs
+        this way:
+
+            Policy.budget(2048)                                  # x5, am-fast, the default pins
+            Policy.budget(1024, 4, pins=["system", "first_user"])  # keep only the prompt whole
+
+        Args:
+            limit: physical KV slots allowed (of the widest full-attention layer), >= 1.
+            ratio: compaction ratio of every compacted span, a finite number >= 1.
+            method: compaction method, one of `agentmem.compaction.METHODS`.
+            pins: what is never compacted: None for the "default" preset's pins (system
+                prompt, tool schemas, first user message, last turn, the user's pins), or
+                whatever `pin_from` takes: a pin name ("system"), a `Pin`, or a list of
+                those (a segment any of them pins stays whole).
+            protect_recent: newest logical tokens never compacted, below `limit`.
+            min_segment_tokens: spans with fewer physical slots are left alone, >= 1.
+
+        Raises:
+            ConfigError: a bad argument; the message names it and what to pass.
+        """
+        check_int("Policy.budget", "limit", limit, minimum=1)
+        check_int("Policy.budget", "protect_recent", protect_recent, minimum=0)
+        if protect_recent >= limit:
+            raise ConfigError(f"Policy.budget: protect_recent ({protect_recent}) must be below limit ({limit}), or "
+                              f"the newest tokens alone fill the budget; lower protect_recent or raise limit")
+        return cls(trigger=TokenLimit(limit), ratio=FixedRatio(check_ratio("Policy.budget", "ratio", ratio)),
+                   pin=_default_pin() if pins is None else pin_from(pins), method=method,
+                   protect_recent=protect_recent, min_segment_tokens=min_segment_tokens)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Policy:

@@ -12,9 +12,10 @@ from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
 from agentmem.errors import ConfigError
+from agentmem.ratio import check_ratio
 from agentmem.segments import KINDS, KVStats, Segment
 
-from ._config import build, check_int, check_ratio, register, to_table
+from ._config import build, check_int, register, to_table
 
 
 @runtime_checkable

@@ -167,7 +167,7 @@ def test_bad_settings_are_refused(kwargs, words):
 @pytest.mark.parametrize("argv, words", [
     (["--facts", "0"], "--facts must be 1..48"),
     (["--facts", "49"], "--facts must be 1..48"),
-    (["--method", "magic"], "unknown method(s) magic"),
+    (["--method", "magic"], "unknown compaction method 'magic'"),
     (["--checkpoints", "0"], "must be >= 1"),
 ])
 def test_cli_refuses_bad_arguments_before_loading(no_model_load, capsys, argv, words):

@@ -273,7 +273,7 @@ def test_corrupt_database_is_one_line(tiny: Path, capsys: pytest.CaptureFixture,
 
 @pytest.mark.parametrize("argv, words", [
     (["compact", "--ratio", "0.5"], "--ratio: must be a finite number >= 1"),
-    (["bench", "soak", "--ratio", "ten"], "--ratio: expected a number >= 1"),
+    (["bench", "soak", "--ratio", "ten"], "--ratio: must be a finite number >= 1, got 'ten'"),
     (["chat", "--temperature", "-1"], "--temperature: must be a finite number >= 0"),
     (["chat", "--max-new-tokens", "0"], "--max-new-tokens: must be >= 1"),
     (["chat", "--json"], "--json needs --message"),

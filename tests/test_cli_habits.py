@@ -55,7 +55,7 @@ def test_every_public_name_still_imports() -> None:
 
 @pytest.mark.parametrize("argv, words", [
     (["demo", "--limit", "-5"], "argument --limit: must be 256 or more"),
-    (["demo", "--ratio", "0.5"], "argument --ratio: must be a finite number >= 1 (10 keeps a tenth)"),
+    (["demo", "--ratio", "0.5"], "argument --ratio: must be a finite number >= 1, got 0.5; pass e.g. 5"),
     (["demo", "--method", "foo"], "unknown compaction method 'foo'; choose one of am, am-fast"),
     (["demo", "--max-turns", "0"], "argument --max-turns: must be >= 1"),
     (["demo", "--temperature", "-1"], "argument --temperature: must be a finite number >= 0"),

@@ -35,7 +35,7 @@ from .. import hf
 from ..compaction import METHODS
 from ..engine import Session
 from ..errors import CompactionError, ConfigError
-from ..policies import AnyPin, FixedRatio, PinLastTurns, PinSystem, Policy, TokenLimit
+from ..policies import PinLastTurns, Policy
 from . import fidelity
 from .soak import script
 
@@ -147,8 +147,7 @@ def _read(group: list[Fact], n: int) -> list[tuple[str, str]]:
 
 def limited_policy(limit: int, ratio: float, method: str) -> Policy:
     """A physical `limit`, x`ratio` with `method`; only the system prompt and the last turn pinned."""
-    return Policy(trigger=TokenLimit(limit), ratio=FixedRatio(ratio), pin=AnyPin((PinSystem(), PinLastTurns(1))),
-                  method=method)
+    return Policy.budget(limit, ratio, method=method, pins=["system", PinLastTurns(1)])
 
 
 def compactions(session: Session) -> int:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from ..engine import Session
-from ..policies import FixedRatio, TokenLimit, policy_from
+from ..policies import Policy
 from ..store import Store
 
 FILES = ["src/app.py", "src/db.py", "src/cli.py", "tests/test_app.py", "README.md", "setup.cfg"]
@@ -46,7 +46,7 @@ def script(turn: int, rng: random.Random) -> tuple[str, str, str]:
 
 def run(model, tokenizer, *, db: str | Path, turns: int = 500, limit: int = 2048, ratio: float = 5.0,
         method: str = "am-fast", reply_tokens: int = 8, seed: int = 0, progress=None) -> dict:
-    policy = policy_from("default").with_(trigger=TokenLimit(limit), ratio=FixedRatio(ratio), method=method)
+    policy = Policy.budget(limit, ratio, method=method)
     store = Store(db)
     session = Session(model, tokenizer, policy=policy, store=store, system="You are a careful code reviewer.",
                       title="soak")

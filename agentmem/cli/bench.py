@@ -9,7 +9,20 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import DEFAULT_MODEL, load, method, non_negative_int, plot_problem, positive_int, ratio, say
+from .common import (
+    add_json,
+    add_limit,
+    add_method,
+    add_model,
+    add_ratio,
+    load,
+    method,
+    non_negative_int,
+    plot_problem,
+    positive_int,
+    ratio,
+    say,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Prefill real text, compact it with every method at every ratio, teacher-force its real "
                     "continuation and compare next-token distributions (KL, NLL gap) with the full cache. "
                     "Writes a quality-vs-ratio plot.")
-    comp.add_argument("--model", default=DEFAULT_MODEL, help="built-in name, HF id or local path")
+    add_model(comp)
     comp.add_argument("--ratios", type=ratio, nargs="+", default=[5, 10, 20, 50], help="default: 5 10 20 50")
     comp.add_argument("--methods", nargs="+", default=None,
                       help="default: all of agentmem's methods, plus kvpress's presses (kvpress-snapkv, ...) "
@@ -38,7 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     comp.add_argument("--context", type=positive_int, default=3072, help="context tokens (default 3072)")
     comp.add_argument("--continuation", type=positive_int, default=128, help="teacher-forced tokens (default 128)")
     comp.add_argument("--contexts", type=positive_int, default=1, help="how many contexts to average (default 1)")
-    comp.add_argument("--json", type=Path, default=None, help="write the full result here")
+    add_json(comp)
     comp.add_argument("--plot", type=Path, default=None, help="PNG path (default: next to --json or ./)")
     comp.set_defaults(func=run_compaction)
 
@@ -49,7 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "choice among the context's codes, the full cache's own answers to quotes of the span "
                     "(NLL), continuation KL. Reports retained = (method - streaming) / (full - streaming) with "
                     "95% bootstrap intervals, bytes and time per row, and writes a retained-vs-ratio plot.")
-    fid.add_argument("--model", default=DEFAULT_MODEL, help="built-in name, HF id or local path")
+    add_model(fid)
     fid.add_argument("--contexts", type=positive_int, default=4, help="how many contexts (default 4)")
     fid.add_argument("--context", type=positive_int, default=2048, help="context tokens (default 2048)")
     fid.add_argument("--facts", type=positive_int, default=10,
@@ -64,7 +77,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     fid.add_argument("--protect", type=int, default=64,
                      help="last tokens of the context left uncompacted (default 64, at most a fifth of --context)")
     fid.add_argument("--seed", type=int, default=0, help="facts, quotes and bootstrap seed (default 0)")
-    fid.add_argument("--json", type=Path, default=None, help="write the full result here")
+    add_json(fid)
     fid.add_argument("--plot", type=Path, default=None, help="PNG path (default: next to --json or ./)")
     fid.set_defaults(func=run_fidelity)
 
@@ -72,25 +85,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "engine", help="decode tokens/s of the engine vs plain model.generate",
         description="Decode speed of a Session against plain model.generate on the same prompt (target: under "
                     "10% overhead).")
-    over.add_argument("--model", default=DEFAULT_MODEL, help="built-in name, HF id or local path")
+    add_model(over)
     over.add_argument("--prompt-tokens", type=positive_int, default=512, help="default 512")
     over.add_argument("--new-tokens", type=positive_int, default=128, help="default 128")
     over.add_argument("--repeats", type=positive_int, default=3, help="default 3")
-    over.add_argument("--json", type=Path, default=None, help="write the full result here")
+    add_json(over)
     over.set_defaults(func=run_engine)
 
     soak = bench_sub.add_parser(
         "soak", help="hundreds of scripted tool turns under a KV limit, all in SQLite",
         description="Hundreds of scripted tool turns under a physical KV limit, every turn committed to SQLite; "
                     "reports KV size, turn time and memory over the run.")
-    soak.add_argument("--model", default=DEFAULT_MODEL, help="built-in name, HF id or local path")
+    add_model(soak)
     soak.add_argument("--turns", type=positive_int, default=500, help="default 500")
-    soak.add_argument("--limit", type=positive_int, default=2048, help="physical KV slots (default 2048)")
-    soak.add_argument("--ratio", type=ratio, default=5.0, help="compaction ratio (default 5)")
-    soak.add_argument("--method", type=method, default="am-fast", help="compaction method (default am-fast)")
+    add_limit(soak)
+    add_ratio(soak, 5)
+    add_method(soak)
     soak.add_argument("--reply-tokens", type=positive_int, default=8, help="generated tokens per turn (default 8)")
     soak.add_argument("--db", type=Path, default=Path("agentmem-soak.db"), help="default agentmem-soak.db")
-    soak.add_argument("--json", type=Path, default=None, help="write the full result here")
+    add_json(soak)
     soak.set_defaults(func=run_soak)
 
     rec = bench_sub.add_parser(
@@ -100,10 +113,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "per method and a limited streaming session: the answer's log-prob, exact match and multiple "
                     "choice, with retained = (method - streaming) / (full - streaming) and 95% bootstrap "
                     "intervals.")
-    rec.add_argument("--model", default=DEFAULT_MODEL, help="built-in name, HF id or local path")
-    rec.add_argument("--limit", type=positive_int, default=2048, help="physical KV slots (default 2048)")
-    rec.add_argument("--ratio", type=ratio, default=5.0, help="compaction ratio (default 5)")
-    rec.add_argument("--methods", "--method", dest="methods", nargs="+", default=["am-fast"],
+    add_model(rec)
+    add_limit(rec)
+    add_ratio(rec, 5)
+    rec.add_argument("--methods", "--method", dest="methods", type=method, nargs="+", default=["am-fast"],
                      help="compaction method(s), one limited session each (default am-fast); a streaming session "
                           "always runs (it is the zero of retained)")
     rec.add_argument("--facts", type=int, default=40,
@@ -112,7 +125,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     rec.add_argument("--checkpoints", type=positive_int, nargs="+", default=[1, 3, 6],
                      help="ask after this many compactions (default 1 3 6)")
     rec.add_argument("--seed", type=int, default=0, help="facts, scripted turns and bootstrap seed (default 0)")
-    rec.add_argument("--json", type=Path, default=None, help="write the full result here")
+    add_json(rec)
     rec.set_defaults(func=run_recall)
 
 

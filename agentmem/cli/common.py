@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AgentmemError, ConfigError, ModelNotAvailableError
+from ..ratio import check_ratio
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_STORE = Path("agentmem.db")
@@ -262,14 +263,15 @@ def write_json(path: Path | None, value: Any, *, indent: int | None = 1) -> None
 
 
 def ratio(text: str) -> float:
-    """argparse type: a finite compaction ratio >= 1."""
+    """argparse type: a compaction ratio, by the library's rule (`agentmem.ratio.check_ratio`)."""
     try:
-        value = float(text)
+        value: object = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1 (10 keeps a tenth), got {text!r}") from None
-    if not math.isfinite(value) or value < 1:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 1 (10 keeps a tenth), got {text!r}")
-    return value
+        value = text  # not a number: check_ratio says what to pass
+    try:
+        return check_ratio("", "", value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def positive_int(text: str) -> int:
@@ -327,6 +329,44 @@ def non_negative_float(text: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
     return value
+
+
+# ----------------------------------------------------------------------------- options many commands share
+
+
+def add_model(parser: argparse.ArgumentParser, *, note: str = "") -> None:
+    """`--model NAME`, default `DEFAULT_MODEL`; `note` extends its help."""
+    extra = f"; {note}" if note else ""
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"built-in name, HF id or local path (default {DEFAULT_MODEL}{extra})")
+
+
+def add_ratio(parser: argparse.ArgumentParser, default: float, *, what: str = "compaction ratio") -> None:
+    """`--ratio X`, checked by `ratio` (a finite number >= 1) while the arguments are parsed."""
+    parser.add_argument("--ratio", type=ratio, default=float(default), help=f"{what} (default {default:g})")
+
+
+def add_limit(parser: argparse.ArgumentParser, default: int = 2048, *, minimum: int = 1, why: str = "") -> None:
+    """`--limit N`: the physical KV slots a session may hold, a whole number >= `minimum`.
+
+    `why` (required with `minimum` above 1) says in the error why smaller limits fail.
+    """
+    if minimum > 1:
+        parser.add_argument("--limit", type=at_least(minimum, why), default=default,
+                            help=f"physical KV slots, at least {minimum} (default {default})")
+    else:
+        parser.add_argument("--limit", type=positive_int, default=default,
+                            help=f"physical KV slots (default {default})")
+
+
+def add_method(parser: argparse.ArgumentParser, default: str = "am-fast") -> None:
+    """`--method NAME`, checked by `method` (one of `agentmem.compaction.METHODS`)."""
+    parser.add_argument("--method", type=method, default=default, help=f"compaction method (default {default})")
+
+
+def add_json(parser: argparse.ArgumentParser, *, help: str = "write the full result here") -> None:  # noqa: A002
+    """`--json PATH`: a file the command writes its result to as JSON."""
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help=help)
 
 
 def megabytes(nbytes: int | float | None) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from .common import DEFAULT_MODEL, Activity, load, method, positive_int, ratio
+from .common import Activity, add_method, add_model, add_ratio, load, positive_int
 
 # Compaction seconds over the same span's prefill seconds, for the ETA shown while `compact`
 # runs (compaction reports no progress of its own). Measured with this command on SmolLM2,
@@ -23,9 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Prefill part of the Python language reference, compact the cache with Attention Matching "
                     "(or another method), and greedily continue the same prompt from the full and the compacted "
                     "cache, side by side, with the sizes and times of both.")
-    demo.add_argument("--model", default=DEFAULT_MODEL, help="built-in name, HF id or local path")
-    demo.add_argument("--ratio", type=ratio, default=10.0, help="compaction ratio (default 10)")
-    demo.add_argument("--method", type=method, default="am-fast", help="compaction method (default am-fast)")
+    add_model(demo)
+    add_ratio(demo, 10)
+    add_method(demo)
     demo.add_argument("--context", type=positive_int, default=1024, help="tokens of context (default 1024)")
     demo.add_argument("--max-new-tokens", type=positive_int, default=40, help="tokens to continue (default 40)")
     demo.set_defaults(func=run)

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .common import DEFAULT_MODEL, bar, load, positive_int, ratio
+from .common import add_model, add_ratio, bar, load, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,8 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Compact every full-attention layer uniformly, then restore one KV head at a time and "
                     "measure how much closer the next-token distributions come to the full cache's. The result "
                     "is a JSON head-budget profile for compact(..., head_budgets=PATH).")
-    prof.add_argument("--model", default=DEFAULT_MODEL, help="built-in name, HF id or local path")
-    prof.add_argument("--ratio", type=ratio, default=10.0, help="ratio the profile is tuned at (default 10)")
+    add_model(prof)
+    add_ratio(prof, 10, what="ratio the profile is tuned at")
     prof.add_argument("--context", type=positive_int, default=1024, help="context tokens (default 1024)")
     prof.add_argument("--continuation", type=positive_int, default=64, help="teacher-forced tokens (default 64)")
     prof.add_argument("--out", type=Path, default=None, help="JSON path (default: ./<model>.json)")

@@ -8,14 +8,16 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .common import (
-    DEFAULT_MODEL,
+    add_json,
+    add_limit,
+    add_method,
+    add_model,
+    add_ratio,
     load,
-    method,
     non_negative_float,
     non_negative_int,
     plot_problem,
     positive_int,
-    ratio,
     say,
 )
 
@@ -30,16 +32,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Each problem is decoded twice with the same seed: with a physical KV limit (compacting "
         "everything but the prompt and the most recent tokens each time the limit is reached) and without one. "
         "Prints a table, writes a plot of logical vs physical KV, ends with one JSON line.")
-    aime.add_argument("--model", default=DEFAULT_MODEL, help="built-in name, HF id or local path")
-    aime.add_argument("--limit", type=positive_int, default=2048, help="physical KV slots (default 2048)")
-    aime.add_argument("--ratio", type=ratio, default=5.0, help="compaction ratio per round (default 5)")
+    add_model(aime)
+    add_limit(aime)
+    add_ratio(aime, 5, what="compaction ratio per round")
     aime.add_argument("--rounds", type=positive_int, default=8, help="most compactions per problem (default 8)")
     aime.add_argument("--problems", type=positive_int, default=4, help="how many problems (default 4)")
     aime.add_argument("--problems-file", type=Path, default=None,
                       help="JSONL with question/answer per line (e.g. a real AIME set); default: built-in problems")
     aime.add_argument("--max-new-tokens", type=positive_int, default=None,
                       help="default: enough to refill the limit --rounds times")
-    aime.add_argument("--method", type=method, default="am-fast", help="compaction method (default am-fast)")
+    add_method(aime)
     aime.add_argument("--protect-recent", type=non_negative_int, default=64,
                       help="recent tokens never compacted (default 64)")
     aime.add_argument("--pin-question", action="store_true",
@@ -48,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       help="suppress the end of turn before this many tokens, to force long generations (default 0)")
     aime.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default)")
     aime.add_argument("--seed", type=int, default=0, help="sampling and problem-choice seed (default 0)")
-    aime.add_argument("--json", type=Path, default=None, help="write the full result here")
+    add_json(aime)
     aime.add_argument("--plot", type=Path, default=None, help="PNG path (default: next to --json or ./)")
     aime.set_defaults(func=run_aime)
 

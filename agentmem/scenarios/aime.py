@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..engine import Session
 from ..errors import ConfigError
-from ..policies import AnyPin, FixedRatio, PinFirstUser, PinSystem, Policy, TokenLimit
+from ..policies import Policy
 from .problems import INSTRUCTION, Problem, extract_answer, same_answer
 
 
@@ -50,10 +50,9 @@ def run(
     `on_problem` gets the result so far (same shape as the return value) after each
     problem, so a long run that is stopped keeps what it finished.
     """
+    policy = Policy.budget(limit, ratio, method=method, pins=["system", "first_user"] if pin_question else ["system"],
+                           protect_recent=protect_recent, min_segment_tokens=4)  # checks the arguments first
     max_new_tokens = max_new_tokens or default_max_new_tokens(limit, ratio, rounds)
-    pins = AnyPin((PinSystem(), PinFirstUser())) if pin_question else AnyPin((PinSystem(),))
-    policy = Policy(trigger=TokenLimit(limit), ratio=FixedRatio(ratio), pin=pins, method=method,
-                    protect_recent=protect_recent, min_segment_tokens=4)
     settings = dict(limit=limit, ratio=ratio, rounds=rounds, method=method, max_new_tokens=max_new_tokens,
                     min_new_tokens=min_new_tokens, pin_question=pin_question)
     say = progress or (lambda _: None)

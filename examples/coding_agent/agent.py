@@ -28,7 +28,7 @@ from agentmem.agents.events import (
     TurnDoneEvent,
 )
 from agentmem.errors import ConfigError, MaxTurnsExceeded
-from agentmem.policies import AnyPin, FixedRatio, PinFirstUser, PinSystem, PinToolSchemas, Policy, TokenLimit
+from agentmem.policies import Policy
 
 from . import MIN_LIMIT, SAMPLE_PROJECT
 from .tools import RepeatGuard, workspace_tools
@@ -48,9 +48,8 @@ def demo_policy(limit: int, ratio: float, method: str = "am-fast") -> Policy:
     """Compact everything but the instructions, the tools, the task and the newest tokens."""
     if limit < MIN_LIMIT:
         raise ConfigError(f"--limit {limit} is too small for the agent's prompt; use {MIN_LIMIT} or more")
-    return Policy(trigger=TokenLimit(limit), ratio=FixedRatio(ratio),
-                  pin=AnyPin((PinSystem(), PinToolSchemas(), PinFirstUser())), method=method,
-                  protect_recent=min(128, limit // 8))
+    return Policy.budget(limit, ratio, method=method, pins=["system", "tools", "first_user"],
+                         protect_recent=min(128, limit // 8))
 
 
 def build_agent(workspace: Workspace, *, model: Any = "smollm2-135m", policy: Policy | str = "default",
