@@ -27,7 +27,6 @@ import asyncio
 import json
 import logging
 import threading
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -238,8 +237,7 @@ def _run_stream(agent: Agent, result: RunResult, *, session: Session | None, max
     answer_now = False  # the guard refused a repeated call: the next reply is a plain-text answer
     conversation, stored = _open(agent, session)
     buffer = _Compactions(agent, hooks)
-    relay = _relay(conversation)
-    relay.target = buffer
+    unhook = _hook(conversation, buffer)
     ok = False
     try:
         for item in check_items(_as_items(result.input)):
@@ -309,7 +307,7 @@ def _run_stream(agent: Agent, result: RunResult, *, session: Session | None, max
                 yield FinalOutputEvent(final, turn)
                 return
     finally:
-        relay.target = None
+        unhook()
         if stored is not None:
             stored.finish(conversation, ok=ok)
         elif session is not None and ok:
@@ -397,31 +395,17 @@ class _Compactions:
         return out
 
 
-class _Relay:
-    """Registered once per conversation; forwards its compaction hooks to the current run."""
+def _hook(conversation: Any, buffer: _Compactions) -> Callable[[], None]:
+    """Register the run's compaction hooks on the conversation; returns what unregisters them."""
+    handles = [conversation.on_before_compaction(buffer.before), conversation.on_after_compaction(buffer.after)]
+    if not all(callable(h) for h in handles):
+        raise ConfigError(f"{type(conversation).__name__}.on_before_compaction and on_after_compaction must return "
+                          f"a function that unregisters the hook (as agentmem.engine.Session's do)")
 
-    def __init__(self) -> None:
-        self.target: _Compactions | None = None
-
-    def before(self, plan: Plan) -> bool | None:
-        return None if self.target is None else self.target.before(plan)
-
-    def after(self, event: CompactionEvent) -> None:
-        if self.target is not None:
-            self.target.after(event)
-
-
-_RELAYS: weakref.WeakKeyDictionary[Any, _Relay] = weakref.WeakKeyDictionary()
-
-
-def _relay(conversation: Any) -> _Relay:
-    relay = _RELAYS.get(conversation)
-    if relay is None:
-        relay = _Relay()
-        conversation.on_before_compaction(relay.before)
-        conversation.on_after_compaction(relay.after)
-        _RELAYS[conversation] = relay
-    return relay
+    def unhook() -> None:
+        for handle in handles:
+            handle()
+    return unhook
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> RunCoroutine:
