@@ -29,13 +29,10 @@ from collections.abc import Sequence
 import torch
 
 from .errors import ConfigError
-from .toolcalls import CLOSE, OPEN
+from .toolcalls import HEAD, MIDDLE, OPEN, TAIL
 
 log = logging.getLogger(__name__)
 
-HEAD = '{"name": "'
-MIDDLE = '", "arguments": '
-TAIL = "}" + CLOSE
 _LITERALS = {"t": "true", "f": "false", "n": "null"}
 _NUMBER_CHARS = set("0123456789-+.eE")
 _SCAN_FIRST = 2048  # candidates (by logit) checked before scanning the whole vocabulary

@@ -493,13 +493,18 @@ class Session:
         twin.compactor = Compactor(self.model, self.tokenizer, options=self.compactor.options)
         return twin
 
-    def on_before_compaction(self, hook: BeforeHook) -> None:
-        """Call `hook(plan)` before each compaction; returning False (or raising CompactionVetoed) skips it."""
-        self.compactor.before.append(hook)
+    def on_before_compaction(self, hook: BeforeHook) -> Callable[[], None]:
+        """Call `hook(plan)` before each compaction; returning False (or raising CompactionVetoed) skips it.
 
-    def on_after_compaction(self, hook: AfterHook) -> None:
-        """Call `hook(event)` after each compaction or fallback drop."""
+        Returns a function that unregisters the hook.
+        """
+        self.compactor.before.append(hook)
+        return _unregister(self.compactor.before, hook)
+
+    def on_after_compaction(self, hook: AfterHook) -> Callable[[], None]:
+        """Call `hook(event)` after each compaction or fallback drop; returns a function that unregisters it."""
         self.compactor.after.append(hook)
+        return _unregister(self.compactor.after, hook)
 
     # ------------------------------------------------------------------ persistence
     def save(self) -> None:
@@ -617,6 +622,16 @@ class Session:
         if not sampler.needs_history:
             return torch.empty(1, 0, dtype=torch.long)
         return torch.tensor([self.ids[-1024:]])
+
+
+def _unregister(hooks: list, hook: Callable) -> Callable[[], None]:
+    """A function that removes `hook` from `hooks` (once; later calls do nothing)."""
+    def unregister() -> None:
+        for i, registered in enumerate(hooks):
+            if registered is hook:
+                del hooks[i]
+                return
+    return unregister
 
 
 def _merge_config(defaults: dict, config, **overrides):

@@ -44,12 +44,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
-from langchain_core.messages.ai import InputTokenDetails, UsageMetadata
+from langchain_core.messages.ai import UsageMetadata
 from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
@@ -59,15 +59,18 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from . import models
 from .chat import ChatFormat
-from .constrain import call_constraint
+from .claim import claim, is_current
 from .engine import Session
-from .errors import ConfigError, SessionNotFoundError
-from .forbid import ForbidText, call_texts
+from .errors import ConfigError
+from .forbid import call_texts
 from .langchain_history import _REGISTRY, _Entry, _key, _Turn, _turns, clear_sessions
-from .langchain_tools import _choice, _ends_with_call, _Forcing, _forcing, _split_reply, _Visible
+from .langchain_tools import _split_reply, _Visible
+from .models import model_fingerprint
 from .policies import Policy, policy_from
 from .sampling import generation_config
-from .toolcalls import OPEN, ToolCall
+from .tool_choice import Forcing, forcing, resolve_choice, tool_name
+from .toolcalls import ToolCall, call_done
+from .usage import Usage
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +100,7 @@ class _Call:
     sampling: dict
     seed: int
     stop: list[str]
-    forcing: _Forcing
+    forcing: Forcing
     parse: bool
     single_call: bool  # end the reply once it holds one complete call
     timeout: float | None
@@ -297,7 +300,7 @@ class ChatAgentMem(BaseChatModel):
             ConfigError: `tool_choice` names no bound tool.
         """
         formatted = [convert_to_openai_tool(t) for t in tools]
-        _choice(tool_choice, formatted)  # fail now, not at the first call
+        resolve_choice(tool_choice, [tool_name(t) for t in formatted])  # fail now, not at the first call
         return self.bind(tools=formatted, tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls,
                          **kwargs)
 
@@ -381,19 +384,17 @@ class ChatAgentMem(BaseChatModel):
                               f"{sorted(_CALL_OPTIONS)}")
         tools = list(kwargs.get("tools") or [])
         tools = [t if isinstance(t, dict) and "function" in t else convert_to_openai_tool(t) for t in tools]
-        choice = _choice(kwargs.get("tool_choice"), tools) if tools else None
+        choice = resolve_choice(kwargs.get("tool_choice"), [tool_name(t) for t in tools]) if tools else "auto"
+        # Tool calls are held to their schemas, and a reply ends after its first complete call
+        # (unless parallel calls are allowed); with tool_choice "none" it ends where a call would begin.
+        forced = forcing(choice, tools, fill=True, none="stop")
         max_new = kwargs.get("max_tokens", kwargs.get("max_new_tokens", self.max_tokens))
         if not isinstance(max_new, int) or max_new < 1:
             raise ConfigError(f"max_tokens must be an integer >= 1, got {max_new!r}")
         sampling = {name: kwargs.get(name, getattr(self, name))
                     for name in ("temperature", "top_p", "top_k", "repetition_penalty")}
         generation_config(**sampling)  # raises ConfigError on a bad value before any session is touched
-        stops = list(stop if stop is not None else self.stop or [])
-        forbidden = tools and kwargs.get("tool_choice") == "none"
-        if forbidden:
-            stops.append(OPEN)  # no calls: a reply that starts one ends there (the tools stay in the prompt)
-        # With tools (and no parallel calls) the reply ends after its first complete call
-        # (_ends_with_call): not at a "</tool_call>" stop string, which a string argument may contain.
+        stops = list(stop if stop is not None else self.stop or []) + list(forced.stops)
         thread = kwargs.get("session_id")
         if thread is None and run_manager is not None:
             metadata = getattr(run_manager, "metadata", None) or {}
@@ -402,9 +403,9 @@ class ChatAgentMem(BaseChatModel):
         timeout = kwargs.get("timeout", self.timeout)
         return _Call(messages=messages, tools=tools, thread=None if thread is None else str(thread),
                      model_name=str(kwargs.get("model") or self.model), max_new_tokens=max_new, sampling=sampling,
-                     seed=int(kwargs.get("seed", self.seed)), stop=stops, forcing=_forcing(tools, choice),
-                     parse=bool(tools) and not forbidden,
-                     single_call=bool(tools) and not forbidden and not kwargs.get("parallel_tool_calls"),
+                     seed=int(kwargs.get("seed", self.seed)), stop=stops, forcing=forced,
+                     parse=bool(tools) and forced.calls,
+                     single_call=forced.ends_at_call and not kwargs.get("parallel_tool_calls"),
                      timeout=timeout)
 
     def _resources(self, name: str) -> tuple[Any, Any]:
@@ -429,7 +430,7 @@ class ChatAgentMem(BaseChatModel):
                     entry.keys.append(turn.key)
                 session.seed = call.seed
                 events_before = len(session.events)
-                timed_out = call_done = False
+                timed_out = call_ended = False
                 if call.forcing.complete is not None:
                     cached = session.cached
                     session.prefill()
@@ -437,36 +438,30 @@ class ChatAgentMem(BaseChatModel):
                     session.add("assistant", call.forcing.complete)
                     if session.store is not None:
                         session.save()
-                    text, out, finish, call_done = call.forcing.complete, 0, "stop", True
+                    text, finish, call_ended = call.forcing.complete, "stop", True
+                    spent = Usage(1, prompt_tokens=prompt, cached_tokens=cached)
                     emit(text)
                 else:
                     deadline = time.monotonic() + call.timeout if call.timeout else None
                     shown: list[str] = []  # the reply's text so far (the prefix is its first piece)
 
                     def stop_when(_: Session) -> bool:
-                        nonlocal timed_out, call_done
+                        nonlocal timed_out, call_ended
                         timed_out = deadline is not None and time.monotonic() > deadline
-                        call_done = call.single_call and _ends_with_call("".join(shown))
-                        return cancel.is_set() or timed_out or call_done
+                        call_ended = call.single_call and call_done("".join(shown))
+                        return cancel.is_set() or timed_out or call_ended
 
-                    options: dict[str, Any] = {}
-                    if call.tools and call.parse:  # calls stay well-formed: names, arguments, types
-                        options["logits_processor"] = call_constraint(
-                            session.tokenizer, call.tools, max_new_tokens=call.max_new_tokens,
-                            prefix=call.forcing.prefix or "")
-                        made = _calls_this_turn(call.messages) if self.repeat_guard else []
-                        if made:  # the repeat guard: a call already answered is not written again
-                            options["logits_processor"] = ForbidText(
-                                session.tokenizer, call_texts(made), inner=options["logits_processor"],
-                                prefix=call.forcing.prefix or "")
+                    # The repeat guard: a call already answered is not written again.
+                    made = _calls_this_turn(call.messages) if self.repeat_guard else []
+                    processor = call.forcing.processor(session.tokenizer, max_new_tokens=call.max_new_tokens,
+                                                       forbidden=call_texts(made) if made else ())
+                    options: dict[str, Any] = {} if processor is None else {"logits_processor": processor}
                     for piece in session.stream(call.max_new_tokens, stop=call.stop or None, stop_when=stop_when,
                                                 prefix=call.forcing.prefix, **call.sampling, **options):
                         shown.append(piece)
                         emit(piece)
                     reply = session.last_reply
-                    text, out, cached, prompt = reply.text, reply.completion_tokens, reply.cached_tokens, \
-                        reply.prompt_tokens
-                    finish = reply.finish_reason
+                    text, finish, spent = reply.text, reply.finish_reason, Usage.of(reply)
                 entry.keys.append(_key("assistant", text))
             except BaseException:
                 _REGISTRY.discard(entry)  # its state is unknown now; the next call starts afresh
@@ -475,13 +470,12 @@ class ChatAgentMem(BaseChatModel):
             stats = session.stats()
         content, calls, invalid = _split_reply(text, call.parse)
         if finish == "stopped":
-            finish = "stop" if call_done else "timeout" if timed_out else "cancelled"
+            finish = "stop" if call_ended else "timeout" if timed_out else "cancelled"
         reason = "tool_calls" if calls else {"stop_string": "stop"}.get(finish, finish)
         for event in events:
             log.info("session %s: compacted %s -> %s tokens (%s)", entry.id, event.tokens_before, event.tokens_after,
                      event.status)
-        usage = UsageMetadata(input_tokens=prompt + cached, output_tokens=out, total_tokens=prompt + cached + out,
-                              input_token_details=InputTokenDetails(cache_read=cached, cache_creation=prompt))
+        usage = cast(UsageMetadata, spent.metadata())
         metadata = {"model_name": call.model_name, "finish_reason": reason,
                     "agentmem": {"session_id": entry.id, "thread_id": call.thread, "branch": origin == "branch",
                                  "resumed": origin == "resumed", "finish_reason": finish,
@@ -491,89 +485,48 @@ class ChatAgentMem(BaseChatModel):
 
     # ------------------------------------------------------------------ sessions
     def _claim(self, call: _Call, turns: list[_Turn], model: Any, tokenizer: Any) -> tuple[_Entry, str]:
-        """The session this call continues: in memory, in the store, or new ("new"/"branch")."""
+        """The session this call continues (`agentmem.claim`): one whose messages the call's extend."""
         keys = [t.key for t in turns]
-        known = [e for e in _REGISTRY.candidates(call.thread, model) if self._current(e)]
-        best = max((e for e in known if len(e.keys) <= len(keys) and keys[:len(e.keys)] == e.keys),
-                   key=lambda e: len(e.keys), default=None)
-        if best is not None:
-            _REGISTRY.put(best, self.max_sessions)
-            return best, "memory"
+
+        def fits(messages: Sequence[dict]) -> int | None:
+            held = [_key(m["role"], m["content"], (m.get("meta") or {}).get("kind", "")) for m in messages]
+            return len(held) if len(held) <= len(keys) and keys[:len(held)] == held else None
+
+        def create(sid: str | None, origin: str) -> Session:
+            sid = sid or uuid.uuid4().hex
+            if store is not None:
+                store.create_session(model=call.model_name, fingerprint=model_fingerprint(model), session_id=sid,
+                                     title=call.thread, config={"surface": "langchain", "thread": call.thread})
+            return Session(model, tokenizer, policy=self._policy, store=store, session_id=sid,
+                           tools=call.tools or None, seed=call.seed, model_name=call.model_name)
+
+        known = {e.session: e for e in _REGISTRY.candidates(call.thread, model) if self._current(e)}
         store = _REGISTRY.store(self.store) if self.store else None
-        stored: list[str] = []
-        if store is not None and call.thread is not None:
-            stored = [s["id"] for s in store.list_sessions()
-                      if s["id"] == call.thread or s["id"].startswith(call.thread + "/")]
-            entry = self._resume(store, stored, {e.id for e in known}, call, keys, model, tokenizer)
-            if entry is not None:
-                _REGISTRY.put(entry, self.max_sessions)
-                return entry, "resumed"
-        origin = "branch" if call.thread is not None and (known or stored) else "new"
-        sid = self._new_id(call.thread, set(stored) | _REGISTRY.ids())
-        if origin == "branch":
-            log.info("the messages do not extend any history of session %r (different messages, system prompt or "
-                     "tools); starting branch %r", call.thread, sid)
-        if store is not None:
-            from .models import model_fingerprint
-
-            store.create_session(model=call.model_name, fingerprint=model_fingerprint(model), session_id=sid,
-                                 title=call.thread, config={"surface": "langchain", "thread": call.thread})
-        session = Session(model, tokenizer, policy=self._policy, store=store, session_id=sid, tools=call.tools or None,
-                          seed=call.seed, model_name=call.model_name)
-        keys = [t.key for t in turns[:1] if t.kind == "tools"]
-        entry = _Entry(id=sid, thread=call.thread, session=session, keys=keys)
+        claimed = claim(model, tokenizer, create=create, store=store, session_id=call.thread, live=list(known),
+                        fits=fits, branches=True, taken=_REGISTRY.ids(),
+                        policy=None if self.policy is None else self._policy,  # None: the stored policy
+                        seed=call.seed, model_name=call.model_name)
+        session = claimed.session
+        if claimed.origin == "live":
+            entry = known[session]
+        else:
+            held = [t.key for t in turns[:1] if t.kind == "tools"] if claimed.origin in ("new", "branch") \
+                else keys[:fits(session.messages)]
+            entry = _Entry(id=session.id, thread=call.thread, session=session, keys=held)
+            if claimed.origin == "resumed":
+                log.info("resumed session %r from %s (%d messages)", session.id, store.path, len(held))
         _REGISTRY.put(entry, self.max_sessions)
-        return entry, origin
-
-    def _resume(self, store: Any, stored: list[str], in_memory: set[str], call: _Call, keys: list[tuple], model: Any,
-                tokenizer: Any) -> _Entry | None:
-        from .models import model_fingerprint
-
-        fingerprint = model_fingerprint(model)
-        best: tuple[int, str, list[tuple]] | None = None
-        for sid in stored:
-            if sid in in_memory:
-                continue  # its in-memory copy is newer and did not match
-            if store.get_session(sid)["fingerprint"] != fingerprint:
-                log.warning("stored session %r was made with another model; not resuming it", sid)
-                continue
-            skeys = [_key(m["role"], m["content"], (m.get("meta") or {}).get("kind", "")) for m in store.messages(sid)]
-            if len(skeys) <= len(keys) and keys[:len(skeys)] == skeys and (best is None or len(skeys) > best[0]):
-                best = (len(skeys), sid, skeys)
-        if best is None:
-            return None
-        _, sid, skeys = best
-        policy = None if self.policy is None else self._policy  # None: the policy stored with the session
-        session = Session.resume(store, sid, model, tokenizer, policy=policy, seed=call.seed,
-                                 model_name=call.model_name)
-        log.info("resumed session %r from %s (%d messages)", sid, store.path, len(skeys))
-        return _Entry(id=sid, thread=call.thread, session=session, keys=skeys)
+        return entry, claimed.origin
 
     @staticmethod
     def _current(entry: _Entry) -> bool:
         """False (and forgotten) when another process or instance committed to its stored session."""
-        store = entry.session.store
-        if store is None:
+        if is_current(entry.session):
             return True
-        try:
-            current = store.get_session(entry.id)["version"] == entry.session.version
-        except SessionNotFoundError:
-            current = False
-        if not current:
-            log.info("session %r was changed in %s by another writer; resuming it from there", entry.id, store.path)
-            _REGISTRY.discard(entry)
-        return current
-
-    @staticmethod
-    def _new_id(thread: str | None, taken: set[str]) -> str:
-        if thread is None:
-            return uuid.uuid4().hex
-        if thread not in taken:
-            return thread
-        n = 2
-        while f"{thread}/{n}" in taken:
-            n += 1
-        return f"{thread}/{n}"
+        log.info("session %r was changed in %s by another writer; resuming it from there", entry.id,
+                 entry.session.store.path)
+        _REGISTRY.discard(entry)
+        return False
 
 
 def _calls_this_turn(messages: Sequence[BaseMessage]) -> list[ToolCall]:

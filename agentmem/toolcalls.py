@@ -5,6 +5,9 @@ A model asks for a tool by writing a JSON object inside tags, as the tool prompt
 
     <tool_call>{"name": "read_file", "arguments": {"path": "calc.py"}}</tool_call>
 
+`format_tool_call` writes one; `call_prefix` is the start of one (what a forced reply
+begins with) and `HEAD`, `MIDDLE` and `TAIL` the fixed text around its name and arguments,
+all cut from `format_tool_call`'s own output so they cannot drift from it.
 `parse_tool_calls` splits a reply into its plain text and its calls. Small models write
 sloppy JSON, so the parser is lenient where the intent is unambiguous (a missing closing
 tag at the end of the reply, `arguments` given as a JSON string, `parameters` instead of
@@ -54,6 +57,56 @@ class ParsedReply:
 def format_tool_call(name: str, arguments: dict[str, Any]) -> str:
     """The text a model writes to call `name` with `arguments`."""
     return f"{OPEN}{json.dumps({'name': name, 'arguments': arguments}, ensure_ascii=False)}{CLOSE}"
+
+
+_MARK = "\u2063NAME\u2063"  # a stand-in tool name, to cut the fixed parts out of a formatted call
+_SHAPE = format_tool_call(_MARK, {})  # <tool_call>{"name": "<mark>", "arguments": {}}</tool_call>
+_NAME_AT, _ARGUMENTS_AT = _SHAPE.index(_MARK), _SHAPE.rindex("{}")
+HEAD = _SHAPE[len(OPEN):_NAME_AT]  # '{"name": "': after OPEN, before the name
+MIDDLE = _SHAPE[_NAME_AT + len(_MARK):_ARGUMENTS_AT]  # '", "arguments": ': between the name and the arguments
+TAIL = _SHAPE[_ARGUMENTS_AT + len("{}"):]  # '}</tool_call>': after the arguments' object
+
+
+def call_prefix(name: str | None = None, *, argument: str | None = None, string: bool = False) -> str:
+    """The start of a call, as `format_tool_call` writes it: what a forced reply begins with.
+
+    Args:
+        name: the tool; None stops where its name would begin.
+        argument: also open the arguments' object and this first key, up to its value.
+        string: the value is a string: include its opening quote.
+    """
+    if name is None:
+        if argument is not None:
+            raise ValueError("call_prefix: an argument needs the tool's name; pass name= too")
+        return OPEN + HEAD
+    text = format_tool_call(name, {})
+    text = text[:text.rindex("{}")]
+    if argument is None:
+        return text
+    opened = json.dumps({argument: None}, ensure_ascii=False)  # '{"key": null}'
+    return text + opened[:-len("null}")] + ('"' if string else "")
+
+
+def call_done(text: str, *, closed: bool = False) -> bool:
+    """Whether `text` holds a call whose JSON object is complete: where a one-call reply can end.
+
+    With `closed`, the object must also be followed by the closing tag (or by other text,
+    which cannot continue the call).
+    """
+    start = text.find(OPEN)
+    if start < 0:
+        return False
+    body = text[start + len(OPEN):].lstrip()
+    try:
+        value, end = json.JSONDecoder().raw_decode(body)
+    except ValueError:
+        return False
+    if not isinstance(value, dict):
+        return False
+    if not closed:
+        return True
+    rest = body[end:].lstrip()
+    return rest.startswith(CLOSE) or (bool(rest) and not CLOSE.startswith(rest))
 
 
 def parse_tool_calls(text: str) -> ParsedReply:

@@ -1,4 +1,4 @@
-"""What a run reports while it goes: small event records and token usage.
+"""What a run reports while it goes: small event records (token usage is `agentmem.usage.Usage`).
 
 Every event has a `type` string (as in openai-agents' stream events) and the `turn` it
 belongs to (1 for the first model reply). A streamed run yields, per turn: `token` deltas
@@ -12,34 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from agentmem.engine import Reply
 from agentmem.memory import Plan
 from agentmem.segments import CompactionEvent
 from agentmem.toolcalls import ToolCall
+from agentmem.usage import Usage
 
-
-@dataclass
-class Usage:
-    """Tokens a run (or one reply) cost, summed over model replies."""
-
-    requests: int = 0  # model replies
-    prompt_tokens: int = 0  # tokens prefilled
-    cached_tokens: int = 0  # tokens served from the KV cache instead
-    completion_tokens: int = 0  # tokens generated
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def add(self, other: Usage) -> None:
-        self.requests += other.requests
-        self.prompt_tokens += other.prompt_tokens
-        self.cached_tokens += other.cached_tokens
-        self.completion_tokens += other.completion_tokens
-
-    @classmethod
-    def of(cls, reply: Reply) -> Usage:
-        return cls(1, reply.prompt_tokens, reply.cached_tokens, reply.completion_tokens)
+__all__ = ["CompactionFinishedEvent", "CompactionStartedEvent", "FinalOutputEvent", "RunEvent", "TokenEvent",
+           "ToolCallEvent", "ToolResultEvent", "TurnDoneEvent", "Usage"]
 
 
 @dataclass(frozen=True)

@@ -42,12 +42,12 @@ class Conversation(Protocol):
         """Yield the reply's text; afterwards the `Reply` is in `last_reply`."""
         ...
 
-    def on_before_compaction(self, hook: BeforeHook) -> None:
-        """Call `hook(plan)` before each compaction; False vetoes it."""
+    def on_before_compaction(self, hook: BeforeHook) -> Callable[[], None]:
+        """Call `hook(plan)` before each compaction; False vetoes it. Returns what unregisters it."""
         ...
 
-    def on_after_compaction(self, hook: AfterHook) -> None:
-        """Call `hook(event)` after each compaction."""
+    def on_after_compaction(self, hook: AfterHook) -> Callable[[], None]:
+        """Call `hook(event)` after each compaction. Returns what unregisters it."""
         ...
 
     def stats(self) -> KVStats:

@@ -27,17 +27,16 @@ import asyncio
 import json
 import logging
 import threading
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentmem.constrain import HEAD, MIDDLE, call_constraint
 from agentmem.engine import Reply
 from agentmem.errors import CompactionVetoed, ConfigError, MaxTurnsExceeded
 from agentmem.memory import Plan
 from agentmem.segments import CompactionEvent
-from agentmem.toolcalls import CLOSE, OPEN, ToolCall, parse_tool_calls
+from agentmem.tool_choice import Forcing, forcing
+from agentmem.toolcalls import OPEN, ToolCall, call_done, parse_tool_calls
 
 from .agent import Agent
 from .events import (
@@ -51,7 +50,7 @@ from .events import (
     TurnDoneEvent,
     Usage,
 )
-from .guard import ForbidText, RepeatGuard, call_texts, no_calls
+from .guard import RepeatGuard, call_texts
 from .sessions import Session, SQLiteSession, check_items, close_call
 from .tools import ToolOutput, run_coroutine_blocking
 
@@ -238,8 +237,7 @@ def _run_stream(agent: Agent, result: RunResult, *, session: Session | None, max
     answer_now = False  # the guard refused a repeated call: the next reply is a plain-text answer
     conversation, stored = _open(agent, session)
     buffer = _Compactions(agent, hooks)
-    relay = _relay(conversation)
-    relay.target = buffer
+    unhook = _hook(conversation, buffer)
     ok = False
     try:
         for item in check_items(_as_items(result.input)):
@@ -257,12 +255,15 @@ def _run_stream(agent: Agent, result: RunResult, *, session: Session | None, max
             allowed = hooks.allowed_tools(agent, turn)
             reply_choice = "none" if answer_now else choice
             forbidden = call_texts(ran.values(), written) if guard is not None and guard.forbid else []
-            decoding = _decoding(agent, conversation, reply_choice, allowed, forbidden)
+            forced = _forcing(agent, conversation, reply_choice, allowed)
+            processor = forced.processor(getattr(conversation, "tokenizer", None),
+                                         max_new_tokens=settings.max_new_tokens, forbidden=forbidden)
             shown: list[str] = []
-            extra = {"stop_when": lambda _: _call_closed("".join(shown))} if decoding.watch_call else {}
-            for piece in conversation.stream(settings.max_new_tokens, stop=decoding.stops,
-                                             temperature=settings.temperature, prefix=decoding.prefix,
-                                             logits_processor=decoding.processor, **extra):
+            # A call ends where its JSON object does (a "</tool_call>" inside a string argument does not end it).
+            extra = {"stop_when": lambda _: call_done("".join(shown), closed=True)} if forced.ends_at_call else {}
+            for piece in conversation.stream(settings.max_new_tokens, stop=list(settings.stop) + list(forced.stops),
+                                             temperature=settings.temperature, prefix=forced.prefix,
+                                             logits_processor=processor, **extra):
                 shown.append(piece)
                 yield from buffer.drain()
                 yield TokenEvent(piece, turn)
@@ -306,7 +307,7 @@ def _run_stream(agent: Agent, result: RunResult, *, session: Session | None, max
                 yield FinalOutputEvent(final, turn)
                 return
     finally:
-        relay.target = None
+        unhook()
         if stored is not None:
             stored.finish(conversation, ok=ok)
         elif session is not None and ok:
@@ -327,56 +328,10 @@ def _open(agent: Agent, session: Session | None) -> tuple[Any, SQLiteSession | N
     return conversation, None
 
 
-@dataclass
-class _Decoding:
-    """How one reply is decoded: its forced prefix, stop strings and token filter."""
-
-    prefix: str | None
-    stops: list[str]
-    processor: Any = None
-    watch_call: bool = False  # end the reply once its call is complete (instead of a CLOSE stop string)
-
-
-def _decoding(agent: Agent, conversation: Any, choice: str, allowed: Sequence[str] | None = None,
-              forbidden: Sequence[str] = ()) -> _Decoding:
-    """The reply's forced prefix, stop strings and token filter for this tool choice.
-
-    With the call constraint, ``</tool_call>`` is not a stop string (a string argument may
-    contain it); the runner ends the reply when the call's JSON object is closed instead.
-    `forbidden` are call texts the reply may not write (the repeat guard).
-    """
-    stops = list(agent.settings.stop)
-    names = [t.name for t in agent.tools if allowed is None or t.name in allowed]
-    if allowed is not None and choice not in ("none", "auto", "required") and choice not in names:
-        choice = "required" if names else "none"
-    tokenizer = getattr(conversation, "tokenizer", None)
-    constrained = agent.settings.constrain_calls and tokenizer is not None
-    if choice == "none" or not names:
-        plain = constrained and bool(agent.tools)  # tools are in the prompt: keep the reply from calling one
-        return _Decoding(None, stops, no_calls(tokenizer) if plain else None)
-    prefix = OPEN + HEAD if choice == "required" else OPEN + HEAD + choice + MIDDLE if choice in names else None
-    if not constrained:
-        return _Decoding(prefix, stops + [CLOSE])  # one call per reply: decoding stops when the call is closed
-    schemas = [t.schema() for t in agent.tools if t.name in names]
-    processor = call_constraint(tokenizer, schemas, max_new_tokens=agent.settings.max_new_tokens,
-                                prefix=prefix or "")
-    if forbidden:
-        processor = ForbidText(tokenizer, forbidden, inner=processor, prefix=prefix or "")
-    return _Decoding(prefix, stops, processor, watch_call=True)
-
-
-def _call_closed(text: str) -> bool:
-    """Whether `text` holds a call whose JSON object is complete and closed (or followed by other text)."""
-    start = text.find(OPEN)
-    if start < 0:
-        return False
-    body = text[start + len(OPEN):].lstrip()
-    try:
-        _, end = json.JSONDecoder().raw_decode(body)
-    except ValueError:
-        return False
-    rest = body[end:].lstrip()
-    return rest.startswith(CLOSE) or (bool(rest) and not CLOSE.startswith(rest))
+def _forcing(agent: Agent, conversation: Any, choice: str, allowed: Sequence[str] | None = None) -> Forcing:
+    """How the reply is decoded under this tool choice (`agentmem.tool_choice`)."""
+    constrained = agent.settings.constrain_calls and getattr(conversation, "tokenizer", None) is not None
+    return forcing(choice, [t.schema() for t in agent.tools], allowed=allowed, constrain=constrained)
 
 
 def _written_calls(text: str) -> list[str]:
@@ -440,31 +395,17 @@ class _Compactions:
         return out
 
 
-class _Relay:
-    """Registered once per conversation; forwards its compaction hooks to the current run."""
+def _hook(conversation: Any, buffer: _Compactions) -> Callable[[], None]:
+    """Register the run's compaction hooks on the conversation; returns what unregisters them."""
+    handles = [conversation.on_before_compaction(buffer.before), conversation.on_after_compaction(buffer.after)]
+    if not all(callable(h) for h in handles):
+        raise ConfigError(f"{type(conversation).__name__}.on_before_compaction and on_after_compaction must return "
+                          f"a function that unregisters the hook (as agentmem.engine.Session's do)")
 
-    def __init__(self) -> None:
-        self.target: _Compactions | None = None
-
-    def before(self, plan: Plan) -> bool | None:
-        return None if self.target is None else self.target.before(plan)
-
-    def after(self, event: CompactionEvent) -> None:
-        if self.target is not None:
-            self.target.after(event)
-
-
-_RELAYS: weakref.WeakKeyDictionary[Any, _Relay] = weakref.WeakKeyDictionary()
-
-
-def _relay(conversation: Any) -> _Relay:
-    relay = _RELAYS.get(conversation)
-    if relay is None:
-        relay = _Relay()
-        conversation.on_before_compaction(relay.before)
-        conversation.on_after_compaction(relay.after)
-        _RELAYS[conversation] = relay
-    return relay
+    def unhook() -> None:
+        for handle in handles:
+            handle()
+    return unhook
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> RunCoroutine:

@@ -182,11 +182,13 @@ class ScriptedConversation:
         self.last_reply = Reply(text=text, token_ids=ids, finish_reason=finish, prompt_tokens=prompt,
                                 cached_tokens=cached, seconds=time.perf_counter() - began, compactions=events)
 
-    def on_before_compaction(self, hook: BeforeHook) -> None:
+    def on_before_compaction(self, hook: BeforeHook) -> Callable[[], None]:
         self.before.append(hook)
+        return lambda: self.before.remove(hook) if hook in self.before else None
 
-    def on_after_compaction(self, hook: AfterHook) -> None:
+    def on_after_compaction(self, hook: AfterHook) -> Callable[[], None]:
         self.after.append(hook)
+        return lambda: self.after.remove(hook) if hook in self.after else None
 
     def stats(self) -> KVStats:
         tokens = self._tokens - self._saved

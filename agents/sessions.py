@@ -38,6 +38,7 @@ import os
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from agentmem.claim import claim
 from agentmem.engine import Session as EngineSession
 from agentmem.errors import ConfigError, SessionNotFoundError
 from agentmem.policies import policy_from
@@ -157,31 +158,33 @@ class SQLiteSession:
 
     # ------------------------------------------------------------------ used by the Runner
     def open(self, model: Any, *, system: str | None, tools: Sequence[dict], policy: Any) -> EngineSession:
-        """The engine session for a run: live, resumed from the store, or new (pending items added)."""
+        """The engine session for a run: live, resumed from the store, or new (`agentmem.claim`); pending items added.
+
+        The live session is used while it has this model, instructions and tools and no other
+        writer committed since; a stored one with other instructions or tools is rebuilt.
+        """
         if not hasattr(model, "resume") or not hasattr(model, "fingerprint"):
             raise ConfigError(f"SQLiteSession stores a KV cache, so it needs a LocalModel (got {model!r}); "
                               f"use MemorySession with a ScriptedModel")
         setup = _setup_key(system, tools)
         if self._rebuild is not None:
             conversation = self._create(model, setup, system, tools, policy, self._rebuild)
-        elif self._live is not None and self._live[0] is model and self._live[1] == setup and self._current():
-            conversation = self._live[2]
-            if policy is not None:  # None: the live session keeps its policy (stored or given earlier)
-                conversation.policy = policy_from(policy)
         else:
-            conversation = self._resume_or_create(model, setup, system, tools, policy)
+            live = self._live[2] if self._live is not None and self._live[0] is model and self._live[1] == setup \
+                else None
+            claimed = claim(*model.load(), store=self.store, session_id=self.session_id, policy=policy,
+                            live=[live] if live is not None else [],
+                            create=lambda sid, origin: self._create(model, setup, system, tools, policy, []))
+            conversation = claimed.session
+            if claimed.origin == "live" and policy is not None:  # None: it keeps its policy (stored or given)
+                conversation.policy = policy_from(policy)
+            elif claimed.origin == "resumed":
+                conversation = self._rebuilt(conversation, model, setup, system, tools, policy)
         for item in self._pending:
             conversation.add(item["role"], item["content"])
         self._pending, self._rebuild = [], None
         self._live = (model, setup, conversation)
         return conversation
-
-    def _current(self) -> bool:
-        """Whether the live engine session is what the store holds (no other writer since)."""
-        try:
-            return self.store.get_session(self.session_id)["version"] == self._live[2].version
-        except SessionNotFoundError:
-            return False
 
     def finish(self, conversation: EngineSession, *, ok: bool) -> None:
         """After a run: commit what the engine has not (tool results after the last reply).
@@ -196,14 +199,10 @@ class SQLiteSession:
             conversation.save()
 
     # ------------------------------------------------------------------ helpers
-    def _resume_or_create(self, model: Any, setup: str, system: str | None, tools: Sequence[dict],
-                          policy: Any) -> EngineSession:
-        try:
-            row = self.store.get_session(self.session_id)
-        except SessionNotFoundError:
-            return self._create(model, setup, system, tools, policy, [])
-        conversation = model.resume(self.store, self.session_id, policy=policy)  # ModelMismatchError
-        stored = (row.get("config") or {}).get("agents") or {}
+    def _rebuilt(self, conversation: EngineSession, model: Any, setup: str, system: str | None,
+                 tools: Sequence[dict], policy: Any) -> EngineSession:
+        """A resumed session as it is, or rebuilt from its items when its instructions or tools changed."""
+        stored = (self.store.get_session(self.session_id).get("config") or {}).get("agents") or {}
         if conversation.messages and stored.get("setup") == setup:
             log.info("session %s resumed: %d cached tokens", self.session_id, conversation.cached)
             return conversation

@@ -9,7 +9,7 @@ import torch
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool as lc_tool
 
-import agentmem.langchain as lc
+from agentmem import tool_choice
 from agentmem.agents import Agent, LocalModel, ModelSettings, RepeatGuard, Runner, ScriptedModel, tool
 from agentmem.errors import ConfigError, MaxTurnsExceeded, ScriptError
 from agentmem.forbid import ForbidText, call_texts, no_calls
@@ -198,12 +198,12 @@ def get_weather(city: str) -> str:
 def test_langchain_forbids_the_calls_answered_since_the_last_human_message(monkeypatch):
     seen: list[list[str]] = []
 
-    class Spy(lc.ForbidText):
+    class Spy(tool_choice.ForbidText):
         def __init__(self, tokenizer, texts, **kwargs):
             seen.append(list(texts))
             super().__init__(tokenizer, texts, **kwargs)
 
-    monkeypatch.setattr(lc, "ForbidText", Spy)
+    monkeypatch.setattr(tool_choice, "ForbidText", Spy)
     llama, tokenizer = tiny_chat_llama(seed=0), tiny_tokenizer()
     forced = ChatAgentMem.from_model(llama, tokenizer, max_tokens=40, policy="off",
                                      repeat_guard=True).bind_tools([get_weather], tool_choice="get_weather")

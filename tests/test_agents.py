@@ -431,3 +431,38 @@ def test_sqlite_session_resumes_across_processes(tmp_path):
     result = Runner.run_sync(agent, "hello from the second process", session=SQLiteSession("shared", db))
     assert result.replies[0].cached_tokens > 0
     assert result.replies[0].prompt_tokens < report["prompt_tokens"]  # the history was not prefilled again
+
+
+# ---------------------------------------------------------------------- compaction hooks
+def test_a_hook_handle_unregisters_just_that_hook(tiny):
+    session = tiny.open(system=None, tools=[], policy="off")
+    first, second = (lambda plan: None), (lambda plan: None)
+    drop_first = session.on_before_compaction(first)
+    session.on_before_compaction(second)
+    drop_after = session.on_after_compaction(first)
+    drop_first()
+    drop_first()  # a second call does nothing
+    assert session.compactor.before == [second] and session.compactor.after == [first]
+    drop_after()
+    assert session.compactor.after == []
+
+
+def test_runs_leave_no_hooks_on_a_conversation_they_share(tiny, tmp_path):
+    agent = Agent("a", instructions="Be brief.", model=tiny, policy="off",
+                  settings=ModelSettings(max_new_tokens=4, tool_choice="none"))
+    session = SQLiteSession("hooks", tmp_path / "hooks.db")
+    for text in ("one", "two"):
+        Runner.run_sync(agent, text, session=session)
+        conversation = session._live[2]  # the same live engine session for both runs
+        assert conversation.compactor.before == [] and conversation.compactor.after == []
+
+
+def test_a_conversation_whose_hooks_return_no_handle_is_refused():
+    class Old(ScriptedModel):
+        def open(self, **kwargs):
+            conversation = super().open(**kwargs)
+            conversation.on_before_compaction = lambda hook: None
+            return conversation
+
+    with pytest.raises(ConfigError, match="must return a function that unregisters the hook"):
+        Runner.run_sync(Agent("a", model=Old(["hi"])), "go")

@@ -11,6 +11,7 @@ from agentmem import models
 from agentmem.errors import ConfigError
 from agentmem.langchain import ChatAgentMem, clear_sessions
 from agentmem.policies import AnyPin, FixedRatio, PinSystem, Policy, TokenLimit
+from agentmem.tool_choice import Forcing
 from agentmem.toolcalls import format_tool_call
 
 from conftest import tiny_chat_gemma3, tiny_chat_llama, tiny_tokenizer
@@ -236,7 +237,8 @@ def test_forced_call_without_parameters_and_tool_message_round_trip(chat):
 
 def test_tool_calls_are_parsed_from_the_reply(chat, monkeypatch):
     whole = format_tool_call("add", {"a": 1, "b": 2})
-    monkeypatch.setattr(lc, "_forcing", lambda tools, choice: lc._Forcing(prefix=whole))
+    monkeypatch.setattr(lc, "forcing", lambda choice, tools, **_: Forcing("auto", tuple(tools), prefix=whole,
+                                                                           constrained=True))
     bound = chat.bind_tools([add], tool_choice="auto")
     reply = bound.invoke("Add one and two")
     assert [(c["name"], c["args"]) for c in reply.tool_calls] == [("add", {"a": 1, "b": 2})]

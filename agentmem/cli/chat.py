@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AgentmemError, ConfigError, StaleSessionError, StoreWriteError
+from ..usage import Usage
 from .common import (
     DEFAULT_MODEL,
     DEFAULT_STORE,
@@ -123,18 +124,6 @@ def run(args: argparse.Namespace) -> int:
             store.close()
 
 
-def usage(reply: Reply) -> dict[str, Any]:
-    """A reply's token counts in LangChain's `UsageMetadata` shape.
-
-    `cache_read` counts tokens served from the KV cache, `cache_creation` the tokens
-    prefilled for this reply; `input_tokens` is their sum.
-    """
-    prompt = reply.cached_tokens + reply.prompt_tokens
-    return {"input_tokens": prompt, "output_tokens": reply.completion_tokens,
-            "total_tokens": prompt + reply.completion_tokens,
-            "input_token_details": {"cache_read": reply.cached_tokens, "cache_creation": reply.prompt_tokens}}
-
-
 def kv_summary(session: Session) -> dict[str, int]:
     """The session's KV cache now: logical tokens (what it stands for), physical tokens, bytes."""
     stats = session.stats()
@@ -164,23 +153,24 @@ class _Chat:
         self.session: Session | None = None
         self.unsaved = False  # a /compact since the last commit
         if args.session is not None:
-            from ..engine import Session
-
             if args.system is not None:
                 self.console.note("note: --system is ignored when resuming; the session keeps its own")
-            self.session = self._watch(Session.resume(store, args.session, self.model, self.tokenizer,
-                                                      **self._options()))
+            self.session = self._claim(None)
 
-    def _options(self) -> dict[str, Any]:
-        return {"policy": self.args.policy, "seed": self.args.seed, "model_name": self.model_name}
-
-    def _start(self, first_message: str) -> Session:
+    def _claim(self, first_message: str | None) -> Session:
+        """The stored session --session names (it must exist), else a new one titled after the first message."""
+        from ..claim import claim
         from ..engine import Session
 
-        title = self.args.title or _title(first_message)
-        session = Session(self.model, self.tokenizer, store=self.store, system=self.args.system, title=title,
-                          **self._options())
-        return self._watch(session)
+        def create(session_id: str | None, origin: str) -> Session:
+            title = self.args.title or _title(first_message or "")
+            return Session(self.model, self.tokenizer, store=self.store, system=self.args.system, title=title,
+                           **options)
+
+        options: dict[str, Any] = {"policy": self.args.policy, "seed": self.args.seed, "model_name": self.model_name}
+        claimed = claim(self.model, self.tokenizer, store=self.store, session_id=self.args.session,
+                        create=None if self.args.session is not None else create, **options)
+        return self._watch(claimed.session)
 
     def _watch(self, session: Session) -> Session:
         display = _CompactionDisplay(self.console)
@@ -192,7 +182,7 @@ class _Chat:
         """Add the user's message and generate (streaming to stdout if asked); the turn is committed."""
         session = self.session
         if session is None:
-            session = self.session = self._start(text)
+            session = self.session = self._claim(text)
             self.console.note(f"session {session.id} in {self.store.path}")
         session.add("user", text)
         self.unsaved = False  # the turn's commit includes it
@@ -227,7 +217,7 @@ class _Chat:
         """Answer one message; print the reply (or the JSON object)."""
         session, reply = self._reply(message, stream=False)
         if self.args.json:
-            print(json.dumps({"reply": reply.text, "session_id": session.id, "usage": usage(reply),
+            print(json.dumps({"reply": reply.text, "session_id": session.id, "usage": Usage.of(reply).metadata(),
                               "finish_reason": reply.finish_reason,
                               "compactions": [e.to_dict() for e in reply.compactions],
                               "kv": kv_summary(session)}))
