@@ -28,13 +28,14 @@ from .captured import QuerySample
 from .chat import ChatFormat
 from .checkpoint import checkpoint_layers, policy_data, recent_state, stored_policy
 from .compaction import METHODS, options_from
+from .decoding import Decoder, LogitsProcessor, ReplyText, reply_config
 from .errors import ConfigError, SessionNotFoundError, StaleSessionError
 from .integrity import captured_sample, check_session, rebuild_cache
 from .memory import AfterHook, BeforeHook, Compactor, Plan, over_budget_event, snap_spans
 from .policies import Policy, policy_from
 from .policies._config import check_ratio
 from .probes import FreeMemory, bytes_per_token
-from .sampling import Choices, Detokenizer, Sampler, StopText, generation_config
+from .sampling import Choices
 from .segments import CompactionEvent, KVStats, Segment
 
 log = logging.getLogger(__name__)
@@ -234,7 +235,7 @@ class Session:
         stop_when: Callable[[Session], bool] | None = None,
         prefix: str | None = None,
         choices: Sequence[str] | None = None,
-        logits_processor: Callable[[list[int], torch.Tensor], torch.Tensor] | None = None,
+        logits_processor: LogitsProcessor | None = None,
         save: bool = True,
     ) -> Iterator[str]:
         """Yield the reply's text as it is decoded; the `Reply` lands in `last_reply`.
@@ -251,12 +252,13 @@ class Session:
         """
         if max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        config = _merge_config(self.generation, generation_config, temperature=temperature, top_p=top_p,
-                               top_k=top_k, do_sample=do_sample, repetition_penalty=repetition_penalty,
-                               min_new_tokens=min_new_tokens)
-        sampler = Sampler(config, seed=self.seed + len(self.messages))
-        stops = StopText(stop)
-        constraint = Choices(self.tokenizer, choices) if choices else None
+        config = reply_config(self.generation, generation_config, temperature=temperature, top_p=top_p,
+                              top_k=top_k, do_sample=do_sample, repetition_penalty=repetition_penalty,
+                              min_new_tokens=min_new_tokens)
+        decoder = Decoder(config, seed=self.seed + len(self.messages), stop_ids=self.format.stop_ids,
+                          choices=Choices(self.tokenizer, choices) if choices else None,
+                          logits_processor=logits_processor)
+        reply = ReplyText(self.tokenizer, prefix=prefix or "", stop=stop)
         began, cached_before, events_before = time.perf_counter(), self.cached, len(self.events)
         opener = self.format.generation_prompt_ids(self.messages) + self.format.encode(prefix or "")
         first = len(self.segments)
@@ -268,36 +270,20 @@ class Session:
         prompt_tokens = len(self.ids) - cached_before
         logits = self._flush()
         generated: list[int] = []
-        detok = Detokenizer(self.tokenizer)
-        text = full = prefix or ""  # text: yielded so far; full: decoded so far
         finish = "length"
-        if text:
-            yield text
+        if reply.shown:
+            yield reply.shown
         for step in range(max_new_tokens):
-            if step < (config.min_new_tokens or 0):
-                logits = logits.clone()
-                logits[self.format.stop_ids] = float("-inf")
-            allowed = constraint.allowed(full[len(prefix or ""):]) if constraint is not None else None
-            if allowed is not None:
-                mask = torch.full_like(logits, float("-inf"))
-                mask[allowed] = 0.0
-                logits = logits + mask
-            if logits_processor is not None:
-                logits = logits_processor(generated, logits)
-            token = sampler.choose(logits, self._history(sampler))
+            token = decoder.next_token(logits, generated=generated, text=reply.generated, history=self.ids)
             generated.append(token)
             self.ids.append(token)
             self.segments[-1].end = len(self.ids)
             if token in self.format.stop_ids:
                 finish = "stop"
                 break
-            full += detok.push(token)
-            hit = stops.find(full, start=len(prefix or ""))
-            end = hit if hit is not None else max(stops.safe_end(full), len(prefix or ""))
-            if end > len(text):
-                yield full[len(text):end]
-                text = full[:end]
-            if hit is not None:
+            if chunk := reply.push(token):
+                yield chunk
+            if reply.stopped:
                 finish = "stop_string"
                 break
             if step + 1 == max_new_tokens:
@@ -308,9 +294,9 @@ class Session:
             logits = self._flush(decode=True)
             if (step + 1) % self.watch_every == 0:
                 self._watch()
-        if finish != "stop_string" and len(full) > len(text):  # text held back as a possible stop string
-            yield full[len(text):]
-            text = full
+        if rest := reply.rest():  # text held back as a possible stop string
+            yield rest
+        text = reply.shown
         tail = self.format.reply_tail_ids(self.messages, ended=finish == "stop")
         self.ids.extend(tail)
         self._close_reply(first, text, opener, generated, tail)
@@ -611,15 +597,3 @@ class Session:
         session._saved_messages, session._saved_events = len(session.messages), len(session.events)
         session._saved_blocks, session._stable_logical = store.checkpoint_blocks(session_id), session.cached
         return session
-
-    # ------------------------------------------------------------------ helpers
-    def _history(self, sampler: Sampler) -> torch.Tensor:
-        if not sampler.needs_history:
-            return torch.empty(1, 0, dtype=torch.long)
-        return torch.tensor([self.ids[-1024:]])
-
-
-def _merge_config(defaults: dict, config, **overrides):
-    merged = dict(defaults)
-    merged.update({k: v for k, v in overrides.items() if v is not None})
-    return generation_config(config, **merged)
