@@ -19,7 +19,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
@@ -30,8 +30,9 @@ from .checkpoint import checkpoint_layers, policy_data, recent_state, stored_pol
 from .compaction import METHODS, options_from
 from .decoding import Decoder, LogitsProcessor, ReplyText, reply_config
 from .errors import ConfigError, SessionNotFoundError, StaleSessionError
+from .hooks import RemovableHandle, register
 from .integrity import captured_sample, check_session, rebuild_cache
-from .memory import AfterHook, BeforeHook, Compactor, Plan, over_budget_event, snap_spans
+from .memory import AfterHook, BeforeHook, Compactor
 from .policies import Policy, policy_from
 from .policies._config import check_ratio
 from .probes import FreeMemory, bytes_per_token
@@ -114,6 +115,7 @@ class Session:
         self.seed = seed
         self.watch_every = max(1, int(watch_every))
         self.compaction_enabled = True
+        self._progress: list[Callable[[int, int], None]] = []  # on_prefill_progress callbacks
         # A session re-compacts its whole history again and again: repeat-prefill only the
         # span's newest tokens so a compaction costs the same at turn 500 as at turn 10.
         options = {"max_repeat_tokens": DEFAULT_REPEAT_TOKENS, **(compaction_options or {})}
@@ -325,8 +327,22 @@ class Session:
         return self._flush() if self.cached < len(self.ids) or self._logits is None else self._logits
 
     # ------------------------------------------------------------------ cache
+    def on_prefill_progress(self, callback: Callable[[int, int], None]) -> RemovableHandle:
+        """Call `callback(done_tokens, total_tokens)` as pending tokens are prefilled.
+
+        Each prefill (of the messages added since the last generation, or by `prefill()`)
+        calls it with (0, total) before its first chunk of `PREFILL_CHUNK` tokens and with
+        (done, total) after each chunk; decode steps and a compaction's own forward passes
+        are not reported. Returns a handle whose `remove()` unregisters the callback.
+        """
+        return register(self._progress, callback, "on_prefill_progress")
+
     def _flush(self, *, decode: bool = False) -> torch.Tensor:
         """Feed pending ids to the model in chunks, checking the policy before each chunk."""
+        first, total = self.cached, len(self.ids) - self.cached
+        report = list(self._progress) if total and not decode else []
+        for callback in report:
+            callback(0, total)
         while self.cached < len(self.ids):
             n = min(PREFILL_CHUNK, len(self.ids) - self.cached)
             self._maybe_compact(n)
@@ -337,6 +353,8 @@ class Session:
             self._remember(capture, self.cached, decode)
             self.cached += n
             self._logits = out.logits[0, -1].float()
+            for callback in report:
+                callback(self.cached - first, total)
         if not decode:
             self._watch()
         if self._logits is None:
@@ -392,11 +410,8 @@ class Session:
             self._record_over_budget(reason, after)
 
     def _record_over_budget(self, reason: str, stats: KVStats) -> None:
-        """An `over_budget` event naming what keeps the cache over the limit (pins, the recent tail)."""
-        segments = [s for s in self.segments if s.start < self.cached]
-        pinned = {s.index for s in segments if self.policy.pin.pinned(s, segments) or s.pinned}
-        holders = sorted(pinned | self._protected(segments))
-        event = over_budget_event(reason, stats, self.cache, [self.segments[i] for i in holders], self.cached)
+        event = self.compactor.over_budget(reason, stats, self.cache, self.segments, policy=self.policy,
+                                           cached=self.cached)
         self.events.append(event)  # not passed to after-compaction hooks: nothing was compacted
 
     def compact(self, *, ratio: float | None = None, method: str | None = None) -> list[CompactionEvent]:
@@ -415,39 +430,23 @@ class Session:
 
     def _compact(self, reason: str, stats: KVStats, *, ratio: float | None = None,
                  method: str | None = None) -> list[CompactionEvent]:
+        """Run the compactor on the cached segments and apply what it did."""
         self._split_generation()
-        segments = [s for s in self.segments if s.end <= self.cached]
-        physical = {s.index: hf.span_slots(self.cache, s.start, s.end) for s in segments}
-        spans = snap_spans(self.cache, self.policy.plan(segments, stats, physical=physical), ratio)
-        spans = [replace(span, segments=tuple(s.index for s in segments if s.start < span.end and s.end > span.start))
-                 for span in spans]
-        pinned = {s.index for s in segments if self.policy.pin.pinned(s, segments) or s.pinned}
-        plan = Plan(reason, spans, stats)
-        ids = torch.tensor([self.ids[: self.cached]], device=self._device)
-        if spans:
-            recent = {i: torch.cat(list(r), dim=2) for i, r in self._recent.items() if r}
-            cache, events = self.compactor.run(plan, self.cache, ids, segments, method=method or self.policy.method,
-                                               pinned=pinned | self._protected(segments),
-                                               recent_queries=recent or None, captured=self._sample)
-        else:
-            cache, events = self.compactor.drop_oldest(self.cache, segments, pinned | self._protected(segments),
-                                                       reason)
-        if type(cache) is not type(self.cache):  # a DynamicCache became compacted: blocks gain a bias
+        recent = {i: torch.cat(list(r), dim=2) for i, r in self._recent.items() if r}
+        result = self.compactor.compact(self.cache, self.ids[: self.cached], self.segments, policy=self.policy,
+                                        stats=stats, reason=reason, ratio=ratio, method=method,
+                                        recent_queries=recent or None, captured=self._sample)
+        if type(result.cache) is not type(self.cache):  # a DynamicCache became compacted: blocks gain a bias
             self._stable_logical = 0
-        self.cache = cache
-        for event in events:
-            if event.status in ("ok", "fallback"):
-                self._stable_logical = min(self._stable_logical, event.start)
-                for index in event.segments:
-                    self.segments[index].compactions += 1
-        self.events.extend(events)
+        self.cache = result.cache
+        for event in result.applied:
+            self._stable_logical = min(self._stable_logical, event.start)
+            for index in event.segments:
+                self.segments[index].compactions += 1
+        self.events.extend(result.events)
         self._last_compaction_turn = self.turns
         self._watch()
-        return events
-
-    def _protected(self, segments: Sequence[Segment]) -> set[int]:
-        boundary = self.cached - self.policy.protect_recent
-        return {s.index for s in segments if s.end > boundary}
+        return result.events
 
     def _split_generation(self) -> None:
         """Cut the reply being decoded at the protected tail so its older part can be compacted."""
@@ -477,15 +476,20 @@ class Session:
         twin._recent = {i: collections.deque(r, maxlen=r.maxlen) for i, r in self._recent.items()}
         twin._sample = None if self._sample is None else self._sample.copy()
         twin.compactor = Compactor(self.model, self.tokenizer, options=self.compactor.options)
+        twin._progress = []  # like the compaction hooks, callbacks stay with the original
         return twin
 
-    def on_before_compaction(self, hook: BeforeHook) -> None:
-        """Call `hook(plan)` before each compaction; returning False (or raising CompactionVetoed) skips it."""
-        self.compactor.before.append(hook)
+    def on_before_compaction(self, hook: BeforeHook) -> RemovableHandle:
+        """Call `hook(plan)` before each compaction; returning False (or raising CompactionVetoed) skips it.
 
-    def on_after_compaction(self, hook: AfterHook) -> None:
-        """Call `hook(event)` after each compaction or fallback drop."""
-        self.compactor.after.append(hook)
+        Returns a handle: `handle.remove()` unregisters the hook (safe to call twice).
+        """
+        return self.compactor.on_before(hook)
+
+    def on_after_compaction(self, hook: AfterHook) -> RemovableHandle:
+        """Call `hook(event)` after each compaction or fallback drop; returns a handle like
+        `on_before_compaction`'s."""
+        return self.compactor.on_after(hook)
 
     # ------------------------------------------------------------------ persistence
     def save(self) -> None:
