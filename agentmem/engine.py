@@ -15,21 +15,19 @@ messages) and are prefilled together at the next generation.
 
 from __future__ import annotations
 
-import collections
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from . import hf
-from .captured import QuerySample
 from .chat import ChatFormat
-from .checkpoint import checkpoint_layers, policy_data, recent_state, stored_policy
+from .checkpoint import policy_data, stored_policy
 from .compaction import METHODS, options_from
 from .decoding import Decoder, LogitsProcessor, ReplyText, reply_config
-from .errors import ConfigError, SessionNotFoundError, StaleSessionError
+from .errors import ConfigError
 from .hooks import RemovableHandle, register
 from .integrity import captured_sample, check_session, rebuild_cache
 from .memory import AfterHook, BeforeHook, Compactor
@@ -37,12 +35,13 @@ from .policies import Policy, policy_from
 from .policies._config import check_ratio
 from .probes import FreeMemory, bytes_per_token
 from .sampling import Choices
+from .saving import SaveMark
 from .segments import CompactionEvent, KVStats, Segment
+from .session_queries import SessionQueries
 
 log = logging.getLogger(__name__)
 
 PREFILL_CHUNK = 512  # tokens per forward pass while prefilling; triggers are checked between chunks
-FIT_METHODS = tuple(name for name, method in METHODS.items() if method.fit)
 DEFAULT_REPEAT_TOKENS = 2048
 
 
@@ -130,23 +129,17 @@ class Session:
         self.cache = hf.new_cache(model)
         self.store, self.id = store, session_id
         self._logits: torch.Tensor | None = None
-        self._recent: dict[int, collections.deque] = {}
-        self._recent_size = max(0, int(recent_queries))
-        self._sample = QuerySample(captured_queries) if captured_queries else None
-        self._full_layers = hf.full_attention_layers(model)
-        self._saved_messages = 0
-        self._saved_events = 0
-        self._saved_blocks: list[list[str]] = []  # block hashes of the last checkpoint, per layer
-        self._stable_logical = 0  # cache tokens whose slots are unchanged since that checkpoint
+        layers = hf.full_attention_layers(model)
+        self.queries = SessionQueries(layers, recent=recent_queries, captured=captured_queries)
+        self._saved = SaveMark()  # what the store holds of this session already
         self._blocked_until = -1  # physical size below which a futile compaction is not retried
         self._over_budget = False  # an over_budget event was recorded and the cache is still over
         self._last_compaction_turn = -1
         self._began = time.perf_counter()
         self._context_length = getattr(hf.text_config(model), "max_position_embeddings", None)
         self._device = next(model.parameters()).device
-        self._bytes_per_token = bytes_per_token(model, len(self._full_layers))
+        self._bytes_per_token = bytes_per_token(model, len(layers))
         self._free = FreeMemory(self._device)
-        self._version = 0  # the stored session's version this copy last saw (optimistic concurrency)
         self._model_name = model_name or str(model.config.name_or_path or "model")
         hf.enable(model)
         if store is not None and session_id is None:
@@ -209,7 +202,7 @@ class Session:
 
         `Store.get_session(id)["version"]` above it means another writer committed since.
         """
-        return self._version
+        return self._saved.version
 
     @property
     def turns(self) -> int:
@@ -347,10 +340,11 @@ class Session:
             n = min(PREFILL_CHUNK, len(self.ids) - self.cached)
             self._maybe_compact(n)
             chunk = torch.tensor([self.ids[self.cached : self.cached + n]], device=self._device)
-            with torch.no_grad(), hf.capture_queries(self._capture_layers(decode)) as capture:
+            layers = self.queries.capture_layers(decode=decode, method=self.policy.method)
+            with torch.no_grad(), hf.capture_queries(layers) as capture:
                 out = self.model(input_ids=chunk, past_key_values=self.cache, use_cache=True,
                                  **hf.last_logits_only(self.model))
-            self._remember(capture, self.cached, decode)
+            self.queries.remember(capture, self.cached, decode=decode, method=self.policy.method)
             self.cached += n
             self._logits = out.logits[0, -1].float()
             for callback in report:
@@ -360,23 +354,6 @@ class Session:
         if self._logits is None:
             raise ConfigError("nothing to generate from: add a message first")
         return self._logits
-
-    def _capture_layers(self, decode: bool) -> set[int]:
-        return set(self._full_layers) if self._sample is not None or self._keeps_recent(decode) else set()
-
-    def _keeps_recent(self, decode: bool) -> bool:
-        """Whether this step's queries go to the ring of recent decode queries."""
-        return decode and self._recent_size > 0 and self.policy.method in FIT_METHODS
-
-    def _remember(self, capture, first: int, decode: bool) -> None:
-        """Keep the queries of tokens first, first + 1, ...: the sample's, and the decode ring's."""
-        if self._sample is not None and capture.queries:
-            self._sample.add({idx: capture.stacked(idx) for idx in capture.queries}, first)
-        if not self._keeps_recent(decode):
-            return
-        for idx, parts in capture.queries.items():
-            ring = self._recent.setdefault(idx, collections.deque(maxlen=self._recent_size))
-            ring.extend(parts)
 
     def stats(self) -> KVStats:
         """The cache's size now (logical, physical, bytes) and the session's progress."""
@@ -432,15 +409,15 @@ class Session:
                  method: str | None = None) -> list[CompactionEvent]:
         """Run the compactor on the cached segments and apply what it did."""
         self._split_generation()
-        recent = {i: torch.cat(list(r), dim=2) for i, r in self._recent.items() if r}
         result = self.compactor.compact(self.cache, self.ids[: self.cached], self.segments, policy=self.policy,
                                         stats=stats, reason=reason, ratio=ratio, method=method,
-                                        recent_queries=recent or None, captured=self._sample)
+                                        recent_queries=self.queries.recent_queries(),
+                                        captured=self.queries.sample)
         if type(result.cache) is not type(self.cache):  # a DynamicCache became compacted: blocks gain a bias
-            self._stable_logical = 0
+            self._saved.changed(0)
         self.cache = result.cache
         for event in result.applied:
-            self._stable_logical = min(self._stable_logical, event.start)
+            self._saved.changed(event.start)
             for index in event.segments:
                 self.segments[index].compactions += 1
         self.events.extend(result.events)
@@ -473,8 +450,8 @@ class Session:
         twin.segments = [Segment.from_dict(s.to_dict()) for s in self.segments]
         twin.events, twin.timeline, twin.ids = list(self.events), list(self.timeline), list(self.ids)
         twin.cache = hf.copy_cache(self.cache, self.model)
-        twin._recent = {i: collections.deque(r, maxlen=r.maxlen) for i, r in self._recent.items()}
-        twin._sample = None if self._sample is None else self._sample.copy()
+        twin.queries = self.queries.copy()
+        twin._saved = replace(self._saved)
         twin.compactor = Compactor(self.model, self.tokenizer, options=self.compactor.options)
         twin._progress = []  # like the compaction hooks, callbacks stay with the original
         return twin
@@ -506,32 +483,10 @@ class Session:
         """
         if self.store is None:
             raise ConfigError("this session has no store; pass store=Store(path) to keep it")
-        logical, physical, nbytes = hf.cache_size(self.cache)
-        unsaved = self.messages[self._saved_messages:]
-        try:
-            self.store.commit_turn(
-                self.id,
-                messages=unsaved,
-                segments=self.segments,
-                events=self.events[self._saved_events:],
-                checkpoint=self._checkpoint() + recent_state(self._recent)
-                + ([] if self._sample is None else self._sample.state()),
-                checkpoint_info={"logical_tokens": logical, "physical_tokens": physical, "bytes": nbytes},
-                state={"cached": self.cached, "tokens": len(self.ids),
-                       "last_compaction_turn": self._last_compaction_turn, "blocked_until": self._blocked_until,
-                       "policy": policy_data(self.policy)},
-                expect_version=self._version,
-            )
-        except StaleSessionError as exc:
-            raise StaleSessionError(str(exc), unsaved=unsaved) from None
-        except SessionNotFoundError:
-            raise StaleSessionError(
-                f"session {self.id!r} was deleted from {self.store.path} by another writer after this copy "
-                f"loaded it; nothing was written. session.save_as_new() stores this copy as a new session",
-                unsaved=unsaved) from None
-        self._version += 1
-        self._saved_messages, self._saved_events = len(self.messages), len(self.events)
-        self._saved_blocks, self._stable_logical = self.store.checkpoint_blocks(self.id), self.cached
+        state = {"cached": self.cached, "tokens": len(self.ids), "last_compaction_turn": self._last_compaction_turn,
+                 "blocked_until": self._blocked_until, "policy": policy_data(self.policy)}
+        self._saved.commit(self.store, self.id, messages=self.messages, segments=self.segments, events=self.events,
+                           cache=self.cache, cached=self.cached, queries=self.queries.state(), state=state)
 
     def save_as_new(self, *, title: str | None = None) -> str:
         """Store this copy, all of it, as a new session in the same store; return the new id.
@@ -542,8 +497,7 @@ class Session:
         if self.store is None:
             raise ConfigError("this session has no store; pass store=Store(path) to keep it")
         self.id = self._create_stored(title)
-        self._version, self._saved_messages, self._saved_events = 0, 0, 0
-        self._saved_blocks, self._stable_logical = [], 0
+        self._saved = SaveMark()
         self.save()
         return self.id
 
@@ -552,10 +506,6 @@ class Session:
 
         return self.store.create_session(model=self._model_name, fingerprint=model_fingerprint(self.model),
                                          title=title, config={"policy": policy_data(self.policy)})
-
-    def _checkpoint(self) -> list[dict]:
-        """The cache as checkpoint layers, blocks unchanged since the last save passed by hash."""
-        return checkpoint_layers(self.cache, self._saved_blocks, min(self._stable_logical, self.cached))
 
     @classmethod
     def resume(cls, store, session_id: str, model, tokenizer, **kwargs) -> Session:
@@ -575,7 +525,6 @@ class Session:
         if kwargs.get("policy") is None:
             kwargs["policy"] = stored_policy(loaded, session_id)
         session = cls(model, tokenizer, store=store, session_id=session_id, **kwargs)
-        session._version = loaded.version
         ids, cached = check_session(loaded, getattr(hf.text_config(model), "vocab_size", None))
         session.messages = [dict(m) for m in loaded.messages]
         session.segments = list(loaded.segments)
@@ -592,12 +541,9 @@ class Session:
         else:
             session.cache, queries = rebuild_cache(loaded, model, cached)
             session.cached = cached
-            if session._sample is not None:
-                session._sample = captured_sample(loaded, session._sample.capacity, cached)
-            for layer, tensor in queries.items():
-                if session._recent_size:
-                    ring = session._recent.setdefault(layer, collections.deque(maxlen=session._recent_size))
-                    ring.extend(tensor.split(1, dim=2))
-        session._saved_messages, session._saved_events = len(session.messages), len(session.events)
-        session._saved_blocks, session._stable_logical = store.checkpoint_blocks(session_id), session.cached
+            sample = session.queries.sample
+            session.queries.restore(queries, None if sample is None else captured_sample(loaded, sample.capacity,
+                                                                                         cached))
+        session._saved = SaveMark.stored(store, session_id, version=loaded.version, messages=len(session.messages),
+                                         events=len(session.events), cached=session.cached)
         return session
