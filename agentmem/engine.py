@@ -11,6 +11,12 @@ with the same next-token logits.
 Token bookkeeping: `ids` holds every token of the conversation; the first `cached` are in
 the cache, the rest are *pending* (the last sampled token, the template's reply tail, new
 messages) and are prefilled together at the next generation.
+
+The session keeps the bookkeeping and delegates each other job to its own room: picking
+tokens to `decoding.Decoder` (every logit filter and the sampler), planning and running a
+compaction to `memory.Compactor` (the session applies the `Compaction` it returns), the
+queries kept for compaction to `session_queries.SessionQueries`, and what the store holds
+already to `saving.SaveMark`.
 """
 
 from __future__ import annotations
