@@ -15,14 +15,8 @@ import torch
 from . import hf, queries
 from .captured import REFERENCE_MODES, QuerySample
 from .errors import CompactionError, ConfigError, ModelMismatchError, UnsupportedModelError
-from .ratio import check_ratio
 
 log = logging.getLogger("agentmem.compaction")
-
-
-def ratio(value) -> float:
-    """`compact`'s ratio, by the one rule (`agentmem.ratio.check_ratio`)."""
-    return check_ratio("compact", "ratio", value)
 
 
 def cap_ratio(ratio: float, spans: dict[int, tuple[int, int]], stats: dict) -> float:

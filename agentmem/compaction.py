@@ -19,6 +19,7 @@ from .am import MatchingPursuit, Selection, TopAttention
 from .baselines import HeavyHitters, Recent, SnapKV, Streaming
 from .captured import QuerySample
 from .errors import ConfigError
+from .ratio import check_ratio
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def compact(
     """
     opts = options_from(options)
     spec = _method(method)
-    ratio = checks.ratio(ratio)
+    ratio = check_ratio("compact", "ratio", ratio)
     start = checks.index("start", start)
     end = None if end is None else checks.index("end", end)
     hf.check_transformers_version()

@@ -11,11 +11,16 @@ with the same next-token logits.
 Token bookkeeping: `ids` holds every token of the conversation; the first `cached` are in
 the cache, the rest are *pending* (the last sampled token, the template's reply tail, new
 messages) and are prefilled together at the next generation.
+
+The session keeps the bookkeeping and delegates each other job to its own room: picking
+tokens to `decoding.Decoder` (every logit filter and the sampler), planning and running a
+compaction to `memory.Compactor` (the session applies the `Compaction` it returns), the
+queries kept for compaction to `session_queries.SessionQueries`, and what the store holds
+already to `saving.SaveMark`.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,23 +29,25 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from . import hf
-from .captured import QuerySample
 from .chat import ChatFormat
-from .checkpoint import checkpoint_layers, policy_data, recent_state, stored_policy
+from .checkpoint import policy_data, stored_policy
 from .compaction import METHODS, options_from
-from .errors import ConfigError, SessionNotFoundError, StaleSessionError
+from .decoding import Decoder, LogitsProcessor, ReplyText, reply_config
+from .errors import ConfigError
+from .hooks import RemovableHandle, register
 from .integrity import captured_sample, check_session, rebuild_cache
-from .memory import AfterHook, BeforeHook, Compactor, Plan, over_budget_event, snap_spans
+from .memory import AfterHook, BeforeHook, Compactor
 from .policies import Policy, policy_from
-from .policies._config import check_ratio
 from .probes import FreeMemory, bytes_per_token
-from .sampling import Choices, Detokenizer, Sampler, StopText, generation_config
+from .ratio import check_ratio
+from .sampling import Choices
+from .saving import SaveMark
 from .segments import CompactionEvent, KVStats, Segment
+from .session_queries import SessionQueries
 
 log = logging.getLogger(__name__)
 
 PREFILL_CHUNK = 512  # tokens per forward pass while prefilling; triggers are checked between chunks
-FIT_METHODS = tuple(name for name, method in METHODS.items() if method.fit)
 DEFAULT_REPEAT_TOKENS = 2048
 
 
@@ -113,6 +120,7 @@ class Session:
         self.seed = seed
         self.watch_every = max(1, int(watch_every))
         self.compaction_enabled = True
+        self._progress: list[Callable[[int, int], None]] = []  # on_prefill_progress callbacks
         # A session re-compacts its whole history again and again: repeat-prefill only the
         # span's newest tokens so a compaction costs the same at turn 500 as at turn 10.
         options = {"max_repeat_tokens": DEFAULT_REPEAT_TOKENS, **(compaction_options or {})}
@@ -127,23 +135,17 @@ class Session:
         self.cache = hf.new_cache(model)
         self.store, self.id = store, session_id
         self._logits: torch.Tensor | None = None
-        self._recent: dict[int, collections.deque] = {}
-        self._recent_size = max(0, int(recent_queries))
-        self._sample = QuerySample(captured_queries) if captured_queries else None
-        self._full_layers = hf.full_attention_layers(model)
-        self._saved_messages = 0
-        self._saved_events = 0
-        self._saved_blocks: list[list[str]] = []  # block hashes of the last checkpoint, per layer
-        self._stable_logical = 0  # cache tokens whose slots are unchanged since that checkpoint
+        layers = hf.full_attention_layers(model)
+        self.queries = SessionQueries(layers, recent=recent_queries, captured=captured_queries)
+        self._saved = SaveMark()  # what the store holds of this session already
         self._blocked_until = -1  # physical size below which a futile compaction is not retried
         self._over_budget = False  # an over_budget event was recorded and the cache is still over
         self._last_compaction_turn = -1
         self._began = time.perf_counter()
         self._context_length = getattr(hf.text_config(model), "max_position_embeddings", None)
         self._device = next(model.parameters()).device
-        self._bytes_per_token = bytes_per_token(model, len(self._full_layers))
+        self._bytes_per_token = bytes_per_token(model, len(layers))
         self._free = FreeMemory(self._device)
-        self._version = 0  # the stored session's version this copy last saw (optimistic concurrency)
         self._model_name = model_name or str(model.config.name_or_path or "model")
         hf.enable(model)
         if store is not None and session_id is None:
@@ -206,7 +208,7 @@ class Session:
 
         `Store.get_session(id)["version"]` above it means another writer committed since.
         """
-        return self._version
+        return self._saved.version
 
     @property
     def turns(self) -> int:
@@ -234,7 +236,7 @@ class Session:
         stop_when: Callable[[Session], bool] | None = None,
         prefix: str | None = None,
         choices: Sequence[str] | None = None,
-        logits_processor: Callable[[list[int], torch.Tensor], torch.Tensor] | None = None,
+        logits_processor: LogitsProcessor | None = None,
         save: bool = True,
     ) -> Iterator[str]:
         """Yield the reply's text as it is decoded; the `Reply` lands in `last_reply`.
@@ -251,12 +253,13 @@ class Session:
         """
         if max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        config = _merge_config(self.generation, generation_config, temperature=temperature, top_p=top_p,
-                               top_k=top_k, do_sample=do_sample, repetition_penalty=repetition_penalty,
-                               min_new_tokens=min_new_tokens)
-        sampler = Sampler(config, seed=self.seed + len(self.messages))
-        stops = StopText(stop)
-        constraint = Choices(self.tokenizer, choices) if choices else None
+        config = reply_config(self.generation, generation_config, temperature=temperature, top_p=top_p,
+                              top_k=top_k, do_sample=do_sample, repetition_penalty=repetition_penalty,
+                              min_new_tokens=min_new_tokens)
+        decoder = Decoder(config, seed=self.seed + len(self.messages), stop_ids=self.format.stop_ids,
+                          choices=Choices(self.tokenizer, choices) if choices else None,
+                          logits_processor=logits_processor)
+        reply = ReplyText(self.tokenizer, prefix=prefix or "", stop=stop)
         began, cached_before, events_before = time.perf_counter(), self.cached, len(self.events)
         opener = self.format.generation_prompt_ids(self.messages) + self.format.encode(prefix or "")
         first = len(self.segments)
@@ -268,36 +271,20 @@ class Session:
         prompt_tokens = len(self.ids) - cached_before
         logits = self._flush()
         generated: list[int] = []
-        detok = Detokenizer(self.tokenizer)
-        text = full = prefix or ""  # text: yielded so far; full: decoded so far
         finish = "length"
-        if text:
-            yield text
+        if reply.shown:
+            yield reply.shown
         for step in range(max_new_tokens):
-            if step < (config.min_new_tokens or 0):
-                logits = logits.clone()
-                logits[self.format.stop_ids] = float("-inf")
-            allowed = constraint.allowed(full[len(prefix or ""):]) if constraint is not None else None
-            if allowed is not None:
-                mask = torch.full_like(logits, float("-inf"))
-                mask[allowed] = 0.0
-                logits = logits + mask
-            if logits_processor is not None:
-                logits = logits_processor(generated, logits)
-            token = sampler.choose(logits, self._history(sampler))
+            token = decoder.next_token(logits, generated=generated, text=reply.generated, history=self.ids)
             generated.append(token)
             self.ids.append(token)
             self.segments[-1].end = len(self.ids)
             if token in self.format.stop_ids:
                 finish = "stop"
                 break
-            full += detok.push(token)
-            hit = stops.find(full, start=len(prefix or ""))
-            end = hit if hit is not None else max(stops.safe_end(full), len(prefix or ""))
-            if end > len(text):
-                yield full[len(text):end]
-                text = full[:end]
-            if hit is not None:
+            if chunk := reply.push(token):
+                yield chunk
+            if reply.stopped:
                 finish = "stop_string"
                 break
             if step + 1 == max_new_tokens:
@@ -308,9 +295,9 @@ class Session:
             logits = self._flush(decode=True)
             if (step + 1) % self.watch_every == 0:
                 self._watch()
-        if finish != "stop_string" and len(full) > len(text):  # text held back as a possible stop string
-            yield full[len(text):]
-            text = full
+        if rest := reply.rest():  # text held back as a possible stop string
+            yield rest
+        text = reply.shown
         tail = self.format.reply_tail_ids(self.messages, ended=finish == "stop")
         self.ids.extend(tail)
         self._close_reply(first, text, opener, generated, tail)
@@ -339,40 +326,40 @@ class Session:
         return self._flush() if self.cached < len(self.ids) or self._logits is None else self._logits
 
     # ------------------------------------------------------------------ cache
+    def on_prefill_progress(self, callback: Callable[[int, int], None]) -> RemovableHandle:
+        """Call `callback(done_tokens, total_tokens)` as pending tokens are prefilled.
+
+        Each prefill (of the messages added since the last generation, or by `prefill()`)
+        calls it with (0, total) before its first chunk of `PREFILL_CHUNK` tokens and with
+        (done, total) after each chunk; decode steps and a compaction's own forward passes
+        are not reported. Returns a handle whose `remove()` unregisters the callback.
+        """
+        return register(self._progress, callback, "on_prefill_progress")
+
     def _flush(self, *, decode: bool = False) -> torch.Tensor:
         """Feed pending ids to the model in chunks, checking the policy before each chunk."""
+        first, total = self.cached, len(self.ids) - self.cached
+        report = list(self._progress) if total and not decode else []
+        for callback in report:
+            callback(0, total)
         while self.cached < len(self.ids):
             n = min(PREFILL_CHUNK, len(self.ids) - self.cached)
             self._maybe_compact(n)
             chunk = torch.tensor([self.ids[self.cached : self.cached + n]], device=self._device)
-            with torch.no_grad(), hf.capture_queries(self._capture_layers(decode)) as capture:
+            layers = self.queries.capture_layers(decode=decode, method=self.policy.method)
+            with torch.no_grad(), hf.capture_queries(layers) as capture:
                 out = self.model(input_ids=chunk, past_key_values=self.cache, use_cache=True,
                                  **hf.last_logits_only(self.model))
-            self._remember(capture, self.cached, decode)
+            self.queries.remember(capture, self.cached, decode=decode, method=self.policy.method)
             self.cached += n
             self._logits = out.logits[0, -1].float()
+            for callback in report:
+                callback(self.cached - first, total)
         if not decode:
             self._watch()
         if self._logits is None:
             raise ConfigError("nothing to generate from: add a message first")
         return self._logits
-
-    def _capture_layers(self, decode: bool) -> set[int]:
-        return set(self._full_layers) if self._sample is not None or self._keeps_recent(decode) else set()
-
-    def _keeps_recent(self, decode: bool) -> bool:
-        """Whether this step's queries go to the ring of recent decode queries."""
-        return decode and self._recent_size > 0 and self.policy.method in FIT_METHODS
-
-    def _remember(self, capture, first: int, decode: bool) -> None:
-        """Keep the queries of tokens first, first + 1, ...: the sample's, and the decode ring's."""
-        if self._sample is not None and capture.queries:
-            self._sample.add({idx: capture.stacked(idx) for idx in capture.queries}, first)
-        if not self._keeps_recent(decode):
-            return
-        for idx, parts in capture.queries.items():
-            ring = self._recent.setdefault(idx, collections.deque(maxlen=self._recent_size))
-            ring.extend(parts)
 
     def stats(self) -> KVStats:
         """The cache's size now (logical, physical, bytes) and the session's progress."""
@@ -406,11 +393,8 @@ class Session:
             self._record_over_budget(reason, after)
 
     def _record_over_budget(self, reason: str, stats: KVStats) -> None:
-        """An `over_budget` event naming what keeps the cache over the limit (pins, the recent tail)."""
-        segments = [s for s in self.segments if s.start < self.cached]
-        pinned = {s.index for s in segments if self.policy.pin.pinned(s, segments) or s.pinned}
-        holders = sorted(pinned | self._protected(segments))
-        event = over_budget_event(reason, stats, self.cache, [self.segments[i] for i in holders], self.cached)
+        event = self.compactor.over_budget(reason, stats, self.cache, self.segments, policy=self.policy,
+                                           cached=self.cached)
         self.events.append(event)  # not passed to after-compaction hooks: nothing was compacted
 
     def compact(self, *, ratio: float | None = None, method: str | None = None) -> list[CompactionEvent]:
@@ -429,39 +413,23 @@ class Session:
 
     def _compact(self, reason: str, stats: KVStats, *, ratio: float | None = None,
                  method: str | None = None) -> list[CompactionEvent]:
+        """Run the compactor on the cached segments and apply what it did."""
         self._split_generation()
-        segments = [s for s in self.segments if s.end <= self.cached]
-        physical = {s.index: hf.span_slots(self.cache, s.start, s.end) for s in segments}
-        spans = snap_spans(self.cache, self.policy.plan(segments, stats, physical=physical), ratio)
-        spans = [replace(span, segments=tuple(s.index for s in segments if s.start < span.end and s.end > span.start))
-                 for span in spans]
-        pinned = {s.index for s in segments if self.policy.pin.pinned(s, segments) or s.pinned}
-        plan = Plan(reason, spans, stats)
-        ids = torch.tensor([self.ids[: self.cached]], device=self._device)
-        if spans:
-            recent = {i: torch.cat(list(r), dim=2) for i, r in self._recent.items() if r}
-            cache, events = self.compactor.run(plan, self.cache, ids, segments, method=method or self.policy.method,
-                                               pinned=pinned | self._protected(segments),
-                                               recent_queries=recent or None, captured=self._sample)
-        else:
-            cache, events = self.compactor.drop_oldest(self.cache, segments, pinned | self._protected(segments),
-                                                       reason)
-        if type(cache) is not type(self.cache):  # a DynamicCache became compacted: blocks gain a bias
-            self._stable_logical = 0
-        self.cache = cache
-        for event in events:
-            if event.status in ("ok", "fallback"):
-                self._stable_logical = min(self._stable_logical, event.start)
-                for index in event.segments:
-                    self.segments[index].compactions += 1
-        self.events.extend(events)
+        result = self.compactor.compact(self.cache, self.ids[: self.cached], self.segments, policy=self.policy,
+                                        stats=stats, reason=reason, ratio=ratio, method=method,
+                                        recent_queries=self.queries.recent_queries(),
+                                        captured=self.queries.sample)
+        if type(result.cache) is not type(self.cache):  # a DynamicCache became compacted: blocks gain a bias
+            self._saved.changed(0)
+        self.cache = result.cache
+        for event in result.applied:
+            self._saved.changed(event.start)
+            for index in event.segments:
+                self.segments[index].compactions += 1
+        self.events.extend(result.events)
         self._last_compaction_turn = self.turns
         self._watch()
-        return events
-
-    def _protected(self, segments: Sequence[Segment]) -> set[int]:
-        boundary = self.cached - self.policy.protect_recent
-        return {s.index for s in segments if s.end > boundary}
+        return result.events
 
     def _split_generation(self) -> None:
         """Cut the reply being decoded at the protected tail so its older part can be compacted."""
@@ -488,23 +456,23 @@ class Session:
         twin.segments = [Segment.from_dict(s.to_dict()) for s in self.segments]
         twin.events, twin.timeline, twin.ids = list(self.events), list(self.timeline), list(self.ids)
         twin.cache = hf.copy_cache(self.cache, self.model)
-        twin._recent = {i: collections.deque(r, maxlen=r.maxlen) for i, r in self._recent.items()}
-        twin._sample = None if self._sample is None else self._sample.copy()
+        twin.queries = self.queries.copy()
+        twin._saved = replace(self._saved)
         twin.compactor = Compactor(self.model, self.tokenizer, options=self.compactor.options)
+        twin._progress = []  # like the compaction hooks, callbacks stay with the original
         return twin
 
-    def on_before_compaction(self, hook: BeforeHook) -> Callable[[], None]:
+    def on_before_compaction(self, hook: BeforeHook) -> RemovableHandle:
         """Call `hook(plan)` before each compaction; returning False (or raising CompactionVetoed) skips it.
 
-        Returns a function that unregisters the hook.
+        Returns a handle: `handle.remove()` unregisters the hook (safe to call twice).
         """
-        self.compactor.before.append(hook)
-        return _unregister(self.compactor.before, hook)
+        return self.compactor.on_before(hook)
 
-    def on_after_compaction(self, hook: AfterHook) -> Callable[[], None]:
-        """Call `hook(event)` after each compaction or fallback drop; returns a function that unregisters it."""
-        self.compactor.after.append(hook)
-        return _unregister(self.compactor.after, hook)
+    def on_after_compaction(self, hook: AfterHook) -> RemovableHandle:
+        """Call `hook(event)` after each compaction or fallback drop; returns a handle like
+        `on_before_compaction`'s."""
+        return self.compactor.on_after(hook)
 
     # ------------------------------------------------------------------ persistence
     def save(self) -> None:
@@ -521,32 +489,10 @@ class Session:
         """
         if self.store is None:
             raise ConfigError("this session has no store; pass store=Store(path) to keep it")
-        logical, physical, nbytes = hf.cache_size(self.cache)
-        unsaved = self.messages[self._saved_messages:]
-        try:
-            self.store.commit_turn(
-                self.id,
-                messages=unsaved,
-                segments=self.segments,
-                events=self.events[self._saved_events:],
-                checkpoint=self._checkpoint() + recent_state(self._recent)
-                + ([] if self._sample is None else self._sample.state()),
-                checkpoint_info={"logical_tokens": logical, "physical_tokens": physical, "bytes": nbytes},
-                state={"cached": self.cached, "tokens": len(self.ids),
-                       "last_compaction_turn": self._last_compaction_turn, "blocked_until": self._blocked_until,
-                       "policy": policy_data(self.policy)},
-                expect_version=self._version,
-            )
-        except StaleSessionError as exc:
-            raise StaleSessionError(str(exc), unsaved=unsaved) from None
-        except SessionNotFoundError:
-            raise StaleSessionError(
-                f"session {self.id!r} was deleted from {self.store.path} by another writer after this copy "
-                f"loaded it; nothing was written. session.save_as_new() stores this copy as a new session",
-                unsaved=unsaved) from None
-        self._version += 1
-        self._saved_messages, self._saved_events = len(self.messages), len(self.events)
-        self._saved_blocks, self._stable_logical = self.store.checkpoint_blocks(self.id), self.cached
+        state = {"cached": self.cached, "tokens": len(self.ids), "last_compaction_turn": self._last_compaction_turn,
+                 "blocked_until": self._blocked_until, "policy": policy_data(self.policy)}
+        self._saved.commit(self.store, self.id, messages=self.messages, segments=self.segments, events=self.events,
+                           cache=self.cache, cached=self.cached, queries=self.queries.state(), state=state)
 
     def save_as_new(self, *, title: str | None = None) -> str:
         """Store this copy, all of it, as a new session in the same store; return the new id.
@@ -557,8 +503,7 @@ class Session:
         if self.store is None:
             raise ConfigError("this session has no store; pass store=Store(path) to keep it")
         self.id = self._create_stored(title)
-        self._version, self._saved_messages, self._saved_events = 0, 0, 0
-        self._saved_blocks, self._stable_logical = [], 0
+        self._saved = SaveMark()
         self.save()
         return self.id
 
@@ -567,10 +512,6 @@ class Session:
 
         return self.store.create_session(model=self._model_name, fingerprint=model_fingerprint(self.model),
                                          title=title, config={"policy": policy_data(self.policy)})
-
-    def _checkpoint(self) -> list[dict]:
-        """The cache as checkpoint layers, blocks unchanged since the last save passed by hash."""
-        return checkpoint_layers(self.cache, self._saved_blocks, min(self._stable_logical, self.cached))
 
     @classmethod
     def resume(cls, store, session_id: str, model, tokenizer, **kwargs) -> Session:
@@ -590,7 +531,6 @@ class Session:
         if kwargs.get("policy") is None:
             kwargs["policy"] = stored_policy(loaded, session_id)
         session = cls(model, tokenizer, store=store, session_id=session_id, **kwargs)
-        session._version = loaded.version
         ids, cached = check_session(loaded, getattr(hf.text_config(model), "vocab_size", None))
         session.messages = [dict(m) for m in loaded.messages]
         session.segments = list(loaded.segments)
@@ -607,34 +547,9 @@ class Session:
         else:
             session.cache, queries = rebuild_cache(loaded, model, cached)
             session.cached = cached
-            if session._sample is not None:
-                session._sample = captured_sample(loaded, session._sample.capacity, cached)
-            for layer, tensor in queries.items():
-                if session._recent_size:
-                    ring = session._recent.setdefault(layer, collections.deque(maxlen=session._recent_size))
-                    ring.extend(tensor.split(1, dim=2))
-        session._saved_messages, session._saved_events = len(session.messages), len(session.events)
-        session._saved_blocks, session._stable_logical = store.checkpoint_blocks(session_id), session.cached
+            sample = session.queries.sample
+            session.queries.restore(queries, None if sample is None else captured_sample(loaded, sample.capacity,
+                                                                                         cached))
+        session._saved = SaveMark.stored(store, session_id, version=loaded.version, messages=len(session.messages),
+                                         events=len(session.events), cached=session.cached)
         return session
-
-    # ------------------------------------------------------------------ helpers
-    def _history(self, sampler: Sampler) -> torch.Tensor:
-        if not sampler.needs_history:
-            return torch.empty(1, 0, dtype=torch.long)
-        return torch.tensor([self.ids[-1024:]])
-
-
-def _unregister(hooks: list, hook: Callable) -> Callable[[], None]:
-    """A function that removes `hook` from `hooks` (once; later calls do nothing)."""
-    def unregister() -> None:
-        for i, registered in enumerate(hooks):
-            if registered is hook:
-                del hooks[i]
-                return
-    return unregister
-
-
-def _merge_config(defaults: dict, config, **overrides):
-    merged = dict(defaults)
-    merged.update({k: v for k, v in overrides.items() if v is not None})
-    return generation_config(config, **merged)

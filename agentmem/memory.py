@@ -1,10 +1,11 @@
-"""Carry out a policy's compaction plan on a session's cache.
+"""Plan, snap and carry out one compaction of a session's cache.
 
-`Compactor.run` asks the policy for spans, lets hooks veto, compacts each span with
-`agentmem.compact`, and falls back to dropping the oldest unpinned segment when a
-compaction fails at run time (bad arguments raise instead). It returns the new cache
-and one `CompactionEvent` per action; the session installs both. Nothing here keeps
-state between calls except the hooks.
+`Compactor.compact` asks the policy for spans over the cached segments (`plan`), widens
+them to whole compacted runs (`snap_spans`), lets hooks veto, compacts each span with
+`agentmem.compact` (`run`), and falls back to dropping the oldest unpinned segment when
+there is nothing to plan or a compaction fails at run time (bad arguments raise instead).
+It returns a `Compaction`: the new cache and one `CompactionEvent` per action, which the
+session applies. Nothing here keeps state between calls except the hooks.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 import torch
@@ -21,6 +22,8 @@ from . import hf
 from .captured import QuerySample
 from .compaction import METHODS, compact
 from .errors import CompactionError, CompactionVetoed
+from .hooks import RemovableHandle, register
+from .policies import Policy
 from .segments import CompactionEvent, KVStats, Segment
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,19 @@ class Plan:
         return f"Plan({self.reason!r}: {spans or 'nothing'})"
 
 
+@dataclass
+class Compaction:
+    """What one compaction did: the cache to install and one event per action, in order."""
+
+    cache: object
+    events: list[CompactionEvent]
+
+    @property
+    def applied(self) -> list[CompactionEvent]:
+        """The events that changed the cache (a compaction, or a fallback drop)."""
+        return [e for e in self.events if e.status in ("ok", "fallback")]
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -58,6 +74,64 @@ class Compactor:
         self.before: list[BeforeHook] = []
         self.after: list[AfterHook] = []
         self.scalings = hf.attention_scalings(model)
+
+    def on_before(self, hook: BeforeHook) -> RemovableHandle:
+        """Call `hook(plan)` before each compaction; False (or CompactionVetoed) skips it."""
+        return register(self.before, hook, "on_before_compaction")
+
+    def on_after(self, hook: AfterHook) -> RemovableHandle:
+        """Call `hook(event)` after each compaction or fallback drop."""
+        return register(self.after, hook, "on_after_compaction")
+
+    def compact(self, cache, ids: Sequence[int], segments: Sequence[Segment], *, policy: Policy, stats: KVStats,
+                reason: str, ratio: float | None = None, method: str | None = None,
+                recent_queries: dict | None = None, captured: QuerySample | None = None) -> Compaction:
+        """Compact `cache` by `policy`'s plan; the session installs the returned `Compaction`.
+
+        Args:
+            cache: the session's cache, holding `ids` (every cached token id).
+            segments: the session's segments; those wholly in the cache are planned over.
+            policy: plans the spans (`Policy.plan`) and says what is pinned and protected.
+            stats: the cache's size now; `reason`: the trigger's name (or "manual").
+            ratio, method: override the plan's ratios and the policy's method.
+            recent_queries: per layer, recent decode queries (B, H, n, D) to fit on.
+            captured: the session's query sample (see `run`).
+        """
+        cached = len(ids)
+        segments = [s for s in segments if s.end <= cached]
+        plan = self.plan(cache, segments, policy=policy, stats=stats, reason=reason, ratio=ratio)
+        held = self.held(segments, policy=policy, cached=cached)
+        if not plan.spans:
+            return Compaction(*self.drop_oldest(cache, segments, held, reason))
+        device = next(self.model.parameters()).device
+        cache, events = self.run(plan, cache, torch.tensor([list(ids)], device=device), segments,
+                                 method=method or policy.method, pinned=held, recent_queries=recent_queries,
+                                 captured=captured)
+        return Compaction(cache, events)
+
+    @staticmethod
+    def plan(cache, segments: Sequence[Segment], *, policy: Policy, stats: KVStats, reason: str,
+             ratio: float | None = None) -> Plan:
+        """`policy`'s spans over `segments`, snapped to whole compacted runs, each naming its segments."""
+        physical = {s.index: hf.span_slots(cache, s.start, s.end) for s in segments}
+        spans = snap_spans(cache, policy.plan(segments, stats, physical=physical), ratio)
+        spans = [replace(span, segments=tuple(s.index for s in segments if s.start < span.end and s.end > span.start))
+                 for span in spans]
+        return Plan(reason, spans, stats)
+
+    @staticmethod
+    def held(segments: Sequence[Segment], *, policy: Policy, cached: int) -> set[int]:
+        """Indices of the segments that keep their slots: pinned (by the policy or by hand), or
+        ending inside the recent tail of `policy.protect_recent` tokens before `cached`."""
+        boundary = cached - policy.protect_recent
+        return {s.index for s in segments if policy.pin.pinned(s, segments) or s.pinned or s.end > boundary}
+
+    def over_budget(self, reason: str, stats: KVStats, cache, segments: Sequence[Segment], *, policy: Policy,
+                    cached: int) -> CompactionEvent:
+        """The `over_budget` event naming what keeps the cache over its limit (pins, the recent tail)."""
+        live = [s for s in segments if s.start < cached]
+        holders = sorted(self.held(live, policy=policy, cached=cached))
+        return over_budget_event(reason, stats, cache, [segments[i] for i in holders], cached)
 
     def run(self, plan: Plan, cache, ids: torch.Tensor, segments: Sequence[Segment], *, method: str,
             pinned: set[int], recent_queries: dict | None = None,

@@ -16,6 +16,7 @@ import torch
 
 from agentmem.engine import Reply, Session
 from agentmem.errors import ConfigError
+from agentmem.hooks import RemovableHandle
 from agentmem.memory import AfterHook, BeforeHook
 from agentmem.models import DEFAULT_MODEL, model_fingerprint, shared_model
 from agentmem.segments import KVStats
@@ -42,12 +43,13 @@ class Conversation(Protocol):
         """Yield the reply's text; afterwards the `Reply` is in `last_reply`."""
         ...
 
-    def on_before_compaction(self, hook: BeforeHook) -> Callable[[], None]:
-        """Call `hook(plan)` before each compaction; False vetoes it. Returns what unregisters it."""
+    def on_before_compaction(self, hook: BeforeHook) -> RemovableHandle:
+        """Call `hook(plan)` before each compaction; False vetoes it. Returns a handle whose
+        `remove()` unregisters it (`agentmem.hooks.register` makes one)."""
         ...
 
-    def on_after_compaction(self, hook: AfterHook) -> Callable[[], None]:
-        """Call `hook(event)` after each compaction. Returns what unregisters it."""
+    def on_after_compaction(self, hook: AfterHook) -> RemovableHandle:
+        """Call `hook(event)` after each compaction. Returns a handle, as `on_before_compaction`."""
         ...
 
     def stats(self) -> KVStats:

@@ -398,13 +398,13 @@ class _Compactions:
 def _hook(conversation: Any, buffer: _Compactions) -> Callable[[], None]:
     """Register the run's compaction hooks on the conversation; returns what unregisters them."""
     handles = [conversation.on_before_compaction(buffer.before), conversation.on_after_compaction(buffer.after)]
-    if not all(callable(h) for h in handles):
+    if not all(callable(getattr(h, "remove", None)) for h in handles):
         raise ConfigError(f"{type(conversation).__name__}.on_before_compaction and on_after_compaction must return "
-                          f"a function that unregisters the hook (as agentmem.engine.Session's do)")
+                          f"a handle whose remove() unregisters the hook (agentmem.hooks.register makes one)")
 
     def unhook() -> None:
         for handle in handles:
-            handle()
+            handle.remove()
     return unhook
 
 

@@ -27,6 +27,7 @@ from typing import Any, Union
 
 from agentmem.engine import Reply
 from agentmem.errors import CompactionVetoed, ConfigError, ScriptError
+from agentmem.hooks import RemovableHandle, register
 from agentmem.memory import AfterHook, BeforeHook, Plan, now
 from agentmem.segments import CompactionEvent, KVStats
 from agentmem.toolcalls import ToolCall, format_tool_call
@@ -182,13 +183,11 @@ class ScriptedConversation:
         self.last_reply = Reply(text=text, token_ids=ids, finish_reason=finish, prompt_tokens=prompt,
                                 cached_tokens=cached, seconds=time.perf_counter() - began, compactions=events)
 
-    def on_before_compaction(self, hook: BeforeHook) -> Callable[[], None]:
-        self.before.append(hook)
-        return lambda: self.before.remove(hook) if hook in self.before else None
+    def on_before_compaction(self, hook: BeforeHook) -> RemovableHandle:
+        return register(self.before, hook, "on_before_compaction")
 
-    def on_after_compaction(self, hook: AfterHook) -> Callable[[], None]:
-        self.after.append(hook)
-        return lambda: self.after.remove(hook) if hook in self.after else None
+    def on_after_compaction(self, hook: AfterHook) -> RemovableHandle:
+        return register(self.after, hook, "on_after_compaction")
 
     def stats(self) -> KVStats:
         tokens = self._tokens - self._saved

@@ -13,7 +13,6 @@ from dataclasses import MISSING, fields, is_dataclass
 from typing import Any
 
 from agentmem.errors import ConfigError
-from agentmem.ratio import check_ratio as check_ratio  # the one ratio check; engine.py imports it from here
 
 
 def check_int(owner: str, name: str, value: object, *, minimum: int) -> int:

@@ -440,10 +440,10 @@ def test_a_hook_handle_unregisters_just_that_hook(tiny):
     drop_first = session.on_before_compaction(first)
     session.on_before_compaction(second)
     drop_after = session.on_after_compaction(first)
-    drop_first()
-    drop_first()  # a second call does nothing
+    drop_first.remove()
+    drop_first.remove()  # a second call does nothing
     assert session.compactor.before == [second] and session.compactor.after == [first]
-    drop_after()
+    drop_after.remove()
     assert session.compactor.after == []
 
 
@@ -464,5 +464,5 @@ def test_a_conversation_whose_hooks_return_no_handle_is_refused():
             conversation.on_before_compaction = lambda hook: None
             return conversation
 
-    with pytest.raises(ConfigError, match="must return a function that unregisters the hook"):
+    with pytest.raises(ConfigError, match=r"must return a handle whose remove\(\) unregisters the hook"):
         Runner.run_sync(Agent("a", model=Old(["hi"])), "go")

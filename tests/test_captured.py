@@ -260,15 +260,15 @@ def test_a_session_keeps_its_queries_compacts_on_them_and_resumes_with_them(tmp_
         session.generate(30)
     assert any(e.status == "ok" for e in session.events)
     assert modes and set(modes) == {"captured"}  # no repeat pass
-    sample = session._sample
+    sample = session.queries.sample
     assert 16 < len(sample) <= 32 and int(sample.positions[-1]) < session.cached
     assert int(sample.positions[0]) == 0  # the whole history, not a recent window
     session.save()
     again = Session.resume(Store(tmp_path / "s.db"), session.id, make(), tiny_tokenizer(), policy=policy,
                            captured_queries=32)
-    assert torch.equal(again._sample.positions, sample.positions)
+    assert torch.equal(again.queries.sample.positions, sample.positions)
     for idx, q in sample.queries.items():
-        assert torch.equal(again._sample.queries[idx], q)
+        assert torch.equal(again.queries.sample.queries[idx], q)
     torch.testing.assert_close(again.next_token_logits(), session.next_token_logits(), rtol=0, atol=1e-6)
 
 
@@ -284,7 +284,7 @@ def test_reference_both_in_a_session_and_a_sample_that_began_late(tmp_path, mode
     session.save()
     again = Session.resume(Store(tmp_path / "s.db"), session.id, tiny_chat_llama(), tiny_tokenizer(),
                            policy=policy, captured_queries=64, compaction_options={"reference": "both"})
-    assert len(again._sample) == 0
+    assert len(again.queries.sample) == 0
     again.add("user", "message two")
     again.generate(40)
     assert any(e.status == "ok" for e in again.events)
@@ -304,7 +304,7 @@ def test_a_sample_past_the_cache_is_reported_as_damage(tmp_path):
     session.add("user", "hello there")
     session.generate(5)
     session.save()
-    sample = session._sample
+    sample = session.queries.sample
     damaged = QuerySample(16)
     damaged.stride, damaged.positions = sample.stride, sample.positions + 1000
     damaged.queries = dict(sample.queries)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from agentmem import checks
+from agentmem import compact
 from agentmem.cli import common
 from agentmem.errors import ConfigError
 from agentmem.policies import FixedRatio, TargetSize
@@ -22,7 +22,6 @@ ADVICE = "pass e.g. 5 to keep a fifth of a span"
 # Each takes a value and returns the ratio it accepted (or raises).
 TAKERS = {
     "check_ratio": lambda v: check_ratio("owner", "ratio", v),
-    "compact": checks.ratio,
     "FixedRatio": lambda v: FixedRatio(v).ratio,
     "FixedRatio.by_kind": lambda v: FixedRatio(5, by_kind={"user": v}).by_kind["user"],
     "TargetSize.min_ratio": lambda v: TargetSize(10, min_ratio=v, max_ratio=max(v, 50) if _real(v) else 50).min_ratio,
@@ -70,4 +69,4 @@ def test_the_message_names_its_owner_and_argument() -> None:
     with pytest.raises(ConfigError, match=r"^FixedRatio: by_kind\['user'\] must be a finite number >= 1, got 0\b"):
         FixedRatio(5, by_kind={"user": 0})
     with pytest.raises(ConfigError, match=r"^compact: ratio must be"):
-        checks.ratio(0.5)
+        compact(None, None, None, ratio=0.5)  # checked before the model is touched

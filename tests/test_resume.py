@@ -137,7 +137,8 @@ def test_checkpoints_pass_unchanged_blocks_by_hash_and_resume_exactly(tmp_path):
         with contextlib.closing(sqlite3.connect(tmp_path / "s.db")) as db:
             blobs.append(db.execute("select count(*), sum(size) from blobs").fetchone())
     assert not session.events  # no compaction: each turn only appends
-    by_hash = [b for layer in session._checkpoint() for b in layer["blocks"] if isinstance(b, str)]
+    checkpoint = session._saved.checkpoint(session.cache, session.cached)
+    by_hash = [b for layer in checkpoint for b in layer["blocks"] if isinstance(b, str)]
     assert len(by_hash) >= len(session.cache.layers)  # the unchanged prefix is not serialized again
     layers = len(session.cache.layers)
     # later turns add at most the partly filled last block per layer (+ its successor) and the query ring

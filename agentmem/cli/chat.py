@@ -372,33 +372,32 @@ class _CompactionDisplay:
 
 
 class _PrefillBar:
-    """A bar over a long prefill, advanced after each forward pass of the model on the session's cache.
+    """A bar over a long prefill, advanced by the session's `on_prefill_progress` callback.
 
-    The engine prefills in chunks; a forward hook on the model counts them, so the library
-    needs no progress code. Only drawn when more than one chunk is pending.
+    Only drawn when more than one chunk is pending (the total comes from the session, which
+    also counts the reply's opener).
     """
 
     def __init__(self, session: Session):
         from ..engine import PREFILL_CHUNK
 
         self.session = session
-        self.pending = len(session.ids) - session.cached
         self.threshold = PREFILL_CHUNK
         self.bar = self.handle = None
 
     def __enter__(self) -> _PrefillBar:
-        if self.pending > self.threshold and progress_enabled():
-            self.bar = bar(total=self.pending, desc="prefill", unit="tok", leave=False)
-            self.handle = self.session.model.register_forward_hook(self._advance, with_kwargs=True)
+        if progress_enabled():
+            self.handle = self.session.on_prefill_progress(self._advance)
         return self
 
-    def _advance(self, module, args, kwargs, output) -> None:
-        ids = kwargs.get("input_ids")
-        if self.bar is None or ids is None or kwargs.get("past_key_values") is not self.session.cache:
-            return  # a compaction's own forward passes
-        self.bar.update(min(ids.shape[-1], self.bar.total - self.bar.n))
-        if self.bar.n >= self.bar.total:
-            self.__exit__()
+    def _advance(self, done: int, total: int) -> None:
+        if self.bar is None and done == 0 and total > self.threshold:
+            self.bar = bar(total=total, desc="prefill", unit="tok", leave=False)
+        if self.bar is not None:
+            self.bar.update(max(0, min(done, self.bar.total) - self.bar.n))
+            if self.bar.n >= self.bar.total:
+                self.bar.close()
+                self.bar = None
 
     def __exit__(self, *exc: object) -> None:
         if self.handle is not None:
