@@ -456,10 +456,11 @@ class Session:
         Args:
             messages: keep only the first `messages` messages: the copy is rolled back to
                 the boundary before message `messages` (its ids, segments, events and cache),
-                so a regenerated or edited turn prefills only what follows. The boundary's
-                last token is left pending (it is fed again with the next message, as a
-                reply's last sampled token is), so `next_token_logits()` works at once. The
-                copy forgets its recent decode queries (they may come from dropped messages).
+                so a regenerated or edited turn prefills only what follows. The kept cache
+                is exactly the original's up to the boundary; where the boundary was cached,
+                the copy has next-token logits again once something follows it (a message,
+                or the opener `generate` adds). The copy forgets its recent decode queries
+                (they may come from the dropped messages).
 
         Raises:
             ConfigError: `messages` is out of range, a reply is being generated, or the cache
@@ -493,14 +494,11 @@ class Session:
         end = sum(len(m["token_ids"]) for m in self.messages[:messages])
         if self.cached <= end:
             return end, None  # the cache holds nothing past the boundary
-        problem = None
-        for cut in (end - 1, end) if end else (0,):  # leave the boundary's last token pending if it can be
-            try:
-                return end, hf.crop_cache(self.cache, cut, self.model)
-            except ValueError as exc:
-                problem = exc
-        raise ConfigError(f"fork: the cache cannot be cut before message {messages} ({problem}); start a new "
-                          "session with the kept messages instead") from None
+        try:
+            return end, hf.crop_cache(self.cache, end, self.model)
+        except ValueError as exc:
+            raise ConfigError(f"fork: the cache cannot be cut before message {messages} ({exc}); start a new "
+                              "session with the kept messages instead") from None
 
     def _rewind(self, messages: int, end: int, cache: Cache | None) -> None:
         """Roll this copy back to its first `messages` messages, `end` tokens (see `fork`)."""
@@ -512,6 +510,9 @@ class Session:
             segment.messages = [i for i in segment.messages if i < messages]
             if segment.messages:
                 segment.end = min(segment.end, end)
+                if segment.kind == "tool_call" and all(self.messages[i]["role"] == "assistant"
+                                                       for i in segment.messages):
+                    segment.kind = "assistant"  # the call lost its results: as it was before they came
                 segments.append(segment)
         self.segments = segments
         self.events = [e for e in self.events if e.start < end]
