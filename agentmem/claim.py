@@ -11,6 +11,12 @@ with `claim`, in this order:
 3. **new** or **branch**: else a new session, made by the caller (its store row, system
    prompt and tools are the caller's). It is a *branch* when the conversation already has
    sessions but none fits; with `branches` it then gets the id ``"<id>/2"``, ``"<id>/3"``, ...
+   With `shared` (how many leading messages a session has in common with the turn), the
+   new session is instead a *fork* of the live or stored session sharing the most, rolled
+   back to the common prefix (`Session.fork(messages=n)`), so a regenerated or edited last
+   turn prefills only what follows it; `adopt` gives the fork its id and store row. Where
+   the cache cannot be cut there (inside a compacted span, or past a sliding window), the
+   next candidate is tried, and then a new session is made as before (logged).
 
 A conversation is named by a session id; with `branches` its sessions are that id and its
 branch ids. Where several fit, the one that keeps the most messages wins.
@@ -30,14 +36,21 @@ log = logging.getLogger(__name__)
 ORIGINS = ("live", "resumed", "new", "branch")
 
 Fits = Callable[[Sequence[dict]], "int | None"]
+Shared = Callable[[Sequence[dict]], int]
 
 
 @dataclass
 class Claim:
-    """The session a turn continues, and how it was found (one of `ORIGINS`)."""
+    """The session a turn continues, and how it was found (one of `ORIGINS`).
+
+    `forked_from` names the session a new or branch session was forked from (None: it
+    starts empty); `shared` is how many of its messages the fork kept.
+    """
 
     session: Any
     origin: str
+    forked_from: str | None = None
+    shared: int = 0
 
 
 def is_current(session: Any) -> bool:
@@ -71,6 +84,7 @@ def _everything(messages: Sequence[dict]) -> int:
 def claim(model: Any, tokenizer: Any, *, create: Callable[[str | None, str], Any] | None,
           store: Any = None, session_id: str | None = None, live: Sequence[Any] = (),
           fits: Fits = _everything, branches: bool = False, taken: Collection[str] = (),
+          shared: Shared | None = None, adopt: Callable[[Any, str | None], Any] | None = None,
           policy: Any = None, **options: Any) -> Claim:
     """The session a turn continues (see the module docstring).
 
@@ -86,6 +100,11 @@ def claim(model: Any, tokenizer: Any, *, create: Callable[[str | None, str], Any
         branches: the conversation has branch sessions ``"<id>/N"``; a stored one made
             with another model is passed over (logged) instead of raising.
         taken: ids a new session may not get (e.g. sessions held in memory).
+        shared: how many leading messages of a session the turn has in common with it; with
+            it, a new or branch session is forked from the session sharing the most (>= 1).
+        adopt: `adopt(fork, session_id)` gives a fork (an in-memory `Session`) the id a new
+            session would get (None: an unnamed one) and its store row; returns the session
+            to use. Needed with `shared`.
         policy, options: `Session.resume` keywords (policy None keeps the stored one).
 
     Raises:
@@ -94,6 +113,8 @@ def claim(model: Any, tokenizer: Any, *, create: Callable[[str | None, str], Any
     """
     if create is None and (store is None or session_id is None):
         raise ConfigError("claim: without create, a store and a session_id are needed to resume from")
+    if shared is not None and (adopt is None or create is None):
+        raise ConfigError("claim: shared needs adopt (to name and store a fork) and create")
     current = [s for s in live if is_current(s)]  # a stale copy is not used, nor does it hide the stored one
     fitting = [(n, s) for s in current if (n := fits(s.messages)) is not None]
     if fitting:
@@ -110,9 +131,43 @@ def claim(model: Any, tokenizer: Any, *, create: Callable[[str | None, str], Any
         return Claim(session, "resumed")
     origin = "branch" if session_id is not None and (current or stored) else "new"
     new_id = branch_id(session_id, set(stored) | set(taken)) if branches else session_id
+    if shared is not None and adopt is not None:
+        fork = _fork(model, tokenizer, current, store, stored, held, shared, policy, options)
+        if fork is not None:
+            base, kept, session = fork
+            log.info("the messages share %d messages with session %r; forking it as %r", kept, base, new_id)
+            return Claim(adopt(session, new_id), origin, forked_from=base, shared=kept)
     if origin == "branch":
         log.info("the messages do not fit any session of conversation %r; starting %r", session_id, new_id)
     return Claim(create(new_id, origin), origin)
+
+
+def _fork(model: Any, tokenizer: Any, current: Sequence[Any], store: Any, stored: Sequence[str], held: set[str],
+          shared: Shared, policy: Any, options: dict) -> tuple[str, int, Any] | None:
+    """(base id, messages kept, fork) of the session sharing the most messages that can be cut there."""
+    candidates: list[tuple[int, int, Any]] = [(shared(s.messages), 1, s) for s in current]  # live first on ties
+    if store is not None:
+        fingerprint = _fingerprint(model)  # a fork saves work; a session of another model is no error here
+        candidates += [(shared(store.messages(sid)), 0, sid) for sid in stored
+                       if sid not in held and store.get_session(sid)["fingerprint"] == fingerprint]
+    for kept, _, base in sorted(candidates, key=lambda c: c[:2], reverse=True):
+        if kept < 1:
+            break
+        if isinstance(base, str):
+            from .engine import Session
+
+            base = Session.resume(store, base, model, tokenizer, policy=policy, **options)
+        try:
+            return base.id, kept, base.fork(messages=kept)
+        except ConfigError as exc:
+            log.info("cannot fork session %r at its %d shared messages: %s", base.id, kept, exc)
+    return None
+
+
+def _fingerprint(model: Any) -> str:
+    from .models import model_fingerprint
+
+    return model_fingerprint(model)
 
 
 def _stored_ids(store: Any, session_id: str, branches: bool) -> list[str]:
@@ -131,11 +186,7 @@ def _best_stored(store: Any, ids: Sequence[str], held: set[str], fits: Fits, mod
     """The stored session (not held live) whose messages fit the most; with `branches`, of this model only."""
     if strict:
         return ids[0] if ids else None
-    fingerprint = None
-    if branches:
-        from .models import model_fingerprint
-
-        fingerprint = model_fingerprint(model)
+    fingerprint = _fingerprint(model) if branches else None
     best: tuple[int, str] | None = None
     for sid in ids:
         if sid in held:

@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -44,6 +45,9 @@ from .sampling import Choices
 from .saving import SaveMark
 from .segments import CompactionEvent, KVStats, Segment
 from .session_queries import SessionQueries
+
+if TYPE_CHECKING:
+    from transformers.cache_utils import Cache
 
 log = logging.getLogger(__name__)
 
@@ -444,11 +448,27 @@ class Session:
         last.index, last.start = last.index + 1, boundary
         self.segments[-1:] = [head, last]
 
-    def fork(self) -> Session:
+    def fork(self, *, messages: int | None = None) -> Session:
         """An in-memory copy of this session (no store) that can diverge from it.
 
         The copy shares the cache's tensors, so forking costs no memory until it grows.
+
+        Args:
+            messages: keep only the first `messages` messages: the copy is rolled back to
+                the boundary before message `messages` (its ids, segments, events and cache),
+                so a regenerated or edited turn prefills only what follows. The kept cache
+                is exactly the original's up to the boundary; where the boundary was cached,
+                the copy has next-token logits again once something follows it (a message,
+                or the opener `generate` adds). The copy forgets its recent decode queries
+                (they may come from the dropped messages).
+
+        Raises:
+            ConfigError: `messages` is out of range, a reply is being generated, or the cache
+                cannot be cut at the boundary: it lies inside a compacted span, or a
+                sliding-window layer has slid past it. Nothing was changed; a new session that
+                prefills the kept messages is the way out.
         """
+        cut = None if messages is None else self._rewind_point(messages)
         twin = object.__new__(Session)
         twin.__dict__.update(self.__dict__)
         twin.store = None
@@ -460,7 +480,53 @@ class Session:
         twin._saved = replace(self._saved)
         twin.compactor = Compactor(self.model, self.tokenizer, options=self.compactor.options)
         twin._progress = []  # like the compaction hooks, callbacks stay with the original
+        if cut is not None:
+            twin._rewind(messages, *cut)
         return twin
+
+    def _rewind_point(self, messages: int) -> tuple[int, Cache | None]:
+        """Where `fork(messages=...)` cuts: (logical end of the kept messages, the cropped cache or None)."""
+        if isinstance(messages, bool) or not isinstance(messages, int) or not 0 <= messages <= len(self.messages):
+            raise ConfigError(f"fork: messages must be an int from 0 to {len(self.messages)} (the session's "
+                              f"messages), got {messages!r}")
+        if self.segments and self.segments[-1].kind == "generation":
+            raise ConfigError("fork: a reply is being generated; fork before or after it, not during it")
+        end = sum(len(m["token_ids"]) for m in self.messages[:messages])
+        if self.cached <= end:
+            return end, None  # the cache holds nothing past the boundary
+        try:
+            return end, hf.crop_cache(self.cache, end, self.model)
+        except ValueError as exc:
+            raise ConfigError(f"fork: the cache cannot be cut before message {messages} ({exc}); start a new "
+                              "session with the kept messages instead") from None
+
+    def _rewind(self, messages: int, end: int, cache: Cache | None) -> None:
+        """Roll this copy back to its first `messages` messages, `end` tokens (see `fork`)."""
+        if cache is not None:
+            self.cache, self.cached, self._logits = cache, cache.get_seq_length(), None
+        self.messages, self.ids = self.messages[:messages], self.ids[:end]
+        segments = []
+        for segment in self.segments:  # a tool-call group may lose its last messages
+            segment.messages = [i for i in segment.messages if i < messages]
+            if segment.messages:
+                segment.end = min(segment.end, end)
+                if segment.kind == "tool_call" and all(self.messages[i]["role"] == "assistant"
+                                                       for i in segment.messages):
+                    segment.kind = "assistant"  # the call lost its results: as it was before they came
+                segments.append(segment)
+        self.segments = segments
+        self.events = [e for e in self.events if e.start < end]
+        self.queries.recent.clear()
+        if self.queries.sample is not None:
+            self.queries.sample.truncate(self.cached)
+        self._saved = SaveMark()
+        self._blocked_until, self._over_budget = -1, False
+        self._last_compaction_turn = min(self._last_compaction_turn, self.turns)
+
+    def attach_store(self, store, session_id: str) -> None:
+        """Keep this in-memory session (a fork) in `store` as `session_id`, a stored session that
+        holds nothing yet (`Store.create_session`); the next `save` commits all of it."""
+        self.store, self.id, self._saved = store, session_id, SaveMark()
 
     def on_before_compaction(self, hook: BeforeHook) -> RemovableHandle:
         """Call `hook(plan)` before each compaction; returning False (or raising CompactionVetoed) skips it.

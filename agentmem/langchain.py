@@ -15,6 +15,13 @@ a per-process registry:
   `"<id>/3"`, ...) instead of mixing histories; `response_metadata["agentmem"]["branch"]`
   is then True and a log line says so. Without a session id, a call reuses any session it
   extends, else starts a new one.
+- A new or branch session is *forked* from the session sharing the most leading messages
+  with the call, rolled back to them (`Session.fork(messages=n)`): a regenerated last turn
+  (the same history again) or an edited last message prefills only what follows the common
+  prefix, and so does each of a `batch` of histories that share one. The session forked
+  from is not changed; `response_metadata["agentmem"]["forked_from"]` names it. Where the
+  cache cannot be cut at the prefix (inside a compacted span, or past a sliding window),
+  the new session prefills everything, as a log line says.
 - With `store` (an SQLite path) every turn is committed, and a conversation found in the
   store is resumed from its KV checkpoint, so the cache survives a restart.
 
@@ -59,7 +66,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from . import models
 from .chat import ChatFormat
-from .claim import claim, is_current
+from .claim import Claim, claim, is_current
 from .engine import Session
 from .errors import ConfigError
 from .forbid import call_texts
@@ -422,7 +429,8 @@ class ChatAgentMem(BaseChatModel):
         tools_prompt = ChatFormat.tools_message(call.tools)["content"] if call.tools else None
         turns = _turns(call.messages, tools_prompt)
         with _REGISTRY.model_lock(model):
-            entry, origin = self._claim(call, turns, model, tokenizer)
+            entry, claimed = self._claim(call, turns, model, tokenizer)
+            origin = claimed.origin
             session = entry.session
             try:
                 for turn in turns[len(entry.keys):]:
@@ -433,7 +441,8 @@ class ChatAgentMem(BaseChatModel):
                 timed_out = call_ended = False
                 if call.forcing.complete is not None:
                     cached = session.cached
-                    session.prefill()
+                    if cached < len(session.ids):  # a regenerate's fork may hold every message already
+                        session.prefill()
                     prompt = session.cached - cached
                     session.add("assistant", call.forcing.complete)
                     if session.store is not None:
@@ -478,45 +487,66 @@ class ChatAgentMem(BaseChatModel):
         usage = cast(UsageMetadata, spent.metadata())
         metadata = {"model_name": call.model_name, "finish_reason": reason,
                     "agentmem": {"session_id": entry.id, "thread_id": call.thread, "branch": origin == "branch",
-                                 "resumed": origin == "resumed", "finish_reason": finish,
+                                 "resumed": origin == "resumed", "forked_from": claimed.forked_from,
+                                 "finish_reason": finish,
                                  "compactions": [e.to_dict() for e in events], "kv": asdict(stats)}}
         return _Outcome(text=text, content=content, tool_calls=calls, invalid_tool_calls=invalid, usage=usage,
                         metadata=metadata)
 
     # ------------------------------------------------------------------ sessions
-    def _claim(self, call: _Call, turns: list[_Turn], model: Any, tokenizer: Any) -> tuple[_Entry, str]:
-        """The session this call continues (`agentmem.claim`): one whose messages the call's extend."""
+    def _claim(self, call: _Call, turns: list[_Turn], model: Any, tokenizer: Any) -> tuple[_Entry, Claim]:
+        """The session this call continues (`agentmem.claim`): one whose messages the call's extend, else a
+        fork of the one sharing the most leading messages (a regenerated or edited last turn), else a new one."""
         keys = [t.key for t in turns]
 
         def fits(messages: Sequence[dict]) -> int | None:
-            held = [_key(m["role"], m["content"], (m.get("meta") or {}).get("kind", "")) for m in messages]
+            held = _message_keys(messages)
             return len(held) if len(held) <= len(keys) and keys[:len(held)] == held else None
 
-        def create(sid: str | None, origin: str) -> Session:
+        def shared(messages: Sequence[dict]) -> int:
+            return next((i for i, (a, b) in enumerate(zip(_message_keys(messages), keys)) if a != b),
+                        min(len(messages), len(keys)))
+
+        def stored_row(sid: str | None) -> str:
             sid = sid or uuid.uuid4().hex
             if store is not None:
                 store.create_session(model=call.model_name, fingerprint=model_fingerprint(model), session_id=sid,
                                      title=call.thread, config={"surface": "langchain", "thread": call.thread})
-            return Session(model, tokenizer, policy=self._policy, store=store, session_id=sid,
+            return sid
+
+        def create(sid: str | None, origin: str) -> Session:
+            return Session(model, tokenizer, policy=self._policy, store=store, session_id=stored_row(sid),
                            tools=call.tools or None, seed=call.seed, model_name=call.model_name)
+
+        def adopt(fork: Session, sid: str | None) -> Session:
+            sid = stored_row(sid)
+            if store is None:
+                fork.id = sid
+            else:
+                fork.attach_store(store, sid)
+            return fork
 
         known = {e.session: e for e in _REGISTRY.candidates(call.thread, model) if self._current(e)}
         store = _REGISTRY.store(self.store) if self.store else None
         claimed = claim(model, tokenizer, create=create, store=store, session_id=call.thread, live=list(known),
-                        fits=fits, branches=True, taken=_REGISTRY.ids(),
+                        fits=fits, branches=True, taken=_REGISTRY.ids(), shared=shared, adopt=adopt,
                         policy=None if self.policy is None else self._policy,  # None: the stored policy
                         seed=call.seed, model_name=call.model_name)
         session = claimed.session
         if claimed.origin == "live":
             entry = known[session]
         else:
-            held = [t.key for t in turns[:1] if t.kind == "tools"] if claimed.origin in ("new", "branch") \
-                else keys[:fits(session.messages)]
+            if claimed.forked_from is not None:
+                held = keys[:claimed.shared]
+            elif claimed.origin in ("new", "branch"):
+                held = [t.key for t in turns[:1] if t.kind == "tools"]
+            else:
+                held = keys[:fits(session.messages)]
             entry = _Entry(id=session.id, thread=call.thread, session=session, keys=held)
             if claimed.origin == "resumed":
                 log.info("resumed session %r from %s (%d messages)", session.id, store.path, len(held))
         _REGISTRY.put(entry, self.max_sessions)
-        return entry, claimed.origin
+        return entry, claimed
 
     @staticmethod
     def _current(entry: _Entry) -> bool:
@@ -527,6 +557,11 @@ class ChatAgentMem(BaseChatModel):
                  entry.session.store.path)
         _REGISTRY.discard(entry)
         return False
+
+
+def _message_keys(messages: Sequence[dict]) -> list[tuple]:
+    """The normalized keys of engine messages (`langchain_history._key`)."""
+    return [_key(m["role"], m["content"], (m.get("meta") or {}).get("kind", "")) for m in messages]
 
 
 def _calls_this_turn(messages: Sequence[BaseMessage]) -> list[ToolCall]:

@@ -135,3 +135,62 @@ def test_without_create_the_named_session_must_exist(pair, store):
         claim(*pair, create=None, session_id="c")
     stored(store, *pair, "c", "one")
     assert claim(*pair, create=None, store=store, session_id="c").origin == "resumed"
+
+
+# --------------------------------------------------------------------------- forks at a shared prefix
+def shares(*wanted: str):
+    """A `shared`: how many leading messages of a session are the user messages `wanted` with their replies."""
+    def count(messages):
+        n = 0
+        for m in messages:
+            if m["role"] == "user":
+                if n // 2 >= len(wanted) or m["content"] != wanted[n // 2]:
+                    break
+            n += 1
+        return n
+    return count
+
+
+def adopted(session, session_id):
+    session.id = session_id
+    return session
+
+
+def test_a_branch_forks_the_session_sharing_the_most_messages(pair):
+    one, two = Session(*pair, policy="off", session_id="c"), Session(*pair, policy="off", session_id="c/2")
+    for session, texts in ((one, ["a", "q"]), (two, ["a", "b", "x"])):
+        for text in texts:
+            session.add("user", text)
+            session.generate(2)
+    ids = list(two.ids)
+    create = Created(pair)
+    got = claim(*pair, create=create, session_id="c", live=[one, two], fits=prefix_of("a", "b", "y"),
+                branches=True, taken={"c", "c/2"}, shared=shares("a", "b", "y"), adopt=adopted)
+    assert got.origin == "branch" and got.forked_from == "c/2" and got.shared == 4 and create.calls == []
+    assert got.session.id == "c/3" and users(got.session.messages) == ["a", "b"] and got.session.store is None
+    assert got.session.ids == ids[:len(got.session.ids)] and two.ids == ids
+
+
+def test_a_stored_session_is_resumed_and_forked_and_its_rows_stay(pair, store):
+    stored(store, *pair, "c", "a", "b")
+    rows, version = store.messages("c"), store.get_session("c")["version"]
+    got = claim(*pair, create=Created(pair), store=store, session_id="c", fits=prefix_of("a", "z"), branches=True,
+                shared=shares("a", "z"), adopt=adopted)
+    assert got.forked_from == "c" and got.shared == 2 and got.session.cached > 0
+    assert users(got.session.messages) == ["a"] and got.session.id == "c/2"
+    assert store.messages("c") == rows and store.get_session("c")["version"] == version
+
+
+def test_a_fork_that_cannot_be_cut_falls_back_to_a_new_session(pair, caplog):
+    gemma = tiny_chat_gemma3(seed=0), pair[1]
+    base = Session(*gemma, policy="off", session_id="c")
+    base.add("user", "a message longer than the sliding window")
+    base.generate(3)
+    create = Created(gemma)
+    with caplog.at_level("INFO", logger="agentmem.claim"):
+        got = claim(*gemma, create=create, session_id="c", live=[base], fits=prefix_of("x"), branches=True,
+                    taken={"c"}, shared=lambda messages: 1, adopt=adopted)
+    assert got.forked_from is None and create.calls == [("c/2", "branch")]
+    assert "cannot fork session 'c' at its 1 shared messages" in caplog.text
+    with pytest.raises(ConfigError, match="shared needs adopt"):
+        claim(*pair, create=create, shared=lambda messages: 1)

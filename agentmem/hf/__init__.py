@@ -58,6 +58,7 @@ from .state import (
     cache_state,
     compacted_runs,
     copy_cache,
+    crop_cache,
     drop_span,
     snap_span,
     span_slots,

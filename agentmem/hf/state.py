@@ -11,8 +11,8 @@ from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer, Dynam
 from ..errors import UnsupportedModelError
 from .cache import CompactedCache, CompactedLayer
 
-__all__ = ["cache_from_state", "cache_size", "cache_state", "compacted_runs", "copy_cache", "drop_span",
-           "snap_span", "span_slots"]
+__all__ = ["cache_from_state", "cache_size", "cache_state", "compacted_runs", "copy_cache", "crop_cache",
+           "drop_span", "snap_span", "span_slots"]
 
 def cache_state(cache: Cache, *, block: int = 64) -> list[dict]:
     """Describe every layer of `cache` as plain data: `kind`, `meta` and tensor `blocks`.
@@ -189,3 +189,51 @@ def snap_span(cache: Cache, start: int, end: int) -> tuple[int, int]:
 def copy_cache(cache: Cache, model: torch.nn.Module) -> Cache:
     """A cache that shares tensors with `cache` but grows independently (cache updates never write in place)."""
     return cache_from_state(cache_state(cache, block=1 << 30), model)
+
+
+def crop_cache(cache: Cache, tokens: int, model: torch.nn.Module) -> Cache:
+    """A cache holding only logical tokens [0, tokens) of `cache`, sharing its tensors (`cache` is not modified).
+
+    Full-attention layers are cut at `tokens`, compacted runs before it kept whole; a
+    sliding-window layer keeps the window that ends at `tokens`.
+
+    Raises:
+        ValueError: `tokens` is out of range, lies inside a compacted run (its slots stand
+            for tokens on both sides of it), or a sliding-window layer has slid past the
+            window that ends at `tokens` (it no longer holds those tokens).
+    """
+    from .model import new_cache
+
+    length = cache.get_seq_length()
+    if not 0 <= tokens <= length:
+        raise ValueError(f"cannot crop a cache of {length} tokens to {tokens}")
+    if tokens == 0:
+        return new_cache(model)
+    out = copy_cache(cache, model)
+    for idx, layer in enumerate(out.layers):
+        if not layer.is_initialized or layer.keys is None:
+            continue
+        if isinstance(layer, CompactedLayer):
+            _, end = layer.physical_span(0, tokens)  # raises inside a compacted run
+            runs, logical = [], 0
+            for run_tokens, slots in layer.runs:
+                if logical >= tokens:
+                    break
+                runs.append([run_tokens, slots] if logical + run_tokens <= tokens else [tokens - logical] * 2)
+                logical += run_tokens
+            out.layers[idx] = CompactedLayer.from_tensors(
+                layer.keys[:, :, :end], layer.values[:, :, :end], layer.bias[..., :end], logical_length=tokens,
+                scaling=layer.scaling, runs=runs)
+        elif isinstance(layer, DynamicSlidingWindowLayer):
+            first = layer.cumulative_length - layer.keys.shape[-2]  # the oldest token the layer holds
+            need = max(0, tokens - layer.sliding_window + 1)  # the oldest token the window at `tokens` reads
+            if first > need:
+                raise ValueError(f"layer {idx} slides over {layer.sliding_window} tokens and holds tokens from "
+                                 f"{first} on; the window before token {tokens} starts at {need}")
+            layer.keys = layer.keys[:, :, need - first : tokens - first]  # (B, H_kv, window, D)
+            layer.values = layer.values[:, :, need - first : tokens - first]
+            layer.cumulative_length = tokens
+        else:
+            layer.keys = layer.keys[:, :, :tokens]  # (B, H_kv, tokens, D)
+            layer.values = layer.values[:, :, :tokens]
+    return out
