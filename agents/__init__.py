@@ -99,7 +99,7 @@ from .models import Conversation, LocalModel, Model
 from .runner import RunHooks, Runner, RunResult, RunResultStreaming
 from .scripted import ScriptedCompaction, ScriptedModel, ScriptedRequest
 from .sessions import MemorySession, Session, SQLiteSession
-from .tools import FunctionTool, tool
+from .tools import FunctionTool, function_tool, tool
 
 __all__ = [
     "Agent",
@@ -131,5 +131,6 @@ __all__ = [
     "ToolResultEvent",
     "TurnDoneEvent",
     "Usage",
+    "function_tool",
     "tool",
 ]
