@@ -148,5 +148,9 @@ class Agent:
         return [t.schema() for t in self.tools]
 
     def clone(self, **changes: Any) -> Agent:
-        """A copy with some fields changed (the model object is shared)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields changed (the model object is shared; `model_settings` changes `settings`)."""
+        if "model_settings" in changes:
+            if "settings" in changes:
+                raise ConfigError("pass settings= or model_settings= (the same thing), not both")
+            changes["settings"] = changes.pop("model_settings")
+        return dataclasses.replace(self, **changes, model_settings=None)

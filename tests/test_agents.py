@@ -145,6 +145,8 @@ def test_openai_agents_spellings_mean_the_same():
     assert result.usage.output_tokens == result.usage.completion_tokens > 0
     assert agent.settings.with_(max_new_tokens=12).max_new_tokens == 12
     assert agent.settings.with_(max_tokens=14).max_new_tokens == 14
+    assert agent.clone(settings=ModelSettings(max_tokens=9)).model_settings.max_new_tokens == 9
+    assert agent.clone(model_settings=ModelSettings(max_tokens=7)).settings.max_new_tokens == 7
     with pytest.raises(ConfigError, match="disagree"):
         ModelSettings(max_tokens=10, max_new_tokens=20)
     with pytest.raises(ConfigError, match="not both"):
