@@ -23,6 +23,20 @@ class Usage:
     completion_tokens: int = 0  # tokens generated
 
     @property
+    def input_tokens(self) -> int:
+        """Prompt tokens, cached or prefilled (openai-agents' name; as there, cached ones count).
+
+        Unlike openai-agents' `total_tokens`, ours leaves the cached tokens out (it counts
+        what the model computed), so `input_tokens + output_tokens` is larger.
+        """
+        return self.cached_tokens + self.prompt_tokens
+
+    @property
+    def output_tokens(self) -> int:
+        """`completion_tokens`, by openai-agents' name."""
+        return self.completion_tokens
+
+    @property
     def total_tokens(self) -> int:
         """Tokens the model computed: prefilled plus generated (cached ones cost nothing)."""
         return self.prompt_tokens + self.completion_tokens

@@ -30,8 +30,11 @@ API summary (all importable from `agentmem.agents`):
   -> str` validates and returns a string; non-strings are JSON-dumped). Invalid arguments
   and exceptions raised by the function become an observation ("error: ValueError: ...")
   for the model. Plain callables passed to `Agent(tools=...)` are wrapped automatically.
+  `function_tool(name_override=..., description_override=...)` is `tool` by openai-agents'
+  name, and `FunctionTool.params_json_schema` is `parameters`.
 - `ModelSettings(max_new_tokens=256, temperature=0.0, tool_choice="auto", stop=(),
-  constrain_calls=True)`: tool_choice is "auto", "required", "none" or a tool name.
+  constrain_calls=True)` (`max_tokens=` is openai-agents' name for `max_new_tokens`; so is
+  `Agent(model_settings=...)` for `settings=`): tool_choice is "auto", "required", "none" or a tool name.
   "required" / a name force the reply to begin with `<tool_call>{"name": "` (or
   `<tool_call>{"name": "NAME", "arguments": `) through `Session.stream(prefix=...)`, and
   `constrain_calls` holds a started call to the tool's JSON schema (token filter), which
@@ -99,7 +102,7 @@ from .models import Conversation, LocalModel, Model
 from .runner import RunHooks, Runner, RunResult, RunResultStreaming
 from .scripted import ScriptedCompaction, ScriptedModel, ScriptedRequest
 from .sessions import MemorySession, Session, SQLiteSession
-from .tools import FunctionTool, tool
+from .tools import FunctionTool, function_tool, tool
 
 __all__ = [
     "Agent",
@@ -131,5 +134,6 @@ __all__ = [
     "ToolResultEvent",
     "TurnDoneEvent",
     "Usage",
+    "function_tool",
     "tool",
 ]

@@ -24,6 +24,9 @@ class ModelSettings:
 
     Args:
         max_new_tokens: tokens per reply at most.
+        max_tokens: openai-agents' name for `max_new_tokens`: when given, it sets
+            `max_new_tokens` and is then None again (so `with_` and `dataclasses.replace`
+            change `max_new_tokens` alone).
         temperature: 0 decodes greedily (the default: reproducible runs).
         tool_choice: "auto" (the model decides), "required" (the reply starts with
             ``<tool_call>{"name": "``), "none" (replies are final answers: calls in them
@@ -47,8 +50,15 @@ class ModelSettings:
     stop: tuple[str, ...] = ()
     reset_tool_choice: bool | None = None
     constrain_calls: bool = True
+    max_tokens: int | None = None
 
     def __post_init__(self) -> None:
+        if self.max_tokens is not None:
+            if self.max_new_tokens not in (256, self.max_tokens):
+                raise ConfigError(f"max_tokens={self.max_tokens} and max_new_tokens={self.max_new_tokens} disagree; "
+                                  f"pass one of them")
+            object.__setattr__(self, "max_new_tokens", self.max_tokens)
+            object.__setattr__(self, "max_tokens", None)
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:
@@ -59,7 +69,9 @@ class ModelSettings:
             object.__setattr__(self, "stop", tuple(self.stop))
 
     def with_(self, **changes: Any) -> ModelSettings:
-        """A copy with some fields changed."""
+        """A copy with some fields changed (`max_tokens` changes `max_new_tokens`)."""
+        if changes.get("max_tokens") is not None:
+            changes["max_new_tokens"] = changes.pop("max_tokens")
         return dataclasses.replace(self, **changes)
 
 
@@ -74,7 +86,8 @@ class Agent:
         model: a built-in name / HuggingFace id / path (a `LocalModel`, loaded once per
             process on first use), a `LocalModel`, or a `ScriptedModel`.
         policy: the compaction policy (a `Policy`, a preset name, a dict or a TOML path).
-        settings: decoding settings (`ModelSettings`).
+        settings: decoding settings (`ModelSettings`); `model_settings` is openai-agents'
+            name for it (either may be passed; both read the same).
         stop_at_tools: tool names whose output, when they succeed, is the final output.
         on_compaction: called with the `Plan` before each compaction; False vetoes it.
         reset_tool_choice: once a run has used a tool, its later replies use "auto"
@@ -95,8 +108,14 @@ class Agent:
     on_compaction: Callable[[Plan], bool | None] | None = None
     reset_tool_choice: bool = True
     repeat_guard: RepeatGuard | None = field(default_factory=RepeatGuard)
+    model_settings: ModelSettings | None = None
 
     def __post_init__(self) -> None:
+        if self.model_settings is not None and self.model_settings is not self.settings:
+            if self.settings != ModelSettings():
+                raise ConfigError("pass settings= or model_settings= (the same thing), not both")
+            self.settings = self.model_settings
+        self.model_settings = self.settings
         if self.settings.reset_tool_choice is not None:
             warnings.warn("ModelSettings(reset_tool_choice=...) is deprecated; pass Agent(reset_tool_choice=...)",
                           DeprecationWarning, stacklevel=3)
@@ -129,5 +148,9 @@ class Agent:
         return [t.schema() for t in self.tools]
 
     def clone(self, **changes: Any) -> Agent:
-        """A copy with some fields changed (the model object is shared)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields changed (the model object is shared; `model_settings` changes `settings`)."""
+        if "model_settings" in changes:
+            if "settings" in changes:
+                raise ConfigError("pass settings= or model_settings= (the same thing), not both")
+            changes["settings"] = changes.pop("model_settings")
+        return dataclasses.replace(self, **changes, model_settings=None)

@@ -64,6 +64,11 @@ class FunctionTool:
         self.arguments_model = _arguments_model(function, self.name, arg_docs)
         self.parameters: dict[str, Any] = _clean_schema(self.arguments_model.model_json_schema())
 
+    @property
+    def params_json_schema(self) -> dict[str, Any]:
+        """`parameters`, by openai-agents' name."""
+        return self.parameters
+
     def schema(self) -> dict[str, Any]:
         """The tool in OpenAI function format: ``{"type": "function", "function": {...}}``."""
         return {"type": "function",
@@ -154,6 +159,13 @@ def tool(function: Callable[..., Any] | None = None, /, *, name: str | None = No
     if function is not None:
         return FunctionTool(function, name=name, description=description)
     return lambda f: FunctionTool(f, name=name, description=description)
+
+
+def function_tool(function: Callable[..., Any] | None = None, /, *, name_override: str | None = None,
+                  description_override: str | None = None
+                  ) -> FunctionTool | Callable[[Callable[..., Any]], FunctionTool]:
+    """`tool` by openai-agents' name and keywords: `@function_tool` or `@function_tool(name_override=...)`."""
+    return tool(function, name=name_override, description=description_override)  # type: ignore[call-overload]
 
 
 def as_tool(value: Any) -> FunctionTool:

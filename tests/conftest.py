@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import DynamicCache, Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
 VOCAB = 128
+
+# `python -m pytest` puts the checkout's root on sys.path, where agents/ (installed as
+# agentmem.agents) would shadow openai-agents' own `agents` package; nothing imports from the root.
+_ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT]
 
 
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:

@@ -24,6 +24,7 @@ from agentmem.agents import (
     ScriptedModel,
     ScriptError,
     SQLiteSession,
+    function_tool,
     tool,
 )
 from agentmem.errors import ConfigError, ModelMismatchError
@@ -126,6 +127,30 @@ def test_loop_calls_tool_then_answers():
     assert second.messages[-1] == {"role": "tool", "content": "contents of a.py from line 1"}
     assert "</tool_call>" in second.stop and second.tools == [read_file.schema()]
     assert result.usage.requests == 2 and result.usage.cached_tokens > 0
+
+
+def test_openai_agents_spellings_mean_the_same():
+    @function_tool(name_override="read", description_override="Read a file.")
+    def read(path: str) -> str:
+        return f"contents of {path}"
+
+    assert read.name == "read" and read.description == "Read a file." and read.params_json_schema == read.parameters
+    model = ScriptedModel([ScriptedModel.call("read", path="a.py"), "done"])
+    agent = Agent(name="reader", tools=[read], model=model,
+                  model_settings=ModelSettings(max_tokens=40, tool_choice="required"))
+    assert agent.settings is agent.model_settings and agent.settings.max_new_tokens == 40
+    result = Runner.run_sync(agent, "Read a.py")
+    assert [r.max_new_tokens for r in model.requests] == [40, 40] and result.final_output == "done"
+    assert result.usage.input_tokens == result.usage.prompt_tokens + result.usage.cached_tokens
+    assert result.usage.output_tokens == result.usage.completion_tokens > 0
+    assert agent.settings.with_(max_new_tokens=12).max_new_tokens == 12
+    assert agent.settings.with_(max_tokens=14).max_new_tokens == 14
+    assert agent.clone(settings=ModelSettings(max_tokens=9)).model_settings.max_new_tokens == 9
+    assert agent.clone(model_settings=ModelSettings(max_tokens=7)).settings.max_new_tokens == 7
+    with pytest.raises(ConfigError, match="disagree"):
+        ModelSettings(max_tokens=10, max_new_tokens=20)
+    with pytest.raises(ConfigError, match="not both"):
+        Agent("a", model=model, settings=ModelSettings(max_tokens=8), model_settings=ModelSettings(max_tokens=9))
 
 
 def test_model_mistakes_become_observations():
