@@ -52,8 +52,8 @@ def __dir__() -> list[str]:
 
 
 def load_model(name_or_path: str = "smollm2-135m", **kwargs):
-    """Load a model and its tokenizer; see `agentmem.models.load_model`."""
-    from .models import load_model as _load
+    """Load a model and its tokenizer; see `agentmem.loading.load_model`."""
+    from .loading import load_model as _load
 
     return _load(name_or_path, **kwargs)
 

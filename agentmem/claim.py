@@ -165,7 +165,7 @@ def _fork(model: Any, tokenizer: Any, current: Sequence[Any], store: Any, stored
 
 
 def _fingerprint(model: Any) -> str:
-    from .models import model_fingerprint
+    from .loading import model_fingerprint
 
     return model_fingerprint(model)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import am, checks, hf, profiles, queries
+from . import am, checks, head_budgets, hf, queries
 from .am import MatchingPursuit, Selection, TopAttention
 from .baselines import HeavyHitters, Recent, SnapKV, Streaming
 from .captured import QuerySample
@@ -152,7 +152,7 @@ def compact(
     ratio = checks.cap_ratio(ratio, spans, opts.stats)
     began = time.perf_counter()
     hf.enable(model)
-    result = _Compactor(model, view, input_ids, (start, end), spans, ratio, spec, opts).run()
+    result = _CompactionRun(model, view, input_ids, (start, end), spans, ratio, spec, opts).run()
     seconds = time.perf_counter() - began
     checks.check_finite(result, layers)
     opts.stats.update(seconds=seconds, method=spec.name, ratio=ratio)
@@ -163,7 +163,7 @@ def compact(
     return result
 
 
-class _Compactor:
+class _CompactionRun:
     """One compaction call: gathers queries, then rebuilds each full layer."""
 
     def __init__(self, model, view, input_ids, span, spans, ratio, spec: Method, opts: Options):
@@ -203,12 +203,12 @@ class _Compactor:
         base = {idx: max(1, round(sizes[idx] / self.ratio)) for idx in self.layers}
         profile = None
         if self.spec.head_profile and self.opts.head_budgets is not None and self.ratio != 1:
-            profile = profiles.resolve(self.opts.head_budgets, self.model)
+            profile = head_budgets.resolve(self.opts.head_budgets, self.model)
         if profile is not None:
             weights = torch.tensor([sum(profile.get(f"L{idx}H{h}", 0.0) for h in range(self.num_kv)) * base[idx]
                                     for idx in self.layers])
             caps = torch.tensor([max(1, min(int(0.75 * sizes[idx]), 2 * base[idx])) for idx in self.layers])
-            base = dict(zip(self.layers, profiles.allocate(weights, caps, sum(base.values())).tolist()))
+            base = dict(zip(self.layers, head_budgets.allocate(weights, caps, sum(base.values())).tolist()))
         out = {}
         for idx in self.layers:
             valid = torch.isfinite(self._span(idx)[2]).sum(-1).reshape(self.batch, self.num_kv).min(0).values
@@ -229,7 +229,7 @@ class _Compactor:
             if keep:
                 self._reduced[idx] = reduced
         total = sum(int(self.budgets[idx].max()) for idx in self.layers)  # slots per head, summed over layers
-        for idx, width in profiles.global_widths(scores, valid, total).items():
+        for idx, width in head_budgets.global_widths(scores, valid, total).items():
             self.budgets[idx] = torch.full_like(self.budgets[idx], width)
 
     def _span(self, idx: int):

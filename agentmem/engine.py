@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from . import hf
-from .chat import ChatFormat
+from .chat_format import ChatFormat
 from .checkpoint import policy_data, stored_policy
 from .compaction import METHODS, options_from
 from .decoding import Decoder, LogitsProcessor, ReplyText, reply_config
@@ -574,7 +574,7 @@ class Session:
         return self.id
 
     def _create_stored(self, title: str | None) -> str:
-        from .models import model_fingerprint
+        from .loading import model_fingerprint
 
         return self.store.create_session(model=self._model_name, fingerprint=model_fingerprint(self.model),
                                          title=title, config={"policy": policy_data(self.policy)})
@@ -590,7 +590,7 @@ class Session:
             SessionNotFoundError, ModelMismatchError: see `Store.load_session`.
             CorruptSessionError: a stored row, block or tensor is damaged or inconsistent.
         """
-        from .models import model_fingerprint
+        from .loading import model_fingerprint
 
         loaded = store.load_session(session_id, fingerprint=model_fingerprint(model),
                                     map_location=next(model.parameters()).device)

@@ -64,15 +64,15 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
-from . import models
-from .chat import ChatFormat
+from . import loading
+from .chat_format import ChatFormat
 from .claim import Claim, claim, is_current
 from .engine import Session
 from .errors import ConfigError
 from .forbid import call_texts
 from .langchain_history import _REGISTRY, _Entry, _key, _Turn, _turns, clear_sessions
 from .langchain_tools import _split_reply, _Visible
-from .models import model_fingerprint
+from .loading import model_fingerprint
 from .policies import Policy, policy_from
 from .sampling import generation_config
 from .tool_choice import Forcing, forcing, resolve_choice, tool_name
@@ -127,7 +127,7 @@ class ChatAgentMem(BaseChatModel):
     """A LangChain chat model that keeps each conversation's KV cache within a budget.
 
     Construction loads nothing; the model is loaded on first use and shared by every
-    instance in the process that names it (`agentmem.models.shared_model`).
+    instance in the process that names it (`agentmem.loading.shared_model`).
 
     Example:
         ```python
@@ -147,7 +147,7 @@ class ChatAgentMem(BaseChatModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
 
-    model: str = Field(default=models.DEFAULT_MODEL, alias="model_name")
+    model: str = Field(default=loading.DEFAULT_MODEL, alias="model_name")
     """Built-in model name, HuggingFace id or local directory (or a label with `loaded`)."""
     policy: Any = None
     """Compaction policy: a preset name, a dict, a TOML path or an `agentmem.policies.Policy`.
@@ -419,9 +419,9 @@ class ChatAgentMem(BaseChatModel):
         if self.loaded is not None and name == self.model:
             return self.loaded
         if self.loaded is None and name == self.model:
-            return models.shared_model(name, device=self.device, dtype=self.dtype)
+            return loading.shared_model(name, device=self.device, dtype=self.dtype)
         _check_model_name(name)
-        return models.shared_model(name)
+        return loading.shared_model(name)
 
     def _run(self, call: _Call, emit: Callable[[str], None], cancel: threading.Event) -> _Outcome:
         """Pick or start the session, add the new messages, generate; `emit` gets text as decoded."""
@@ -587,9 +587,9 @@ def _thread(config: RunnableConfig | None, kwargs: dict) -> dict:
 
 
 def _check_model_name(name: str) -> None:
-    if models.is_model_name(name):
+    if loading.is_model_name(name):
         return
-    raise ConfigError(f"unknown model {name!r}: use a built-in name ({', '.join(models.builtin_models())}), "
+    raise ConfigError(f"unknown model {name!r}: use a built-in name ({', '.join(loading.builtin_models())}), "
                       "a local model directory, a HuggingFace id like 'owner/name', or "
                       "ChatAgentMem.from_model(model, tokenizer)")
 

@@ -75,7 +75,7 @@ from openai.types.responses.response_usage import InputTokensDetails, OutputToke
 
 from .errors import ConfigError
 from .langchain import ChatAgentMem
-from .models import DEFAULT_MODEL
+from .loading import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Tool calls in model text: the one convention every surface (LangChain, agents, CLI) parses.
 
 A model asks for a tool by writing a JSON object inside tags, as the tool prompt of
-`agentmem.chat.TOOLS_PROMPT` tells it::
+`agentmem.chat_format.TOOLS_PROMPT` tells it::
 
     <tool_call>{"name": "read_file", "arguments": {"path": "calc.py"}}</tool_call>
 

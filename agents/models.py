@@ -17,8 +17,8 @@ import torch
 from agentmem.engine import Reply, Session
 from agentmem.errors import ConfigError
 from agentmem.hooks import RemovableHandle
+from agentmem.loading import DEFAULT_MODEL, model_fingerprint, shared_model
 from agentmem.memory import AfterHook, BeforeHook
-from agentmem.models import DEFAULT_MODEL, model_fingerprint, shared_model
 from agentmem.segments import KVStats
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class LocalModel:
 
     Args:
         name: a built-in name (e.g. "smollm2-135m"), a HuggingFace id or a local path;
-            loaded on first use, once per process (`agentmem.models.shared_model`).
+            loaded on first use, once per process (`agentmem.loading.shared_model`).
         device: where to run it (default: CPU).
         dtype: its dtype (default: float32).
     """
@@ -100,7 +100,7 @@ class LocalModel:
 
     @property
     def fingerprint(self) -> str:
-        """`agentmem.models.model_fingerprint` of the loaded model."""
+        """`agentmem.loading.model_fingerprint` of the loaded model."""
         if self._fingerprint is None:
             self._fingerprint = model_fingerprint(self.load()[0])
         return self._fingerprint

@@ -67,12 +67,12 @@ def ids():
 @pytest.fixture
 def no_model_load(monkeypatch):
     """A CLI test that must refuse its arguments before any model is loaded."""
-    import agentmem.models
+    import agentmem.loading
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(agentmem.models, "load_model", refuse)
+    monkeypatch.setattr(agentmem.loading, "load_model", refuse)
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +99,7 @@ def tiny_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from agentmem.chat import CHATML
+    from agentmem.chat_format import CHATML
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}

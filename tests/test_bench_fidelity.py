@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import agentmem.models
+import agentmem.loading
 from agentmem import hf
 from agentmem.bench import fidelity
 from agentmem.cli import main
@@ -137,7 +137,7 @@ def test_cli_refuses_bad_arguments_before_loading(no_model_load, capsys, argv, w
 
 
 def test_cli_runs_end_to_end(monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(agentmem.models, "load_model", lambda name, **kw: (tiny_chat_llama(), tiny_tokenizer()))
+    monkeypatch.setattr(agentmem.loading, "load_model", lambda name, **kw: (tiny_chat_llama(), tiny_tokenizer()))
     out_json = tmp_path / "fid.json"
     code = main(["bench", "fidelity", "--contexts", "1", "--context", "384", "--facts", "3", "--protect", "16",
                  "--ratios", "4", "--methods", "truncate", "--json", str(out_json)])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import agentmem.models
+import agentmem.loading
 from agentmem.bench import fidelity, recall
 from agentmem.cli import main
 from agentmem.engine import Session
@@ -177,7 +177,7 @@ def test_cli_refuses_bad_arguments_before_loading(no_model_load, capsys, argv, w
 
 
 def test_cli_runs_end_to_end_with_the_old_method_flag(monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(agentmem.models, "load_model", lambda name, **kw: (tiny_chat_llama(), tiny_tokenizer()))
+    monkeypatch.setattr(agentmem.loading, "load_model", lambda name, **kw: (tiny_chat_llama(), tiny_tokenizer()))
     out_json = tmp_path / "recall.json"
     code = main(["bench", "recall", "--limit", "1024", "--ratio", "4", "--method", "truncate", "--facts", "5",
                  "--checkpoints", "1", "--json", str(out_json)])

@@ -223,13 +223,13 @@ def modes(monkeypatch):
     from agentmem import compaction
 
     seen = []
-    real = compaction._Compactor._reference
+    real = compaction._CompactionRun._reference
 
     def spy(self):
         seen.append(self.reference_mode())
         return real(self)
 
-    monkeypatch.setattr(compaction._Compactor, "_reference", spy)
+    monkeypatch.setattr(compaction._CompactionRun, "_reference", spy)
     return seen
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agentmem.chat import CHATML, ChatFormat
+from agentmem.chat_format import CHATML, ChatFormat
 from agentmem.engine import Session
 
 from conftest import tiny_chat_llama, tiny_tokenizer

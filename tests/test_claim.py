@@ -7,7 +7,7 @@ import pytest
 from agentmem.claim import branch_id, claim, is_current
 from agentmem.engine import Session
 from agentmem.errors import ConfigError, ModelMismatchError, SessionNotFoundError
-from agentmem.models import model_fingerprint
+from agentmem.loading import model_fingerprint
 from agentmem.store import Store
 
 from conftest import tiny_chat_gemma3, tiny_chat_llama, tiny_tokenizer

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import agentmem.models
+import agentmem.loading
 from agentmem.cli import build_parser, main
 from agentmem.cli.sessions import kv_series
 
@@ -42,7 +42,7 @@ def tiny(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
         loads.append(name)
         return tiny_chat_llama(), tiny_tokenizer()
 
-    monkeypatch.setattr(agentmem.models, "load_model", fake_load)
+    monkeypatch.setattr(agentmem.loading, "load_model", fake_load)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -99,8 +99,8 @@ def test_chat_resume_in_a_new_process(tiny: Path, capsys: pytest.CaptureFixture)
         import sys
         sys.path.insert(0, {str(TESTS)!r})
         from conftest import tiny_chat_llama, tiny_tokenizer
-        import agentmem.models
-        agentmem.models.load_model = lambda name, **kw: (tiny_chat_llama(), tiny_tokenizer())
+        import agentmem.loading
+        agentmem.loading.load_model = lambda name, **kw: (tiny_chat_llama(), tiny_tokenizer())
         from agentmem.cli import main
         sys.exit(main(sys.argv[1:]))
     """)
@@ -299,7 +299,7 @@ def test_missing_output_folder_is_one_line(stored: str, capsys: pytest.CaptureFi
 def test_model_mismatch_is_one_line(tiny: Path, capsys: pytest.CaptureFixture,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     first = chat_json(capsys, "--message", "hi")
-    monkeypatch.setattr(agentmem.models, "load_model", lambda name, **kw: (tiny_chat_llama(seed=1), tiny_tokenizer()))
+    monkeypatch.setattr(agentmem.loading, "load_model", lambda name, **kw: (tiny_chat_llama(seed=1), tiny_tokenizer()))
     code, _, err = run(capsys, "chat", "--session", first["session_id"], "--message", "again")
     assert code == 2 and "was made with model" in one_error_line(err)
 

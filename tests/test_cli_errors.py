@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 from test_cli import chat_json, one_error_line, run
 
-import agentmem.models
+import agentmem.loading
 from agentmem.errors import ModelNotAvailableError
 
 from conftest import tiny_chat_llama, tiny_tokenizer
 
-REAL_LOAD = agentmem.models.load_model
+REAL_LOAD = agentmem.loading.load_model
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def loads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
                                          "Check your internet connection.")
         return REAL_LOAD(name, **kwargs)
 
-    monkeypatch.setattr(agentmem.models, "load_model", fake_load)
+    monkeypatch.setattr(agentmem.loading, "load_model", fake_load)
     monkeypatch.chdir(tmp_path)
     return asked
 

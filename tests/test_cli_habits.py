@@ -12,7 +12,7 @@ import pytest
 from test_cli import SMALL_POLICY, _command_paths, chat_json, one_error_line, run
 
 import agentmem
-import agentmem.models
+import agentmem.loading
 from agentmem.cli import build_parser
 from agentmem.cli.chat import _CompactionDisplay
 from agentmem.cli.common import Activity
@@ -110,7 +110,7 @@ def test_an_asked_for_plot_without_matplotlib_fails_before_loading(no_model_load
 def test_a_default_plot_without_matplotlib_is_skipped_with_a_note(monkeypatch: pytest.MonkeyPatch, no_matplotlib,
                                                                    capsys: pytest.CaptureFixture,
                                                                    tmp_path: Path) -> None:
-    monkeypatch.setattr(agentmem.models, "load_model", lambda name, **kw: (tiny_chat_llama(), tiny_tokenizer()))
+    monkeypatch.setattr(agentmem.loading, "load_model", lambda name, **kw: (tiny_chat_llama(), tiny_tokenizer()))
     out_json = tmp_path / "fid.json"
     code, out, err = run(capsys, "bench", "fidelity", "--contexts", "1", "--context", "384", "--facts", "3",
                          "--protect", "16", "--ratios", "4", "--methods", "truncate", "--json", str(out_json))
@@ -122,7 +122,7 @@ def test_a_default_plot_without_matplotlib_is_skipped_with_a_note(monkeypatch: p
 
 def test_sessions_show_plot_without_matplotlib_is_one_line(monkeypatch: pytest.MonkeyPatch,
                                                             capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
-    monkeypatch.setattr(agentmem.models, "load_model", lambda name, **kw: (tiny_chat_llama(), tiny_tokenizer()))
+    monkeypatch.setattr(agentmem.loading, "load_model", lambda name, **kw: (tiny_chat_llama(), tiny_tokenizer()))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "small.toml").write_text(SMALL_POLICY)
     sid = chat_json(capsys, "--policy", "small.toml", "--message", "hi")["session_id"]
@@ -145,7 +145,7 @@ def test_activity_line_shows_the_time_left_then_the_overrun() -> None:
 
 def test_compact_shows_an_eta_when_progress_is_drawn(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
                                                      tmp_path: Path) -> None:
-    monkeypatch.setattr(agentmem.models, "load_model", lambda name, **kw: (tiny_chat_llama(), tiny_tokenizer()))
+    monkeypatch.setattr(agentmem.loading, "load_model", lambda name, **kw: (tiny_chat_llama(), tiny_tokenizer()))
     code, _, err = run(capsys, "--progress", "compact", "--context", "96", "--ratio", "4", "--max-new-tokens", "2")
     assert code == 0 and "compacting with am-fast x4 [0:00, about 0:00 left]" in err
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import agentmem
-from agentmem import ConfigError, ModelMismatchError, compact, profiles
+from agentmem import ConfigError, ModelMismatchError, compact, head_budgets
 
 from conftest import prefill, tiny_llama
 
@@ -259,15 +259,15 @@ def test_head_budgets_are_shared_within_bounds_and_keep_the_total(seed):
     weights[seed] = 0.0
     caps = torch.randint(2, 40, (n,), generator=g)
     for total in (n, n + 5, int(caps.sum()) // 2, int(caps.sum()) - 1):
-        out = profiles.allocate(weights, caps, total)
+        out = head_budgets.allocate(weights, caps, total)
         assert out.sum() == total and (out >= 1).all() and (out <= caps).all()
         # nobody below its cap is given less than a lighter head: the order follows the weights
         for i in range(n):
             for j in range(n):
                 if weights[i] > weights[j] and out[i] < caps[i]:
                     assert out[i] >= out[j] - 1, (i, j, out.tolist())
-    assert profiles.allocate(weights, caps, int(caps.sum()) + 7).tolist() == caps.tolist()
-    assert profiles.allocate(weights, caps, 3).tolist() == [1] * n
+    assert head_budgets.allocate(weights, caps, int(caps.sum()) + 7).tolist() == caps.tolist()
+    assert head_budgets.allocate(weights, caps, 3).tolist() == [1] * n
 
 
 def test_global_widths_follow_one_ranking_and_keep_the_total():
@@ -276,15 +276,15 @@ def test_global_widths_follow_one_ranking_and_keep_the_total():
     sharp[:, :10] += 5
     flat = torch.rand(2, 40, generator=g) * 0.1  # layer 1: nothing stands out
     valid = {0: torch.ones(2, 40, dtype=torch.bool), 1: torch.ones(2, 40, dtype=torch.bool)}
-    widths = profiles.global_widths({0: sharp, 1: flat}, valid, 10)
+    widths = head_budgets.global_widths({0: sharp, 1: flat}, valid, 10)
     assert sum(widths.values()) == 10 and widths[0] > widths[1] >= 1
     valid[0][:, 6:] = False  # layer 0 holds only 6 real slots: capped there, the rest goes to layer 1
-    widths = profiles.global_widths({0: sharp, 1: flat}, valid, 10)
+    widths = head_budgets.global_widths({0: sharp, 1: flat}, valid, 10)
     assert widths == {0: 6, 1: 4}
 
 
 def test_uncapped_budgets_follow_the_weights_exactly():
-    out = profiles.allocate(torch.tensor([1.0, 2.0, 3.0, 2.0]), torch.full((4,), 100), 80)
+    out = head_budgets.allocate(torch.tensor([1.0, 2.0, 3.0, 2.0]), torch.full((4,), 100), 80)
     assert out.tolist() == [10, 20, 30, 20]
 
 

@@ -97,7 +97,7 @@ def test_a_fork_leaves_the_original_and_its_stored_rows_alone(llama, tokenizer, 
 
 
 def test_an_attached_fork_is_stored_whole_under_its_new_id(llama, tokenizer, tmp_path):
-    from agentmem.models import model_fingerprint
+    from agentmem.loading import model_fingerprint
 
     store = Store(tmp_path / "fork.db")
     session = Session(llama, tokenizer, policy="off", store=store)

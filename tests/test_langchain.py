@@ -7,7 +7,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 from langchain_core.tools import tool
 
 import agentmem.langchain as lc
-from agentmem import models
+from agentmem import loading
 from agentmem.errors import ConfigError
 from agentmem.langchain import ChatAgentMem, clear_sessions
 from agentmem.policies import AnyPin, FixedRatio, PinSystem, Policy, TokenLimit
@@ -75,8 +75,8 @@ def test_construction_loads_nothing_and_first_use_shares_one_model(monkeypatch, 
         loads.append(name)
         return llama, tokenizer
 
-    monkeypatch.setattr(models, "load_model", fake_load)
-    monkeypatch.setattr(models, "_SHARED", {})
+    monkeypatch.setattr(loading, "load_model", fake_load)
+    monkeypatch.setattr(loading, "_SHARED", {})
     first = ChatAgentMem(model="smollm2-135m", policy="aggressive", max_tokens=4)
     second = ChatAgentMem(model="smollm2-135m", max_tokens=4)
     assert loads == []

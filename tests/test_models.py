@@ -1,4 +1,4 @@
-"""Tests of agentmem.models.
+"""Tests of agentmem.loading.
 
 The default tier uses a tiny random Llama saved to a temporary directory; the slow tier
 (``-m slow``) loads the real built-in models and converts them from GGUF.
@@ -23,7 +23,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from agentmem import models as m
+from agentmem import loading as m
 from agentmem.errors import ConfigError, ModelNotAvailableError
 
 PROMPT = "The capital of France is"

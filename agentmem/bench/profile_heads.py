@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from .. import hf, profiles
+from .. import head_budgets, hf
 from ..compaction import compact
 from .compaction import contexts, kl, nll, teacher_force
 
@@ -53,7 +53,7 @@ def run(model, tokenizer, *, ratio: float, context: int, continuation: int, mode
     proportions = exchange(gains)
     return {
         "model": model_name,
-        "signature": profiles.signature(model),
+        "signature": head_budgets.signature(model),
         "ratio": ratio,
         "proportions": proportions,
         "summary": {"kl_uniform": base, "context": context, "continuation": continuation},

@@ -146,20 +146,20 @@ def load(name: str):
     """
     from transformers.utils import logging as hf_logging
 
-    from .. import models
+    from .. import loading
 
     folder = Path(name).expanduser()
-    local = name not in models.builtin_models() and folder.is_dir()
+    local = name not in loading.builtin_models() and folder.is_dir()
     if local and not (folder / "config.json").is_file():
         raise ConfigError(f"{name} is a folder without config.json, not a model; pass a Hugging Face model folder "
                           f"(config.json, weights, tokenizer files), a built-in name "
-                          f"({', '.join(models.builtin_models())}) or a Hugging Face id")
+                          f"({', '.join(loading.builtin_models())}) or a Hugging Face id")
     began = time.perf_counter()
     shown = hf_logging.is_progress_bar_enabled()
     if not progress_enabled():
         hf_logging.disable_progress_bar()
     try:
-        model, tokenizer = models.load_model(name, progress=progress_enabled())
+        model, tokenizer = loading.load_model(name, progress=progress_enabled())
     except AgentmemError:
         raise
     except (OSError, ValueError) as exc:  # transformers on a damaged folder: missing weights, a bad config

@@ -23,24 +23,24 @@ if variant.startswith("uniform"):
     bench.compact = C_compact
 if variant.startswith("layerwise"):
     import agentmem.compaction as C
-    from agentmem import profiles
+    from agentmem import head_budgets
     def _budgets(self):
         sizes = {idx: b - a for idx, (a, b) in self.spans.items()}
         base = {idx: max(1, round(sizes[idx] / self.ratio)) for idx in self.layers}
-        profile = profiles.resolve(self.opts.head_budgets, self.model) if self.spec.head_profile else None
+        profile = head_budgets.resolve(self.opts.head_budgets, self.model) if self.spec.head_profile else None
         want = {idx: torch.full((self.num_kv,), base[idx], dtype=torch.long) for idx in self.layers}
         if profile is not None and self.ratio != 1:
             weights = torch.tensor([sum(profile.get(f"L{idx}H{h}", 0.0) for h in range(self.num_kv)) * base[idx]
                                     for idx in self.layers])
             caps = torch.tensor([max(1, min(int(0.75 * sizes[idx]), 2 * base[idx])) for idx in self.layers])
-            widths = profiles.allocate(weights, caps, sum(base.values()))
+            widths = head_budgets.allocate(weights, caps, sum(base.values()))
             want = {idx: torch.full((self.num_kv,), int(w)) for idx, w in zip(self.layers, widths)}
         out = {}
         for idx in self.layers:
             valid = torch.isfinite(self._span(idx)[2]).sum(-1).reshape(self.batch, self.num_kv).min(0).values
             out[idx] = torch.minimum(want[idx], valid.clamp_min(1).cpu()).repeat(self.batch)
         return out
-    C._Compactor._budgets = _budgets
+    C._CompactionRun._budgets = _budgets
 # "rawcorr" patched select_omp as it was before the raw correlation became the default
 # (commit "OMP picks keys by raw correlation"); on later code it fails its assert.
 if variant.startswith("rawcorr"):
