@@ -217,7 +217,8 @@ class _CompactionRun:
 
     def share_globally(self, fitting: dict[int, torch.Tensor]) -> None:
         """Re-share the layers' total by one ranking of each key's max attention over its `fitting`
-        queries (G, n, D) per layer (KVzip's allocation)."""
+        queries (G, n, D) per layer: a layer gets what its neediest head asks for
+        (`head_budgets.neediest_head_widths`)."""
         scores, valid = {}, {}
         keep = self.spec.selection.scores == "summary"  # the selection and the fit reuse this pass
         for idx in self.layers:
@@ -229,7 +230,7 @@ class _CompactionRun:
             if keep:
                 self._reduced[idx] = reduced
         total = sum(int(self.budgets[idx].max()) for idx in self.layers)  # slots per head, summed over layers
-        for idx, width in head_budgets.global_widths(scores, valid, total).items():
+        for idx, width in head_budgets.neediest_head_widths(scores, valid, total).items():
             self.budgets[idx] = torch.full_like(self.budgets[idx], width)
 
     def _span(self, idx: int):

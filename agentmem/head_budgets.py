@@ -120,17 +120,28 @@ def allocate(weights: torch.Tensor, caps: torch.Tensor, total: int) -> torch.Ten
     return out
 
 
-def global_widths(scores: dict[int, torch.Tensor], valid: dict[int, torch.Tensor], total: int) -> dict[int, int]:
-    """Per-layer widths from one ranking of every (layer, head, key) score, summing to `total`.
+def neediest_head_widths(scores: dict[int, torch.Tensor], valid: dict[int, torch.Tensor],
+                         total: int) -> dict[int, int]:
+    """Per-layer widths, summing to at most `total`, that give a layer what its neediest head asks.
 
     `scores[l]` and `valid[l]` are (G, T_l); `total` is the slots per head summed over the
-    layers. A layer's share is the number of its scores among the global top `total * G`
-    (KVzip's allocation), then every head of the layer keeps that many slots: a layer's
-    heads are stored at one width, so ragged per-head counts would only add padding.
+    layers. Under one threshold on the scores a head asks for as many slots as it has
+    scores above it, and a layer, stored at one width for all its heads, needs the count of
+    its neediest head. The k-th slot of layer l is asked for at any threshold up to
+    max over heads of the head's k-th largest score, so ranking those claims across layers
+    (every layer keeps one slot) gives the lowest threshold whose widths fit `total`.
+    The other heads of a layer fill the same width with their own best keys.
     """
-    heads = next(iter(scores.values())).shape[0]
-    flat = torch.cat([s.masked_fill(~valid[i], -1.0).flatten() for i, s in scores.items()])
-    threshold = flat.topk(min(total * heads, flat.numel())).values[-1]
-    counts = torch.tensor([float(((s >= threshold) & valid[i]).sum()) for i, s in scores.items()])
-    caps = torch.tensor([max(1, int(valid[i].sum(-1).min())) for i in scores])
-    return dict(zip(scores, allocate(counts, caps, total).tolist()))
+    layers = list(scores)
+    claims, owner = [], []
+    for n, i in enumerate(layers):
+        ranked = scores[i].masked_fill(~valid[i], -1.0).sort(dim=-1, descending=True).values  # (G, T)
+        cap = max(1, int(valid[i].sum(-1).min()))
+        claim = ranked.max(0).values[1:cap]  # slot 1 is every layer's; slots past the cap cannot be kept
+        claims.append(claim)
+        owner.append(torch.full_like(claim, n, dtype=torch.long))
+    flat, who = torch.cat(claims), torch.cat(owner)
+    spare = max(0, min(total - len(layers), flat.numel()))
+    picked = who[flat.topk(spare).indices] if spare else who[:0]
+    extra = torch.bincount(picked, minlength=len(layers))
+    return {i: 1 + int(extra[n]) for n, i in enumerate(layers)}

@@ -270,17 +270,50 @@ def test_head_budgets_are_shared_within_bounds_and_keep_the_total(seed):
     assert head_budgets.allocate(weights, caps, 3).tolist() == [1] * n
 
 
-def test_global_widths_follow_one_ranking_and_keep_the_total():
+def test_layer_widths_follow_one_ranking_and_keep_the_total():
     g = torch.Generator().manual_seed(0)
     sharp = torch.rand(2, 40, generator=g)  # layer 0: a few keys matter a lot
     sharp[:, :10] += 5
     flat = torch.rand(2, 40, generator=g) * 0.1  # layer 1: nothing stands out
     valid = {0: torch.ones(2, 40, dtype=torch.bool), 1: torch.ones(2, 40, dtype=torch.bool)}
-    widths = head_budgets.global_widths({0: sharp, 1: flat}, valid, 10)
+    widths = head_budgets.neediest_head_widths({0: sharp, 1: flat}, valid, 10)
     assert sum(widths.values()) == 10 and widths[0] > widths[1] >= 1
     valid[0][:, 6:] = False  # layer 0 holds only 6 real slots: capped there, the rest goes to layer 1
-    widths = head_budgets.global_widths({0: sharp, 1: flat}, valid, 10)
+    widths = head_budgets.neediest_head_widths({0: sharp, 1: flat}, valid, 10)
     assert widths == {0: 6, 1: 4}
+
+
+def test_a_layer_gets_what_its_neediest_head_asks_for():
+    """One head of layer 0 needs 12 slots, its other head none; layer 1's two heads need 6 each.
+    A layer stores its heads at one width, so layer 0 needs 12 and layer 1 needs 6 (18 in all);
+    sharing by the mean of the heads' needs would give layer 0 only 6 + 0 / 2 of them."""
+    low = torch.full((2, 40), 0.01)
+    needy, even = low.clone(), low.clone()
+    needy[0, :12] = 0.9
+    even[:, 20:26] = 0.5
+    valid = {0: torch.ones(2, 40, dtype=torch.bool), 1: torch.ones(2, 40, dtype=torch.bool)}
+    assert head_budgets.neediest_head_widths({0: needy, 1: even}, valid, 18) == {0: 12, 1: 6}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_layer_widths_are_the_lowest_threshold_that_fits(seed):
+    """Brute force: scan every threshold; the widths are max(1, the neediest head's count above it),
+    capped at the layer's real slots, for the lowest threshold whose widths sum within `total`."""
+    g = torch.Generator().manual_seed(seed)
+    scores = {i: torch.rand(3, t, generator=g) ** (1 + i) for i, t in enumerate([20, 15, 30])}
+    valid = {i: torch.rand(s.shape, generator=g) > 0.2 for i, s in scores.items()}
+    caps = {i: max(1, int(v.sum(-1).min())) for i, v in valid.items()}
+    total = int(torch.randint(3, sum(caps.values()), (1,), generator=g))
+
+    def widths(threshold):
+        return {i: min(caps[i], max(1, int(((s >= threshold) & valid[i]).sum(-1).max()))) for i, s in scores.items()}
+
+    fits = [t for t in sorted(torch.cat([s.flatten() for s in scores.values()]).tolist()) + [2.0]
+            if sum(widths(t).values()) <= total]
+    expected = widths(fits[0])
+    got = head_budgets.neediest_head_widths(scores, valid, total)
+    assert sum(got.values()) <= total
+    assert got == expected
 
 
 def test_uncapped_budgets_follow_the_weights_exactly():
