@@ -280,9 +280,9 @@ class _CompactionRun:
 
     def _fitting_queries(self, extra) -> dict[int, torch.Tensor]:
         """Each layer's reference queries as the selection and the fit read them, (G, n, D); none for
-        a selection by position alone."""
+        a baseline that selects by position alone."""
         spec = self.spec
-        if spec.selection.scores is None:
+        if spec.selection.scores is None and not spec.fit:
             return {}
         if spec.selection.window:
             asked = self._window_pass(spec.selection.window)

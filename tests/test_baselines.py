@@ -142,3 +142,16 @@ def test_a_new_selection_class_is_a_new_method(monkeypatch, ids):
     view = hf.CompactedCache.from_cache(cache, scalings=hf.attention_scalings(model))
     for idx in view.full_layers():
         torch.testing.assert_close(out.layers[idx].keys[:, :, 8:16], view.layers[idx].keys[:, :, 8:16])
+
+
+def test_a_fitted_method_with_a_positional_selection_still_gathers_queries(monkeypatch, ids):
+    """The fit needs reference queries even when the selection reads none."""
+    from agentmem import compact, compaction
+
+    from conftest import prefill, tiny_llama
+
+    model = tiny_llama()
+    monkeypatch.setitem(compaction.METHODS, "oldest-fit", compaction.Method("oldest-fit", "first tokens, fitted",
+                                                                           Oldest()))
+    out = compact(model, prefill(model, ids), ids, ratio=4, method="oldest-fit", start=8, end=40)
+    assert torch.isfinite(out.layers[0].values).all()
