@@ -14,6 +14,7 @@ the three steps (keys, beta, values).
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import math
 import time
@@ -333,7 +334,7 @@ class SpanScores:
         return self.queries
 
 
-class Selection:
+class Selection(abc.ABC):
     """A key selection: `select(span, width)` -> (G, width) long positions of the kept slots.
 
     `scores` names what it reads of the `SpanScores` (None: positions only, no queries);
@@ -345,8 +346,9 @@ class Selection:
     beta_bounds = (math.exp(-3), math.exp(3))
     window = 0  # > 0: its queries are the span's last `window` tokens read again, not a repeat pass
 
+    @abc.abstractmethod
     def select(self, span: SpanScores, width: int) -> torch.Tensor:
-        raise NotImplementedError
+        """The kept positions per head, (G, width) long, never a padding slot when a real one is left."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

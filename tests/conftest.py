@@ -131,3 +131,15 @@ def tiny_chat_gemma3(seed: int = 0) -> Gemma3ForCausalLM:
                               layer_types=["sliding_attention", "full_attention", "sliding_attention"],
                               max_position_embeddings=4096, query_pre_attn_scalar=24, attn_implementation="sdpa")
     return Gemma3ForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """The tiny chat tokenizer, one per test module (a module may define its own)."""
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def llama():
+    """A tiny random-init chat llama, one per test module."""
+    return tiny_chat_llama()

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from transformers import GenerationConfig
 
 from agentmem.decoding import Decoder, ReplyText, reply_config
 from agentmem.sampling import Choices, Sampler, generation_config
-
-from conftest import tiny_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return tiny_tokenizer()
 
 
 def test_reply_config_layers_base_defaults_and_overrides():

@@ -11,17 +11,12 @@ from agentmem.engine import Session
 from agentmem.errors import CompactionError, CompactionVetoed, ConfigError
 from agentmem.policies import AnyPin, FixedRatio, PinSystem, Policy, TokenLimit
 
-from conftest import tiny_chat_gemma3, tiny_chat_llama, tiny_tokenizer
+from conftest import tiny_chat_gemma3, tiny_chat_llama
 
 
 @pytest.fixture(params=["llama", "gemma3"])
 def chat_model(request):
     return tiny_chat_llama() if request.param == "llama" else tiny_chat_gemma3()
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return tiny_tokenizer()
 
 
 def limited(limit: int = 160, ratio: float = 4, method: str = "am-fast", protect: int = 24) -> Policy:

@@ -12,17 +12,7 @@ from agentmem.errors import ConfigError
 from agentmem.policies import AnyPin, FixedRatio, PinSystem, Policy, TokenLimit
 from agentmem.store import Store
 
-from conftest import prefill, tiny_chat_gemma3, tiny_chat_llama, tiny_gemma3, tiny_llama, tiny_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def llama():
-    return tiny_chat_llama()
+from conftest import prefill, tiny_chat_gemma3, tiny_gemma3, tiny_llama
 
 
 def kv(cache) -> list[torch.Tensor]:

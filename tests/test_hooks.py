@@ -10,12 +10,7 @@ from agentmem.errors import ConfigError
 from agentmem.hooks import RemovableHandle, register
 from agentmem.policies import AnyPin, FixedRatio, PinSystem, Policy, TokenLimit
 
-from conftest import tiny_chat_llama, tiny_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return tiny_tokenizer()
+from conftest import tiny_chat_llama
 
 
 def limited(limit: int = 120) -> Policy:

@@ -14,7 +14,7 @@ from agentmem.policies import AnyPin, FixedRatio, PinSystem, Policy, TokenLimit
 from agentmem.tool_choice import Forcing
 from agentmem.toolcalls import format_tool_call
 
-from conftest import tiny_chat_gemma3, tiny_chat_llama, tiny_tokenizer
+from conftest import tiny_chat_gemma3
 
 
 @pytest.fixture(autouse=True)
@@ -22,16 +22,6 @@ def fresh_registry():
     clear_sessions()
     yield
     clear_sessions()
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def llama():
-    return tiny_chat_llama()
 
 
 @pytest.fixture(params=["llama", "gemma3"])

@@ -13,7 +13,7 @@ from agentmem.langchain import ChatAgentMem, clear_sessions
 from agentmem.policies import AnyPin, FixedRatio, PinSystem, Policy, TokenLimit
 from agentmem.store import Store
 
-from conftest import tiny_chat_gemma3, tiny_chat_llama, tiny_tokenizer
+from conftest import tiny_chat_gemma3
 
 
 @pytest.fixture(autouse=True)
@@ -21,16 +21,6 @@ def fresh_registry():
     clear_sessions()
     yield
     clear_sessions()
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def llama():
-    return tiny_chat_llama()
 
 
 def history(turns: int = 10) -> list:

@@ -9,8 +9,6 @@ from transformers import GenerationConfig
 from agentmem.errors import ConfigError
 from agentmem.sampling import Choices, Detokenizer, Sampler, StopText, generation_config
 
-from conftest import tiny_tokenizer
-
 # --------------------------------------------------------------------------- settings
 
 
@@ -113,11 +111,6 @@ def test_safe_end_holds_back_what_may_become_a_stop(text, end):
 
 
 # --------------------------------------------------------------------------- choices and detokenizing
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return tiny_tokenizer()
 
 
 @pytest.mark.parametrize("seed", range(4))
