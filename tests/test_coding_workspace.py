@@ -76,8 +76,9 @@ def test_patch_needs_one_exact_match_and_write_creates(ws):
 
 
 def test_commands_time_out_and_output_is_capped(ws):
-    slow = ws.run([sys.executable, "-c", "import time; time.sleep(30)"])
-    assert slow.startswith("timed out after 5s")
+    quick = Workspace(ws.root, timeout=1, output_cap=200)
+    slow = quick.run([sys.executable, "-c", "import time; time.sleep(30)"])
+    assert slow.startswith("timed out after 1s")
     loud = ws.run([sys.executable, "-c", "print('x' * 5000); raise SystemExit(3)"])
     assert loud.startswith("exit code 3") and len(loud) < 400 and "cut) ..." in loud
 

@@ -55,17 +55,6 @@ def _child(db, session_id, turns, out, *, resume=False):
                             env=dict(os.environ, PYTHONHASHSEED="0"))
 
 
-def test_resume_after_process_exit(tmp_path):
-    db = tmp_path / "s.db"
-    child = _child(db, "-", 3, tmp_path)
-    assert child.wait(timeout=300) == 0
-    session_id = (tmp_path / "id").read_text()
-    expected = torch.load(tmp_path / "turn-3.pt")
-    session = Session.resume(Store(db), session_id, tiny_chat_llama(), tiny_tokenizer(), policy=POLICY)
-    assert session.turns == 3
-    torch.testing.assert_close(session.next_token_logits(), expected, rtol=0, atol=1e-6)
-
-
 def test_kill_9_between_turns_keeps_last_committed_turn(tmp_path):
     db = tmp_path / "s.db"
     child = _child(db, "-", 1000, tmp_path)
@@ -86,10 +75,15 @@ def test_kill_9_between_turns_keeps_last_committed_turn(tmp_path):
     expected = torch.load(tmp_path / f"turn-{session.turns}.pt")
     torch.testing.assert_close(session.next_token_logits(), expected, rtol=0, atol=1e-6)
 
-    # and it goes on: a resumed child commits more turns on top
+    # and it goes on: a resumed child commits more turns on top, and after it exits this
+    # process resumes them with the logits the child had
     more = _child(db, session_id, 2, tmp_path, resume=True)
     assert more.wait(timeout=300) == 0
     assert Store(db).get_session(session_id)["turns"] == session.turns + 2
+    after_exit = Session.resume(Store(db), session_id, tiny_chat_llama(), tiny_tokenizer(), policy=POLICY)
+    assert after_exit.turns == session.turns + 2
+    expected = torch.load(tmp_path / f"turn-{after_exit.turns}.pt")
+    torch.testing.assert_close(after_exit.next_token_logits(), expected, rtol=0, atol=1e-6)
 
 
 def test_resume_with_another_model_is_refused(tmp_path):
