@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import am, checks, head_budgets, hf, queries
+from . import am, checks, head_budgets, hf, queries, summary
 from .am import MatchingPursuit, Selection, TopAttention
 from .baselines import HeavyHitters, Recent, SnapKV, Streaming
 from .captured import QuerySample
@@ -46,6 +46,7 @@ class Method:
     # "span": the query's attention over the span alone; "context": over everything the query
     # attended to, the whole cache and the repeat so far (KVzip's; `am.reduce`).
     normaliser: str = "span"
+    summary: bool = False  # no selection: the model's text summary of the span replaces it (`agentmem.summary`)
 
 
 # What each method keeps was chosen by whole-span recall (`agentmem bench fidelity`,
@@ -74,6 +75,9 @@ METHODS: dict[str, Method] = {
         Method("snapkv", "pooled attention of the span's last window", SnapKV(), repeat_queries=False, fit=False),
         Method("kvzip", "repeat queries, max attention over the whole context, global top-k, no beta",
                TopAttention("peak"), fit=False, global_budgets=True, max_queries=4096, normaliser="context"),
+        Method("summary", "the text-summary baseline: the model summarises the span in at most span / ratio "
+               "tokens, whose slots replace it (as auto-compact does with old turns); full-attention models only",
+               repeat_queries=False, fit=False, summary=True),
     ]
 }
 
@@ -116,7 +120,7 @@ def compact(
             head. A ratio above the span's slots per head is capped there (one slot per
             head is kept) and logged; `stats["ratio"]` reports the ratio used.
         method: one of `METHODS` ("am", "am-fast", "am-omp-fast", "truncate",
-            "streaming", "h2o", "snapkv", "kvzip").
+            "streaming", "h2o", "snapkv", "kvzip", "summary").
         start, end: logical token span; `end` defaults to the cache length.
         **options: see `Options` (tokenizer, recent_queries, max_queries, seed...).
 
@@ -152,7 +156,11 @@ def compact(
     ratio = checks.cap_ratio(ratio, spans, opts.stats)
     began = time.perf_counter()
     hf.enable(model)
-    result = _CompactionRun(model, view, input_ids, (start, end), spans, ratio, spec, opts).run()
+    if spec.summary:
+        result = summary.summarise_span(model, view, input_ids, start=start, end=end, ratio=ratio,
+                                        tokenizer=opts.tokenizer, stats=opts.stats)
+    else:
+        result = _CompactionRun(model, view, input_ids, (start, end), spans, ratio, spec, opts).run()
     seconds = time.perf_counter() - began
     checks.check_finite(result, layers)
     opts.stats.update(seconds=seconds, method=spec.name, ratio=ratio)
@@ -419,7 +427,7 @@ class _CompactionRun:
         new_values = splice(layer.values, fit.values.reshape(B, H, width, -1).to(dtype))
         new_bias = splice(layer.bias, fit.bias.reshape(B, H, width).float())
         start, end = self._logical_span()
-        runs = _splice_runs(layer.runs, start, end, width)
+        runs = hf.splice_runs(layer.runs, start, end, width)
         self.out.layers[idx] = hf.CompactedLayer.from_tensors(
             new_keys, new_values, new_bias, logical_length=layer.logical_length, scaling=layer.scaling, runs=runs
         )
@@ -473,23 +481,3 @@ def _method(name: str) -> Method:
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
     return METHODS[name]
-
-
-def _splice_runs(runs: list[list[int]], start: int, end: int, width: int) -> list[list[int]]:
-    """Replace logical tokens [start, end) by one run of `width` slots."""
-    before: list[list[int]] = []
-    after: list[list[int]] = []
-    logical = 0
-    for tokens, slots in runs:
-        lo, hi = logical, logical + tokens
-        if hi <= start:
-            before.append([tokens, slots])
-        elif lo >= end:
-            after.append([tokens, slots])
-        else:  # overlaps the span; only plain runs can be cut (checked by physical_span)
-            if lo < start:
-                before.append([start - lo, start - lo])
-            if hi > end:
-                after.append([hi - end, hi - end])
-        logical = hi
-    return before + [[end - start, width]] + after

@@ -76,18 +76,20 @@ class LocalModel:
             loaded on first use, once per process (`agentmem.loading.shared_model`).
         device: where to run it (default: CPU).
         dtype: its dtype (default: float32).
+        seed: the sampler seed of the sessions it opens (replies at a temperature above 0
+            differ between seeds; the same seed repeats a run).
     """
 
     def __init__(self, name: str = DEFAULT_MODEL, *, device: str | torch.device | None = None,
-                 dtype: torch.dtype | str | None = None):
-        self.name, self.device, self.dtype = name, device, dtype
+                 dtype: torch.dtype | str | None = None, seed: int = 0):
+        self.name, self.device, self.dtype, self.seed = name, device, dtype, seed
         self._loaded: tuple[Any, Any] | None = None
         self._fingerprint: str | None = None
 
     @classmethod
-    def from_pretrained(cls, model: Any, tokenizer: Any, *, name: str | None = None) -> LocalModel:
+    def from_pretrained(cls, model: Any, tokenizer: Any, *, name: str | None = None, seed: int = 0) -> LocalModel:
         """Wrap a model and tokenizer that are already loaded."""
-        local = cls(name or str(getattr(model.config, "name_or_path", "") or "model"))
+        local = cls(name or str(getattr(model.config, "name_or_path", "") or "model"), seed=seed)
         local._loaded = (model, tokenizer)
         return local
 
@@ -113,12 +115,12 @@ class LocalModel:
         """
         model, tokenizer = self.load()
         return Session(model, tokenizer, policy=policy, system=system or None, tools=list(tools) or None,
-                       store=store, session_id=session_id, model_name=self.name)
+                       store=store, session_id=session_id, model_name=self.name, seed=self.seed)
 
     def resume(self, store: Any, session_id: str, *, policy: Any) -> Session:
         """Reopen a stored engine session (raises `ModelMismatchError` for another model)."""
         model, tokenizer = self.load()
-        return Session.resume(store, session_id, model, tokenizer, policy=policy)
+        return Session.resume(store, session_id, model, tokenizer, policy=policy, seed=self.seed)
 
     def __repr__(self) -> str:
         return f"LocalModel({self.name!r})"

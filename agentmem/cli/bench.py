@@ -1,4 +1,4 @@
-"""`agentmem bench compaction|fidelity|engine|soak|recall`: the benchmark programs.
+"""`agentmem bench compaction|fidelity|engine|soak|recall|agent`: the benchmark programs.
 
 Each prints a table and ends with one JSON line; the measuring code is in `agentmem.bench`.
 """
@@ -17,6 +17,7 @@ from .common import (
     add_ratio,
     load,
     method,
+    non_negative_float,
     non_negative_int,
     plot_problem,
     positive_int,
@@ -128,6 +129,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_json(rec)
     rec.set_defaults(func=run_recall)
 
+    ag = bench_sub.add_parser(
+        "agent", help="does the coding agent still fix its bugs when its memory is compacted, per memory mode",
+        description="The example coding agent works on each bundled task (a small project whose tests fail; two "
+                    "need a fact read many turns earlier) once per memory mode and seed, under a KV limit that "
+                    "forces compactions. Modes: full (no limit), am, am-fast, streaming, drop-oldest and summary "
+                    "(the model's text summary replaces old turns). Prints success, turns, tokens prefilled and "
+                    "reused, peak KV, compaction and wall seconds per mode, writes a plot, ends with one JSON line.")
+    add_model(ag)
+    ag.add_argument("--tasks", nargs="+", default=None, help="task names (default: all bundled tasks)")
+    ag.add_argument("--modes", nargs="+", default=None,
+                    help="default: full am am-fast streaming drop-oldest summary")
+    add_limit(ag, default=1024)
+    add_ratio(ag, 4)
+    ag.add_argument("--max-turns", type=positive_int, default=20, help="model replies per run at most (default 20)")
+    ag.add_argument("--seeds", type=positive_int, default=1, help="runs per task and mode (default 1)")
+    ag.add_argument("--temperature", type=non_negative_float, default=0.7, help="sampling temperature (default 0.7)")
+    add_json(ag)
+    ag.add_argument("--plot", type=Path, default=None, help="PNG path (default: next to --json or ./)")
+    ag.set_defaults(func=run_agent)
+
 
 def run_compaction(args: argparse.Namespace) -> int:
     """`agentmem bench compaction`."""
@@ -213,6 +234,30 @@ def run_recall(args: argparse.Namespace) -> int:
                         facts=args.facts, checkpoints=tuple(args.checkpoints), seed=args.seed, progress=say)
     result["summary"]["model"] = args.model
     return finish(result, args, recall.table(result), result["summary"])
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    """`agentmem bench agent`."""
+    from ..bench import agent
+
+    modes = args.modes or list(agent.MODES)
+    agent.check_args(modes=modes, limit=args.limit, seeds=args.seeds, max_turns=args.max_turns)
+    agent.tasks(args.tasks)  # unknown names fail before the model loads
+    no_plot = plot_problem(args.plot)
+    model, tokenizer = load(args.model)
+    result = agent.run(model, tokenizer, name=args.model, task_names=args.tasks, modes=modes, limit=args.limit,
+                       ratio=args.ratio, max_turns=args.max_turns, seeds=args.seeds, temperature=args.temperature,
+                       progress=say)
+    print(agent.table(result))
+    plot = args.plot or (args.json.with_suffix(".png") if args.json else Path(f"bench-agent-{args.model}.png"))
+    if no_plot:
+        print(f"plot: not drawn, {no_plot}")
+    else:
+        print(f"plot: {agent.plot(result, plot)}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    print(agent.summary_line(result))
+    return 0
 
 
 def finish(result: dict, args: argparse.Namespace, text: str, summary: dict) -> int:

@@ -60,6 +60,8 @@ from .state import (
     copy_cache,
     crop_cache,
     drop_span,
+    replace_span,
     snap_span,
     span_slots,
+    splice_runs,
 )

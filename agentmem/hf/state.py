@@ -12,7 +12,7 @@ from ..errors import UnsupportedModelError
 from .cache import CompactedCache, CompactedLayer
 
 __all__ = ["cache_from_state", "cache_size", "cache_state", "compacted_runs", "copy_cache", "crop_cache",
-           "drop_span", "snap_span", "span_slots"]
+           "drop_span", "replace_span", "snap_span", "span_slots", "splice_runs"]
 
 def cache_state(cache: Cache, *, block: int = 64) -> list[dict]:
     """Describe every layer of `cache` as plain data: `kind`, `meta` and tensor `blocks`.
@@ -236,4 +236,63 @@ def crop_cache(cache: Cache, tokens: int, model: torch.nn.Module) -> Cache:
         else:
             layer.keys = layer.keys[:, :, :tokens]  # (B, H_kv, tokens, D)
             layer.values = layer.values[:, :, :tokens]
+    return out
+
+
+def splice_runs(runs: list[list[int]], start: int, end: int, width: int) -> list[list[int]]:
+    """Replace logical tokens [start, end) by one run of `width` slots."""
+    before: list[list[int]] = []
+    after: list[list[int]] = []
+    logical = 0
+    for tokens, slots in runs:
+        lo, hi = logical, logical + tokens
+        if hi <= start:
+            before.append([tokens, slots])
+        elif lo >= end:
+            after.append([tokens, slots])
+        else:  # overlaps the span; only plain runs can be cut (checked by physical_span)
+            if lo < start:
+                before.append([start - lo, start - lo])
+            if hi > end:
+                after.append([hi - end, hi - end])
+        logical = hi
+    return before + [[end - start, width]] + after
+
+
+def replace_span(model: torch.nn.Module, cache: Cache, start: int, end: int, ids: list[int]) -> CompactedCache:
+    """A new cache in which logical tokens [start, end) of every full-attention layer are
+    held by the slots of `ids`, encoded after the tokens before `start`.
+
+    The new slots sit at RoPE positions start, start + 1, ...; later tokens keep their
+    slots and positions, and the logical length is unchanged. `cache` is not modified.
+
+    Raises:
+        ValueError: the model has sliding-window layers (they no longer hold the tokens
+            before `start`), `ids` is empty, or `start` / `end` cut a compacted run.
+    """
+    from .model import attention_scalings, sliding_layers
+
+    if sliding_layers(model):
+        raise ValueError("cannot encode new slots inside a cache with sliding-window layers")
+    if not ids:
+        raise ValueError("replace_span needs at least one token id")
+    scalings = attention_scalings(model)
+    view = CompactedCache.from_cache(cache, scalings=scalings)
+    prefix = crop_cache(view, start, model)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        model(input_ids=torch.tensor([ids], device=device), past_key_values=prefix, use_cache=True)
+    head = CompactedCache.from_cache(prefix, scalings=scalings)
+    out = view.copy()
+    width = len(ids)
+    for idx in view.full_layers():
+        layer, new = view.layers[idx], head.layers[idx]
+        _, b = layer.physical_span(start, end)
+        out.layers[idx] = CompactedLayer.from_tensors(
+            torch.cat([new.keys, layer.keys[:, :, b:]], dim=2),
+            torch.cat([new.values, layer.values[:, :, b:]], dim=2),
+            torch.cat([new.bias, layer.bias[..., b:]], dim=-1),
+            logical_length=layer.logical_length, scaling=layer.scaling,
+            runs=splice_runs(layer.runs, start, end, width),
+        )
     return out

@@ -9,5 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SAMPLE_PROJECT = Path(__file__).parent / "sample_project"
+TASKS = Path(__file__).parent / "tasks"  # small projects with a failing test each; tasks.json says what they are
+SAMPLE_PROJECT = TASKS / "textstats"  # the demo's
 MIN_LIMIT = 256  # physical KV tokens: the instructions, the tool schemas and the task fit below it

@@ -159,8 +159,28 @@ def run(*, model: Any = "smollm2-135m", workspace_dir: Path = Path("agentmem-dem
     out.line(f"workspace {workspace.root}  |  store {store} (session {session.session_id})")
     out.line(f"model {getattr(agent.model, 'name', agent.model)}  |  KV limit {limit} tokens, compaction "
              f"x{ratio:g} ({method}), at most {max_turns} turns")
-    began = time.perf_counter()
     task = "Continue: the tests still need to pass." if session_id else TASK
+    solve(agent, workspace, session, task, max_turns=max_turns, result=result, console=out)
+    share = result.compaction_seconds / max(result.seconds, 1e-9)
+    out.line(f"result: tests {'pass' if result.tests_pass else 'still fail'}; {result.turns} turns, "
+             f"{result.tool_calls} tool calls ({result.tool_errors} refused or failed), {result.compactions} "
+             f"compactions ({result.compaction_seconds:.0f} s, {share:.0%} of the run), {result.seconds:.0f} s")
+    peak = f"; KV reached the {limit}-token limit at {result.peak_physical_tokens}" if result.compactions else ""
+    out.line(f"tokens: {result.prompt_tokens} prefilled, {result.cached_tokens} reused from the KV cache, "
+             f"{result.completion_tokens} generated{peak}")
+    out.line(f"continue with: agentmem demo --resume   (compaction events: table `compactions` in {store})")
+    return result
+
+
+def solve(agent: Agent, workspace: Workspace, session: Any, task: str, *, max_turns: int, result: DemoResult,
+          console: TextIO | _Console | None = None) -> DemoResult:
+    """Run `agent` on `task` until `run_tests` passes or `max_turns` replies; fills and returns `result`.
+
+    `session` holds the conversation (an `SQLiteSession` resumes one); `console` shows each
+    tool call and compaction as it happens. The tests are run once more at the end.
+    """
+    out = console if isinstance(console, _Console) else _Console(console)
+    began = time.perf_counter()
     streamed = Runner.run_streamed(agent, task, session=session, max_turns=max_turns, hooks=Steer(agent.guard))
     try:
         for event in streamed:
@@ -172,14 +192,6 @@ def run(*, model: Any = "smollm2-135m", workspace_dir: Path = Path("agentmem-dem
     result.completion_tokens = usage.completion_tokens
     result.seconds = time.perf_counter() - began
     result.tests_pass = workspace.run_tests().startswith("exit code 0")
-    share = result.compaction_seconds / max(result.seconds, 1e-9)
-    out.line(f"result: tests {'pass' if result.tests_pass else 'still fail'}; {result.turns} turns, "
-             f"{result.tool_calls} tool calls ({result.tool_errors} refused or failed), {result.compactions} "
-             f"compactions ({result.compaction_seconds:.0f} s, {share:.0%} of the run), {result.seconds:.0f} s")
-    peak = f"; KV reached the {limit}-token limit at {result.peak_physical_tokens}" if result.compactions else ""
-    out.line(f"tokens: {result.prompt_tokens} prefilled, {result.cached_tokens} reused from the KV cache, "
-             f"{result.completion_tokens} generated{peak}")
-    out.line(f"continue with: agentmem demo --resume   (compaction events: table `compactions` in {store})")
     return result
 
 

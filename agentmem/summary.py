@@ -1,0 +1,97 @@
+"""The text-summary baseline: the model summarises a span, and the summary's tokens replace it.
+
+This is what Claude Code's auto-compact and LangChain's summarisation middleware do with a
+conversation's old turns, done in the cache: the span's text goes to the model with a
+request to summarise it for its own later use; the summary (at most the slots the ratio
+allows) is encoded at the span's place, after the tokens before it; those slots then stand
+for the span's logical tokens, as an attention-matched span's would. Everything after the
+span keeps its slots, so a later token sees the summary where the span was.
+
+It needs a model whose layers all attend to the whole context: the summary's keys are
+computed after the tokens before the span, which a sliding-window layer no longer holds.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import hf
+from .errors import ConfigError
+
+INSTRUCTION = (
+    "Summarise the following earlier part of our conversation so that you can go on with the "
+    "work without it. Keep every file name, number, setting, rule, error message, tool result "
+    "and decision that may matter later. Be brief.\n\n<earlier>\n{text}\n</earlier>"
+)
+HEADER = "Summary of earlier turns: "
+
+
+def summarise_span(model, cache, input_ids: torch.Tensor, *, start: int, end: int, ratio: float, tokenizer,
+                   stats: dict | None = None) -> hf.CompactedCache:
+    """A new cache in which logical tokens [start, end) are held by the slots of a text summary.
+
+    The summary gets at most (the span's slots / `ratio`) tokens, including a header
+    (`HEADER`) when that takes at most half of them; the model writes it greedily from a
+    prompt holding the span's text. At ratio 1 the cache is returned as it is. `stats`
+    (if given) receives the summary text and its token count.
+
+    Raises:
+        ConfigError: no tokenizer, a batch of more than one, or a model with sliding-window layers.
+    """
+    if tokenizer is None:
+        raise ConfigError("method 'summary' needs the tokenizer (pass tokenizer=...)")
+    if input_ids.shape[0] != 1:
+        raise ConfigError(f"method 'summary' compacts one sequence at a time, got a batch of {input_ids.shape[0]}")
+    if hf.sliding_layers(model):
+        raise ConfigError("method 'summary' needs a model whose layers all attend to the whole context "
+                          "(this one has sliding-window layers); use am-fast or am")
+    slots = hf.span_slots(cache, start, end)
+    budget = max(1, int(slots / ratio))
+    if budget >= slots:  # nothing to gain (ratio 1): the span keeps its slots
+        return hf.CompactedCache.from_cache(cache, scalings=hf.attention_scalings(model)).copy()
+    header = tokenizer.encode(HEADER, add_special_tokens=False)
+    header = header if 2 * len(header) <= budget else []  # a tight budget goes to the summary itself
+    text = tokenizer.decode(input_ids[0, start:end].tolist())
+    written = generate(model, _prompt_ids(tokenizer, text), budget - len(header), _stop_ids(tokenizer))
+    summary = header + written
+    if stats is not None:
+        stats.update(summary=tokenizer.decode(summary), summary_tokens=len(summary))
+    return hf.replace_span(model, cache, start, end, summary)
+
+
+def generate(model, prompt: list[int], max_new_tokens: int, stop: set[int]) -> list[int]:
+    """Greedy decoding from `prompt` on a fresh cache: the new ids, without a final stop id."""
+    if max_new_tokens <= 0:
+        return []
+    device = next(model.parameters()).device
+    cache = hf.new_cache(model)
+    ids: list[int] = []
+    step = torch.tensor([prompt], device=device)
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits = model(input_ids=step, past_key_values=cache, use_cache=True,
+                           **hf.last_logits_only(model)).logits[0, -1]
+            token = int(logits.argmax())
+            if token in stop:
+                break
+            ids.append(token)
+            step = torch.tensor([[token]], device=device)
+    return ids
+
+
+def _prompt_ids(tokenizer, text: str) -> list[int]:
+    request = INSTRUCTION.format(text=text)
+    if getattr(tokenizer, "chat_template", None):
+        rendered = tokenizer.apply_chat_template([{"role": "user", "content": request}], tokenize=False,
+                                                 add_generation_prompt=True)
+        return tokenizer.encode(rendered, add_special_tokens=False)
+    return tokenizer.encode(f"{request}\n\nSummary:", add_special_tokens=False)
+
+
+def _stop_ids(tokenizer) -> set[int]:
+    stop = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    for marker in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>"):
+        token = tokenizer.convert_tokens_to_ids(marker)
+        if isinstance(token, int) and token != tokenizer.unk_token_id and token >= 0:
+            stop.add(token)
+    return stop

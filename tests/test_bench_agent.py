@@ -1,0 +1,92 @@
+"""`agentmem bench agent`: the bundled coding tasks, and whole runs per memory mode on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from agentmem.agents import ScriptedModel
+from agentmem.bench import agent as bench
+from agentmem.cli import main
+from agentmem.coding_agent import TASKS
+from agentmem.coding_agent.agent import READ_ONLY, DemoResult, build_agent, solve
+from agentmem.coding_agent.workspace import Workspace
+from agentmem.errors import ConfigError
+
+from conftest import tiny_chat_llama, tiny_tokenizer
+
+
+def _tests_pass(folder) -> bool:
+    done = subprocess.run([sys.executable, "-m", "unittest", "-q"], cwd=folder, capture_output=True, text=True,
+                          timeout=60)
+    return done.returncode == 0
+
+
+@pytest.mark.parametrize("task", bench.tasks(), ids=lambda t: t.name)
+def test_every_task_fails_as_shipped_and_passes_after_its_one_line_fix(task, tmp_path):
+    listed = json.loads((TASKS / "tasks.json").read_text())[task.name]
+    copy = Workspace.from_template(task.path, tmp_path / task.name).root
+    assert not _tests_pass(copy)
+    fix = listed["fix"]
+    source = (copy / fix["path"]).read_text()
+    assert source.count(fix["old"]) == 1
+    (copy / fix["path"]).write_text(source.replace(fix["old"], fix["new"]))
+    assert _tests_pass(copy)
+    assert (copy / "README.md").exists() and task.task
+
+
+def test_the_fact_tasks_need_a_file_the_failure_does_not_quote(tmp_path):
+    facts = [t for t in bench.tasks() if t.needs_fact]
+    assert len(facts) >= 2
+    for task in facts:
+        where = task.needs_fact.split(":")[0]
+        assert (task.path / where).exists() and where in task.task  # the task says to read it first
+    failure = subprocess.run([sys.executable, "-m", "unittest", "-q"], cwd=Workspace.from_template(
+        TASKS / "usernames", tmp_path / "u").root, capture_output=True, text=True, timeout=60).stderr
+    assert "12" not in failure  # the limit is only in config.ini
+
+
+def test_solve_reports_a_fixed_bug(tmp_path):
+    task = bench.tasks(["pagination"])[0]
+    workspace = Workspace.from_template(task.path, tmp_path / "w", read_only=READ_ONLY)
+    model = ScriptedModel([ScriptedModel.call("read_file", path="pages.py"),
+                           ScriptedModel.call("patch_file", path="pages.py", old="first = number * size",
+                                              new="first = (number - 1) * size"),
+                           ScriptedModel.call("run_tests")])
+    agent = build_agent(workspace, model=model, policy="off")
+    result = solve(agent, workspace, None, task.task, max_turns=5,
+                   result=DemoResult(session_id="s", store="", workspace=str(workspace.root)))
+    assert result.tests_pass and result.finished and result.turns == 3 and result.tool_errors == 0
+
+
+def test_runs_cover_every_mode_and_the_limited_ones_compact(tmp_path):
+    modes = ["full", "am-fast", "summary", "drop-oldest"]
+    result = bench.run(tiny_chat_llama(), tiny_tokenizer(), name="tiny", task_names=["pagination"], modes=modes,
+                       limit=3200, max_turns=6, max_new_tokens=24, workdir=tmp_path)
+    rows = {r["mode"]: r for r in result["rows"]}
+    assert list(rows) == modes and all(r["turns"] == 6 for r in rows.values())
+    assert rows["full"]["compactions"] == 0 and rows["full"]["peak_kv_tokens"] > 3200
+    for mode in modes[1:]:
+        assert rows[mode]["compactions"] >= 2 and rows[mode]["peak_kv_tokens"] <= 3200 + 24
+        assert rows[mode]["cached_tokens"] > rows[mode]["prompt_tokens"]  # turns reuse the cache
+    assert result["summary"]["full"]["runs"] == 1 and not any(r["tests_pass"] for r in rows.values())
+    text = bench.table(result)
+    assert all(mode in text for mode in modes)
+    assert bench.plot(result, tmp_path / "agent.png").stat().st_size > 0
+    line = json.loads(bench.summary_line(result))
+    assert line["bench"] == "agent" and line["modes"] == modes and set(line["results"]) == set(modes)
+    assert not list(tmp_path.glob("agentmem-bench-agent-*"))  # the scratch copies are removed
+
+
+def test_bad_settings_are_refused_before_the_model_loads(no_model_load, capsys):
+    with pytest.raises(ConfigError, match="unknown mode"):
+        bench.check_args(modes=["am", "lru"], limit=2048, seeds=1, max_turns=5)
+    with pytest.raises(ConfigError, match="unknown task"):
+        bench.tasks(["nope"])
+    assert main(["bench", "agent", "--tasks", "nope"]) != 0
+    assert "unknown task" in capsys.readouterr().err
+    assert main(["bench", "agent", "--modes", "lru"]) != 0
+    assert main(["bench", "agent", "--limit", "10"]) != 0
