@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import hf
+from . import hf, summary
 from .chat_format import ChatFormat
 from .checkpoint import policy_data, stored_policy
 from .compaction import METHODS, options_from
@@ -130,6 +130,8 @@ class Session:
         options = {"max_repeat_tokens": DEFAULT_REPEAT_TOKENS, **(compaction_options or {})}
         options_from(options)  # an unknown option fails here, not as a fallback drop at the first compaction
         self.compactor = Compactor(model, tokenizer, options=options)
+        if self.policy.method in METHODS and METHODS[self.policy.method].summary:
+            summary.check_model(model)  # here, not at the first compaction
         self.messages: list[dict] = []
         self.segments: list[Segment] = []
         self.events: list[CompactionEvent] = []

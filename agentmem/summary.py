@@ -42,9 +42,7 @@ def summarise_span(model, cache, input_ids: torch.Tensor, *, start: int, end: in
         raise ConfigError("method 'summary' needs the tokenizer (pass tokenizer=...)")
     if input_ids.shape[0] != 1:
         raise ConfigError(f"method 'summary' compacts one sequence at a time, got a batch of {input_ids.shape[0]}")
-    if hf.sliding_layers(model):
-        raise ConfigError("method 'summary' needs a model whose layers all attend to the whole context "
-                          "(this one has sliding-window layers); use am-fast or am")
+    check_model(model)
     slots = hf.span_slots(cache, start, end)
     budget = max(1, int(slots / ratio))
     if budget >= slots:  # nothing to gain (ratio 1): the span keeps its slots
@@ -57,6 +55,13 @@ def summarise_span(model, cache, input_ids: torch.Tensor, *, start: int, end: in
     if stats is not None:
         stats.update(summary=tokenizer.decode(summary), summary_tokens=len(summary))
     return hf.replace_span(model, cache, start, end, summary)
+
+
+def check_model(model) -> None:
+    """ConfigError for a model the summary cannot serve (one with sliding-window layers)."""
+    if hf.sliding_layers(model):
+        raise ConfigError("method 'summary' needs a model whose layers all attend to the whole context "
+                          "(this one has sliding-window layers); use am-fast or am")
 
 
 def generate(model, prompt: list[int], max_new_tokens: int, stop: set[int]) -> list[int]:

@@ -89,6 +89,9 @@ def test_summary_is_refused_where_it_cannot_work(llama, text_ids):
                 tokenizer=tiny_tokenizer())
     with pytest.raises(ValueError, match="sliding-window"):
         hf.replace_span(gemma, prefill(gemma, text_ids), 0, 100, [70])
+    policy = Policy(trigger=TokenLimit(200), ratio=FixedRatio(8), method="summary")
+    with pytest.raises(ConfigError, match="sliding-window layers"):  # when the session is made, not later
+        Session(gemma, tiny_tokenizer(), policy=policy)
 
 
 def test_a_session_under_a_limit_compacts_with_summaries():
