@@ -180,18 +180,23 @@ class Compactor:
         return cache, events
 
     def drop_oldest(self, cache, segments: Sequence[Segment], pinned: set[int], reason: str):
-        """Deterministic fallback: drop the slots of the oldest unpinned segment still holding any."""
+        """Deterministic fallback: drop the slots of the oldest unpinned segment still holding any
+        (with the segments it was compacted together with, whose slots it shares)."""
         for segment in segments:
             if segment.index in pinned:
                 continue
             if segment.end > cache.get_seq_length() or hf.span_slots(cache, segment.start, segment.end) == 0:
                 continue
             began = time.perf_counter()
-            new = hf.drop_span(cache, segment.start, segment.end, scalings=self.scalings)
+            # A compacted run's slots stand for all of its tokens: a segment compacted together
+            # with its neighbours goes with them.
+            start, end = hf.snap_span(cache, segment.start, segment.end)
+            new = hf.drop_span(cache, start, end, scalings=self.scalings)
+            gone = tuple(s.index for s in segments if s.start < end and s.end > start)
             event = self._event(reason, "drop", 0.0,  # ratio 0: every slot removed
-                                segment.start, segment.end, cache, new,
-                                time.perf_counter() - began, status="fallback", segments=(segment.index,))
-            log.info("dropped segment %d (tokens [%d, %d))", segment.index, segment.start, segment.end)
+                                start, end, cache, new, time.perf_counter() - began, status="fallback",
+                                segments=gone)
+            log.info("dropped segment(s) %s (tokens [%d, %d))", ", ".join(map(str, gone)), start, end)
             return new, [event]
         return cache, []
 

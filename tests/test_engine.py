@@ -285,3 +285,21 @@ def test_choices_constrain_the_reply_to_one_option(chat_model, tokenizer):
         chosen = reply.text[len('{"name": "'):]
         assert any(chosen.startswith(o) for o in options), reply.text
         assert len(reply.token_ids) == 16  # free decoding went on after the choice
+
+
+def test_the_fallback_drop_takes_a_whole_compacted_run_not_part_of_it(chat_model, tokenizer):
+    # Seen in `bench agent`: the oldest unpinned segment had been compacted together with its
+    # neighbours, so its own boundaries fell inside their shared run and the drop crashed.
+    session = Session(chat_model, tokenizer, policy=limited(400), system="sys", watch_every=1)
+    for turn in range(8):
+        session.add("user", f"turn {turn}: note that item {turn} costs {turn * 7} euros")
+        session.generate(12)
+    shared = next(e for e in session.events if e.status == "ok" and len(e.segments) >= 2)
+    first = session.segments[shared.segments[0]]
+    assert hf.snap_span(session.cache, first.start, first.end) != (first.start, first.end)  # inside a run
+    before = session.stats()
+    cache, events = session.compactor.drop_oldest(session.cache, session.segments, {0, 1}, "manual")
+    (drop,) = events
+    assert drop.status == "fallback" and set(shared.segments) <= set(drop.segments)
+    assert hf.span_slots(cache, drop.start, drop.end) == 0
+    assert cache.get_seq_length() == before.logical_tokens and drop.tokens_after < drop.tokens_before
