@@ -140,7 +140,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ag.add_argument("--tasks", nargs="+", default=None, help="task names (default: all bundled tasks)")
     ag.add_argument("--modes", nargs="+", default=None,
                     help="default: full am am-fast streaming drop-oldest summary")
-    add_limit(ag, default=1024)
+    add_limit(ag, default=1536)
     add_ratio(ag, 4)
     ag.add_argument("--max-turns", type=positive_int, default=20, help="model replies per run at most (default 20)")
     ag.add_argument("--seeds", type=positive_int, default=1, help="runs per task and mode (default 1)")
