@@ -79,15 +79,20 @@ def no_model_load(monkeypatch):
     monkeypatch.setattr(agentmem.loading, "load_model", refuse)
 
 
-@pytest.fixture(scope="session")
-def smollm2():
-    """The real SmolLM2-135M for the slow tier (skipped where its package is missing)."""
+def builtin_or_skip(name: str):
+    """A built-in model for the slow tier, or a skip that says how to install it."""
     import agentmem
 
     try:
-        return agentmem.load_model("smollm2-135m")
+        return agentmem.load_model(name)
     except agentmem.ModelNotAvailableError as exc:
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M for the slow tier (skipped where its package is missing)."""
+    return builtin_or_skip("smollm2-135m")
 
 
 def prefill(model, ids):

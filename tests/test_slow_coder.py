@@ -15,15 +15,14 @@ from agentmem.bench import agent as bench
 from agentmem.coding_agent.agent import READ_ONLY, DemoResult, build_agent, demo_policy, solve
 from agentmem.coding_agent.workspace import Workspace
 
+from conftest import builtin_or_skip
+
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def coder():
-    try:
-        return agentmem.load_model("qwen2.5-coder-0.5b")
-    except agentmem.ModelNotAvailableError as exc:
-        pytest.skip(str(exc))
+    return builtin_or_skip("qwen2.5-coder-0.5b")
 
 
 def test_coding_agent_turns_make_real_calls_and_compact(coder, tmp_path):
