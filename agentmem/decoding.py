@@ -16,12 +16,30 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import GenerationConfig
 
+from . import hf
 from .sampling import Choices, Detokenizer, Sampler, StopText, generation_config
 
 # logits_processor(generated_ids, logits (vocab,)) -> changed logits (vocab,)
 LogitsProcessor = Callable[[list[int], torch.Tensor], torch.Tensor]
 
 HISTORY_TOKENS = 1024  # ids handed to the repetition penalty (the only processor that reads them)
+
+
+@torch.no_grad()
+def greedy(model, prompt: Sequence[int], steps: int, *, cache=None, stop: Sequence[int] = ()) -> list[int]:
+    """Up to `steps` greedy tokens after `prompt` (on `cache`, which grows, else a fresh one);
+    a token of `stop` ends it and is not returned."""
+    cache = hf.new_cache(model) if cache is None else cache
+    device = next(model.parameters()).device
+    ids, out = torch.tensor([list(prompt)], device=device), []
+    for _ in range(steps):
+        logits = model(input_ids=ids, past_key_values=cache, use_cache=True, **hf.last_logits_only(model)).logits
+        token = int(logits[0, -1].argmax())
+        if token in stop:
+            break
+        out.append(token)
+        ids = torch.tensor([[token]], device=device)
+    return out
 
 
 def reply_config(defaults: dict, config: GenerationConfig | None = None, **overrides) -> GenerationConfig:

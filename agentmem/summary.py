@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 
 from . import hf
+from .chat_format import ChatFormat
+from .decoding import greedy
 from .errors import ConfigError
 
 INSTRUCTION = (
@@ -46,11 +48,13 @@ def summarise_span(model, cache, input_ids: torch.Tensor, *, start: int, end: in
     slots = hf.span_slots(cache, start, end)
     budget = max(1, int(slots / ratio))
     if budget >= slots:  # nothing to gain (ratio 1): the span keeps its slots
-        return hf.CompactedCache.from_cache(cache, scalings=hf.attention_scalings(model)).copy()
+        return hf.CompactedCache.from_cache(cache, scalings=hf.attention_scalings(model))
     header = tokenizer.encode(HEADER, add_special_tokens=False)
     header = header if 2 * len(header) <= budget else []  # a tight budget goes to the summary itself
     text = tokenizer.decode(input_ids[0, start:end].tolist())
-    written = generate(model, _prompt_ids(tokenizer, text), budget - len(header), _stop_ids(tokenizer))
+    chat = ChatFormat(tokenizer)
+    prompt = chat.render([{"role": "user", "content": INSTRUCTION.format(text=text)}], add_generation_prompt=True)
+    written = greedy(model, chat.encode(prompt), budget - len(header), stop=chat.stop_ids)
     summary = header + written
     if stats is not None:
         stats.update(summary=tokenizer.decode(summary), summary_tokens=len(summary))
@@ -62,41 +66,3 @@ def check_model(model) -> None:
     if hf.sliding_layers(model):
         raise ConfigError("method 'summary' needs a model whose layers all attend to the whole context "
                           "(this one has sliding-window layers); use am-fast or am")
-
-
-def generate(model, prompt: list[int], max_new_tokens: int, stop: set[int]) -> list[int]:
-    """Greedy decoding from `prompt` on a fresh cache: the new ids, without a final stop id."""
-    if max_new_tokens <= 0:
-        return []
-    device = next(model.parameters()).device
-    cache = hf.new_cache(model)
-    ids: list[int] = []
-    step = torch.tensor([prompt], device=device)
-    with torch.no_grad():
-        for _ in range(max_new_tokens):
-            logits = model(input_ids=step, past_key_values=cache, use_cache=True,
-                           **hf.last_logits_only(model)).logits[0, -1]
-            token = int(logits.argmax())
-            if token in stop:
-                break
-            ids.append(token)
-            step = torch.tensor([[token]], device=device)
-    return ids
-
-
-def _prompt_ids(tokenizer, text: str) -> list[int]:
-    request = INSTRUCTION.format(text=text)
-    if getattr(tokenizer, "chat_template", None):
-        rendered = tokenizer.apply_chat_template([{"role": "user", "content": request}], tokenize=False,
-                                                 add_generation_prompt=True)
-        return tokenizer.encode(rendered, add_special_tokens=False)
-    return tokenizer.encode(f"{request}\n\nSummary:", add_special_tokens=False)
-
-
-def _stop_ids(tokenizer) -> set[int]:
-    stop = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    for marker in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>"):
-        token = tokenizer.convert_tokens_to_ids(marker)
-        if isinstance(token, int) and token != tokenizer.unk_token_id and token >= 0:
-            stop.add(token)
-    return stop

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,9 +73,8 @@ def check_args(*, modes: Sequence[str], limit: int, seeds: int, max_turns: int) 
 class _Watched(LocalModel):
     """A LocalModel that keeps the engine sessions it opens, to read their KV size."""
 
-    def __init__(self, model, tokenizer, *, name: str, seed: int):
-        super().__init__(name, seed=seed)
-        self._loaded = (model, tokenizer)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.sessions: list = []
 
     def open(self, **kwargs):
@@ -120,20 +118,18 @@ def attempt(model, tokenizer, task: Task, mode: str, *, name: str, limit: int, r
 
     workspace = Workspace.from_template(task.path, scratch / f"{task.name}-{mode}-{seed}", read_only=READ_ONLY)
     policy = "off" if MODES[mode] is None else demo_policy(limit, ratio, MODES[mode])
-    local = _Watched(model, tokenizer, name=name, seed=seed)
+    local = _Watched.from_pretrained(model, tokenizer, name=name, seed=seed)
     agent = build_agent(workspace, model=local, policy=policy, temperature=temperature,
                         max_new_tokens=max_new_tokens)
     result = DemoResult(session_id=f"{task.name}-{mode}-{seed}", store="", workspace=str(workspace.root))
-    began = time.perf_counter()
     solve(agent, workspace, MemorySession(), task.task, max_turns=max_turns, result=result)
-    seconds = time.perf_counter() - began
     end_kv = max((s.stats().physical_tokens for s in local.sessions), default=0)
     return {"task": task.name, "mode": mode, "seed": seed, "tests_pass": result.tests_pass,
             "turns": result.turns, "tool_calls": result.tool_calls, "tool_errors": result.tool_errors,
             "compactions": result.compactions, "compaction_seconds": result.compaction_seconds,
             "prompt_tokens": result.prompt_tokens, "cached_tokens": result.cached_tokens,
             "completion_tokens": result.completion_tokens,
-            "peak_kv_tokens": max(result.peak_physical_tokens, end_kv), "seconds": seconds}
+            "peak_kv_tokens": max(result.peak_physical_tokens, end_kv), "seconds": result.seconds}
 
 
 def summarise(rows: list[dict], modes: Sequence[str]) -> dict:

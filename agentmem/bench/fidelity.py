@@ -47,6 +47,7 @@ import torch
 from .. import hf
 from ..baselines import SINKS
 from ..captured import DEFAULT_CAPACITY, QuerySample
+from ..decoding import greedy
 from ..errors import ConfigError
 from . import kvpress_peers
 from .common import check_methods, compact_with, kl, method_order, prefill, reference_text, split_method, teacher_force
@@ -252,18 +253,6 @@ def answer_nll(model, cache, prompt: list[int], answer: list[int]) -> float:
     return float(-pred.gather(-1, torch.tensor(answer)[:, None]).mean())
 
 
-@torch.no_grad()
-def greedy(model, cache, prompt: list[int], steps: int) -> list[int]:
-    """`steps` greedy tokens after `prompt` on a copy of `cache`."""
-    cache = cache.copy()
-    ids, out = torch.tensor([prompt]), []
-    for _ in range(steps):
-        logits = model(input_ids=ids, past_key_values=cache, use_cache=True, **hf.last_logits_only(model)).logits
-        out.append(int(logits[0, -1].argmax()))
-        ids = torch.tensor([[out[-1]]])
-    return out
-
-
 def score(model, cache, ctx: Context, references: list[list[int]], last: torch.Tensor,
           full_logprobs: torch.Tensor) -> Scores:
     """Every question of `ctx` asked after `cache`."""
@@ -362,7 +351,7 @@ def run(model, tokenizer, *, ratios: list[float], methods: list[str], context: i
         prefills.append(prefill_s)
         full = hf.CompactedCache.from_cache(cache, scalings=scalings)
         ref, _ = teacher_force(model, full, ctx.continuation, last, set())
-        references = [greedy(model, full, q, answer_tokens) for q in ctx.quotes]
+        references = [greedy(model, q, answer_tokens, cache=full.copy()) for q in ctx.quotes]
         dropped = hf.drop_span(full, min(SINKS, end), end, scalings=scalings)  # no span, the sinks kept
         cells = {("full", 1.0): (full, 0.0), ("dropped", 0.0): (dropped, 0.0)}
         briefs = []

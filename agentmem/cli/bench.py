@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from .common import (
@@ -164,12 +165,8 @@ def run_compaction(args: argparse.Namespace) -> int:
                        decode_steps=32 if args.decode_rounds > 0 else 0, progress=say)
     result["summary"]["model"] = args.model
     print(bench.table(result))
-    plot = args.plot or (args.json.with_suffix(".png") if args.json else Path(f"bench-compaction-{args.model}.png"))
-    if no_plot:
-        print(f"plot: not drawn, {no_plot}")
-    else:
-        bench.plot(result, plot, f"{args.model}: {args.context}-token contexts")
-        print(f"plot: {plot}")
+    title = f"{args.model}: {args.context}-token contexts"
+    draw_plot(args, "compaction", no_plot, lambda path: bench.plot(result, path, title))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     print(bench.summary_line(result, args.model))
@@ -190,13 +187,8 @@ def run_fidelity(args: argparse.Namespace) -> int:
                           capture=args.capture, progress=say)
     result["summary"]["model"] = args.model
     print(fidelity.table(result))
-    plot = args.plot or (args.json.with_suffix(".png") if args.json else Path(f"bench-fidelity-{args.model}.png"))
-    if no_plot:
-        print(f"plot: not drawn, {no_plot}")
-    else:
-        fidelity.plot(result, plot, f"{args.model}: {args.context}-token contexts, "
-                                    f"{result['summary']['questions']} questions per cell")
-        print(f"plot: {plot}")
+    title = f"{args.model}: {args.context}-token contexts, {result['summary']['questions']} questions per cell"
+    draw_plot(args, "fidelity", no_plot, lambda path: fidelity.plot(result, path, title))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     print(fidelity.summary_line(result, args.model))
@@ -249,15 +241,22 @@ def run_agent(args: argparse.Namespace) -> int:
                        ratio=args.ratio, max_turns=args.max_turns, seeds=args.seeds, temperature=args.temperature,
                        progress=say)
     print(agent.table(result))
-    plot = args.plot or (args.json.with_suffix(".png") if args.json else Path(f"bench-agent-{args.model}.png"))
-    if no_plot:
-        print(f"plot: not drawn, {no_plot}")
-    else:
-        print(f"plot: {agent.plot(result, plot)}")
+    draw_plot(args, "agent", no_plot, lambda path: agent.plot(result, path))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     print(agent.summary_line(result))
     return 0
+
+
+def draw_plot(args: argparse.Namespace, kind: str, problem: str | None, draw: Callable[[Path], object]) -> None:
+    """Draw a benchmark's PNG at --plot (default: next to --json, else ./bench-KIND-MODEL.png) and say
+    where, or say why not (`problem`, from `plot_problem` before the model loaded)."""
+    if problem:
+        print(f"plot: not drawn, {problem}")
+        return
+    path = args.plot or (args.json.with_suffix(".png") if args.json else Path(f"bench-{kind}-{args.model}.png"))
+    draw(path)
+    print(f"plot: {path}")
 
 
 def finish(result: dict, args: argparse.Namespace, text: str, summary: dict) -> int:
