@@ -41,6 +41,10 @@ class Method:
     on_policy: bool = False
     head_profile: bool = False
     global_budgets: bool = False  # layers share the budget by one ranking of max attention (as kvzip)
+    # With global budgets: "head" gives each (layer, KV head) its own count from the ranking,
+    # stored at the uniform bytes by borrowed slots (`agentmem.hf.ragged`); "layer" gives a
+    # layer's heads one width, its neediest head's (`head_budgets.neediest_head_widths`).
+    allocation: str = "head"
     max_queries: int = 2048  # fitting queries per KV head unless the caller sets max_queries
     # What a key's attention score is a probability of, for top-k selection and global budgets:
     # "span": the query's attention over the span alone; "context": over everything the query
@@ -238,18 +242,26 @@ class _CompactionRun:
             if keep:
                 self._reduced[idx] = reduced
         total = sum(int(self.budgets[idx].max()) for idx in self.layers)  # slots per head, summed over layers
+        if self.spec.allocation == "head":
+            layer = self.view.layers[self.layers[0]]
+            slot = (layer.keys.shape[-1] + layer.values.shape[-1]) * layer.keys.element_size() + 4  # + fp32 bias
+            record = hf.Borrowed.record_bytes()
+            for idx, counts in head_budgets.per_head_counts(scores, valid, total, self.num_kv,
+                                                            record / slot).items():
+                self.budgets[idx] = counts.to(self.budgets[idx].dtype)
+            return
         for idx, width in head_budgets.neediest_head_widths(scores, valid, total).items():
             self.budgets[idx] = torch.full_like(self.budgets[idx], width)
 
     def _span(self, idx: int):
-        """(keys (G,T,D), values (G,T,Dv), prior bias (G,T)) of the span in layer idx."""
+        """(keys (G,T,D), values (G,T,Dv), prior bias (G,T)) of the span in layer idx: each head's
+        own slots, then those it borrowed in the span (`hf.unpack`)."""
         layer = self.view.layers[idx]
         a, b = self.spans[idx]
         G = self.batch * self.num_kv
-        keys = layer.keys[:, :, a:b].reshape(G, b - a, -1)
-        values = layer.values[:, :, a:b].reshape(G, b - a, -1)
-        prior = layer.bias[:, :, a:b].reshape(G, b - a)
-        return keys, values, prior
+        keys, values, prior = hf.unpack(layer.keys, layer.values, layer.bias, layer.borrowed, a, b)
+        width = keys.shape[2]
+        return keys.reshape(G, width, -1), values.reshape(G, width, -1), prior.reshape(G, width)
 
     # ---------------------------------------------------------------- main
     def run(self) -> hf.CompactedCache:
@@ -420,16 +432,24 @@ class _CompactionRun:
         kept = kept.masked_fill(~torch.isfinite(fit.bias).unsqueeze(-1), 0.0)
         dtype = layer.keys.dtype
 
+        # heads of different counts are stored at their mean width, without padding
+        run_keys, run_values, run_bias, borrowed = hf.pack(
+            kept.reshape(B, H, width, -1).to(dtype), fit.values.reshape(B, H, width, -1).to(dtype),
+            fit.bias.reshape(B, H, width).float(), a)
+        width = run_bias.shape[-1]
+
         def splice(full: torch.Tensor, middle: torch.Tensor) -> torch.Tensor:
             return torch.cat([full[:, :, :a], middle, full[:, :, b:]], dim=2)
 
-        new_keys = splice(layer.keys, kept.reshape(B, H, width, -1).to(dtype))
-        new_values = splice(layer.values, fit.values.reshape(B, H, width, -1).to(dtype))
-        new_bias = splice(layer.bias, fit.bias.reshape(B, H, width).float())
+        later = hf.remapped(layer, a, b, width)
+        if borrowed is not None:
+            borrowed = borrowed.joined(later)
         start, end = self._logical_span()
         runs = hf.splice_runs(layer.runs, start, end, width)
         self.out.layers[idx] = hf.CompactedLayer.from_tensors(
-            new_keys, new_values, new_bias, logical_length=layer.logical_length, scaling=layer.scaling, runs=runs
+            splice(layer.keys, run_keys), splice(layer.values, run_values), splice(layer.bias, run_bias),
+            logical_length=layer.logical_length, scaling=layer.scaling, runs=runs,
+            borrowed=borrowed if borrowed is not None else later,
         )
 
     def _on_policy_hook(self, extra):

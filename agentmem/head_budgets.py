@@ -145,3 +145,60 @@ def neediest_head_widths(scores: dict[int, torch.Tensor], valid: dict[int, torch
     picked = who[flat.topk(spare).indices] if spare else who[:0]
     extra = torch.bincount(picked, minlength=len(layers))
     return {i: 1 + int(extra[n]) for n, i in enumerate(layers)}
+
+
+def per_head_counts(scores: dict[int, torch.Tensor], valid: dict[int, torch.Tensor], total: int,
+                    heads: int, record_cost: float = 0.0) -> dict[int, torch.Tensor]:
+    """Per-(layer, head) slot counts from one ranking, at the bytes of `total` slots per head.
+
+    `scores[l]`, `valid[l]` are (G, T_l) with G = batch x `heads`; `total` is the slots per
+    head summed over the layers, as in `neediest_head_widths`. Under a threshold on the
+    scores each head keeps the keys above it (at least one). A layer's heads are stored at
+    the mean of their counts (`agentmem.hf.ragged`: a head that needs more borrows the
+    spare slots of heads that need fewer), so a layer costs ceil(its heads' sum / heads)
+    slots per head, plus `record_cost` slots for each borrowed slot its neediest head
+    records (the record's bytes over a slot's). Each layer's rounding remainder goes to its
+    next-best keys; the lowest threshold whose layers then fit `total` is found by bisection.
+    Returns layer -> (G,) long.
+    """
+    ranked = {i: s.masked_fill(~valid[i], float("-inf")).sort(dim=-1, descending=True).values
+              for i, s in scores.items()}
+    usable = {i: v.sum(-1).clamp(min=1) for i, v in valid.items()}
+
+    def allocation(threshold: float) -> tuple[dict[int, torch.Tensor], float]:
+        out, cost = {}, 0.0
+        for i, s in scores.items():
+            count = ((s >= threshold) & valid[i]).sum(-1).clamp(min=1).minimum(usable[i])
+            width = max(1, int((count.reshape(-1, heads).sum(-1).add(heads - 1) // heads).max()))
+            out[i] = _fill(ranked[i], usable[i], count, width, heads)
+            cost += width + record_cost * max(0, int(out[i].max()) - width)
+        return out, cost
+
+    lo, hi = 0.0, 1.0 + 1e-6  # scores are probabilities: above 1 every head keeps one slot
+    best, _ = allocation(hi)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        counts, cost = allocation(mid)
+        if cost > total:
+            lo = mid
+        else:
+            hi, best = mid, counts
+    return best
+
+
+def _fill(ranked: torch.Tensor, usable: torch.Tensor, count: torch.Tensor, width: int, heads: int) -> torch.Tensor:
+    """Give each batch row's spare slots (width x heads - its heads' counts) to its next-best keys.
+
+    `ranked` (G, T) holds each head's scores in descending order (-inf past its valid keys)."""
+    rank = torch.arange(ranked.shape[-1]).unsqueeze(0)
+    open_ = (rank >= count.unsqueeze(1)) & (rank < usable.unsqueeze(1))  # claims not yet granted
+    count = count.clone()
+    for b in range(count.numel() // heads):
+        rows = slice(b * heads, (b + 1) * heads)
+        spare = width * heads - int(count[rows].sum())
+        claims = ranked[rows].masked_fill(~open_[rows], float("-inf")).flatten()
+        spare = min(spare, int(torch.isfinite(claims).sum()))
+        if spare > 0:
+            picked = claims.topk(spare).indices // ranked.shape[-1]
+            count[rows] += torch.bincount(picked, minlength=heads)
+    return count

@@ -56,8 +56,11 @@ def test_a_ratio_is_a_memory_promise(ids, method):
     options = {"head_budgets": skewed} if agentmem.METHODS[method].head_profile else {}
     out = compact(model, prefill(model, ids), ids, ratio=6, method=method, **options)
     assert out.nbytes() <= uniform.nbytes()
-    for i in out.full_layers():  # no padding slot anywhere
-        assert bool(torch.isfinite(out.layers[i].bias).all())
+    for i in out.full_layers():  # no padding slot anywhere: a slot a head does not use is lent to another
+        layer = out.layers[i]
+        lent = 0 if layer.borrowed is None else layer.borrowed.count
+        assert int((~torch.isfinite(layer.bias)).sum()) == lent
+        assert int(layer.effective_slots().sum()) == layer.bias.numel()
 
 
 def test_matching_beats_baselines_on_a_gqa_model():
@@ -78,10 +81,11 @@ def test_recompaction_of_a_middle_span_honours_earlier_beta(tiny_model, ids):
     first = compact(tiny_model, prefill(tiny_model, ids), ids, ratio=4, method="am-fast", start=0, end=24)
     layers = first.full_layers()
     assert [first.layers[i].runs[0][0] for i in layers] == [24] * len(layers)
-    assert sum(first.layers[i].runs[0][1] for i in layers) == 6 * len(layers)  # shared between layers
+    # shared between layers; a slot may go to the records of borrowed slots (hf.ragged)
+    assert 6 * len(layers) - 1 <= sum(first.layers[i].runs[0][1] for i in layers) <= 6 * len(layers)
     second = compact(tiny_model, first, ids, ratio=2, method="am", start=0, end=36)
     assert [[tokens for tokens, _ in second.layers[i].runs] for i in layers] == [[36, 12]] * len(layers)
-    assert sum(second.layers[i].runs[0][1] for i in layers) == 9 * len(layers)
+    assert 9 * len(layers) - 1 <= sum(second.layers[i].runs[0][1] for i in layers) <= 9 * len(layers)
     assert [second.layers[i].runs[1][1] for i in layers] == [12] * len(layers)
     assert second.get_seq_length() == ids.shape[1]
     with pytest.raises(ConfigError, match="inside a compacted run"):

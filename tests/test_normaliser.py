@@ -25,6 +25,11 @@ def _manual_lse(query, layer: hf.CompactedLayer, scaling: float) -> torch.Tensor
     n, total = query.shape[-2], keys.shape[-2]
     future = torch.ones(n, n, dtype=torch.bool).triu(1)
     logits[..., total - n:] = logits[..., total - n:].masked_fill(future, float("-inf"))
+    if layer.borrowed is not None:  # slots a head holds in another head's row (hf.ragged)
+        lent, _ = layer.borrowed.gather(layer.keys, layer.values)
+        lent = _repeat_kv(lent.float(), query.shape[1])
+        lent_bias = _repeat_kv(layer.borrowed.bias.unsqueeze(-1), query.shape[1]).squeeze(-1)
+        logits = torch.cat([logits, query @ lent.transpose(-1, -2) * scaling + lent_bias.unsqueeze(2)], dim=-1)
     return torch.logsumexp(logits, dim=-1)
 
 

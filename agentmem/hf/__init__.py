@@ -39,6 +39,7 @@ from .attention import (
     register,
 )
 from .cache import BIAS_ATTRIBUTE, CompactedCache, CompactedLayer
+from .ragged import Borrowed, pack, unpack
 from .model import (
     TESTED_TRANSFORMERS,
     KVGeometry,
@@ -60,6 +61,7 @@ from .state import (
     copy_cache,
     crop_cache,
     drop_span,
+    remapped,
     replace_span,
     snap_span,
     span_slots,

@@ -18,7 +18,8 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_utils import AttentionInterface
 
 from ..errors import UnsupportedModelError
-from .cache import _PADDING, BIAS_ATTRIBUTE
+from . import ragged
+from .cache import _PADDING, BIAS_ATTRIBUTE, BORROWED_ATTRIBUTE
 from .model import check_transformers_version
 
 ATTENTION_NAME = "agentmem"
@@ -107,6 +108,14 @@ def attention_forward(
     bias = getattr(key, BIAS_ATTRIBUTE, None)  # (B, H_kv, k) fp32, from CompactedLayer.attention_keys
     if bias is not None and bias.shape[-1] != key.shape[-2]:
         raise UnsupportedModelError(f"layer {layer_idx}: bias covers {bias.shape[-1]} slots, keys {key.shape[-2]}")
+    borrowed = getattr(key, BORROWED_ATTRIBUTE, None)  # slots heads hold in other heads' rows
+    if borrowed is not None:
+        if query.shape[1] % key.shape[1]:
+            raise UnsupportedModelError(f"layer {layer_idx}: {query.shape[1]} query heads over {key.shape[1]} KV heads")
+        out, lse = ragged.attend(query, key, value, bias, borrowed, attention_mask, scaling)
+        if with_lse:
+            capture.lse.setdefault(layer_idx, []).append(lse.detach().float())
+        return out.transpose(1, 2).contiguous(), None
     one_token, gqa = query.shape[-2] == 1, query.shape[1] > key.shape[1]
     if one_token and key.shape[-1] == query.shape[-1] and (bias is not None or gqa) and not with_lse:
         folded = _decode_step(module, query, key, value, bias, attention_mask, dropout, scaling)

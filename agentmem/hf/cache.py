@@ -7,16 +7,19 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer, DynamicSlidingWindowLayer
 
 from ..errors import UnsupportedModelError
+from .ragged import Borrowed
 
 _PADDING = float("-inf")
 BIAS_ATTRIBUTE = "agentmem_bias"  # set on the keys `CompactedLayer.update` returns: (B, H_kv, k) fp32
+BORROWED_ATTRIBUTE = "agentmem_borrowed"  # and, with borrowed slots, their (keys, values, bias)
 
 class CompactedLayer(CacheLayerMixin):
     """A full-attention cache layer whose slots may carry a log-weight (beta).
 
     Tensors: `keys` (B, H, P, D) post-RoPE, `values` (B, H, P, Dv), `bias` (B, H, P) fp32
     (0 for ordinary tokens, beta for compacted slots, -inf for padding of short heads).
-    `logical_length` counts the tokens the slots stand for.
+    `logical_length` counts the tokens the slots stand for. `borrowed` (or None) locates
+    the slots a head holds in other heads' rows (`agentmem.hf.ragged`).
     """
 
     is_sliding = False
@@ -31,6 +34,7 @@ class CompactedLayer(CacheLayerMixin):
         self.has_beta = False  # any slot with a non-zero bias (beta or padding)
         # Contiguous runs [logical tokens, physical slots] in order; equal numbers = plain tokens.
         self.runs: list[list[int]] = []
+        self.borrowed: Borrowed | None = None
 
     @classmethod
     def from_tensors(
@@ -42,6 +46,7 @@ class CompactedLayer(CacheLayerMixin):
         logical_length: int | None = None,
         scaling: float | None = None,
         runs: list[list[int]] | None = None,
+        borrowed: Borrowed | None = None,
     ) -> CompactedLayer:
         layer = cls(scaling=scaling)
         layer.lazy_initialization(keys, values)
@@ -53,6 +58,9 @@ class CompactedLayer(CacheLayerMixin):
         layer.runs = [list(r) for r in runs] if runs is not None else [[layer.logical_length, physical]]
         if sum(r[0] for r in layer.runs) != layer.logical_length or sum(r[1] for r in layer.runs) != physical:
             raise ValueError(f"runs {layer.runs} do not add up to {layer.logical_length} tokens / {physical} slots")
+        if borrowed is not None:
+            borrowed.check(tuple(keys.shape[:3]), layer.bias)
+            layer.borrowed = borrowed
         return layer
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -85,12 +93,15 @@ class CompactedLayer(CacheLayerMixin):
 
         A view (no copy) so that the bias travels with this call's keys only; the stored
         tensor never carries it. Widening the keys here with a `beta / scaling` column, as
-        this layer once did, copied every key and value each decode step.
+        this layer once did, copied every key and value each decode step. Borrowed slots
+        travel the same way, gathered per call (a few slots per head).
         """
         if not self.has_beta:
             return self.keys
         keys = self.keys.view_as(self.keys)
         setattr(keys, BIAS_ATTRIBUTE, self.bias)
+        if self.borrowed is not None:
+            setattr(keys, BORROWED_ATTRIBUTE, (*self.borrowed.gather(self.keys, self.values), self.borrowed.bias))
         return keys
 
     def physical_span(self, start: int, end: int) -> tuple[int, int]:
@@ -150,6 +161,7 @@ class CompactedLayer(CacheLayerMixin):
         self.logical_length = 0
         self.has_beta = False
         self.runs = []
+        self.borrowed = None
         self.is_initialized = False
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
@@ -158,26 +170,34 @@ class CompactedLayer(CacheLayerMixin):
             self.keys = self.keys.index_select(0, index)
             self.values = self.values.index_select(0, index)
             self.bias = self.bias.index_select(0, index)
+            if self.borrowed is not None:
+                self.borrowed = self.borrowed.select_batch(index)
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         if self.physical_length > 0:
             self.keys = self.keys.repeat_interleave(repeats, dim=0)
             self.values = self.values.repeat_interleave(repeats, dim=0)
             self.bias = self.bias.repeat_interleave(repeats, dim=0)
+            if self.borrowed is not None:
+                self.borrowed = self.borrowed.repeat_batch(repeats)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.physical_length > 0:
             self.keys, self.values, self.bias = self.keys[indices], self.values[indices], self.bias[indices]
+            if self.borrowed is not None:
+                self.borrowed = self.borrowed.select_batch(indices)
 
     def effective_slots(self) -> torch.Tensor:
-        """Slots that are not padding, per (batch, head): (B, H) long."""
-        return torch.isfinite(self.bias).sum(-1)
+        """Slots each (batch, head) attends to, its own and borrowed, padding not counted: (B, H) long."""
+        own = torch.isfinite(self.bias).sum(-1)
+        return own if self.borrowed is None else own + self.borrowed.per_head()
 
     def nbytes(self) -> int:
-        """Physical bytes of keys, values and bias, padding included."""
+        """Physical bytes of keys, values and bias, padding and borrowed-slot records included."""
         if self.keys is None:
             return 0
-        return sum(t.numel() * t.element_size() for t in (self.keys, self.values, self.bias))
+        extra = 0 if self.borrowed is None else self.borrowed.nbytes()
+        return sum(t.numel() * t.element_size() for t in (self.keys, self.values, self.bias)) + extra
 
 
 class CompactedCache(Cache):
@@ -267,6 +287,7 @@ def _copy_compacted(layer: CompactedLayer, scaling: float | None) -> CompactedLa
         logical_length=layer.logical_length,
         scaling=scaling or layer.scaling,
         runs=layer.runs,
+        borrowed=layer.borrowed,
     )
 
 

@@ -10,9 +10,10 @@ from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer, Dynam
 
 from ..errors import UnsupportedModelError
 from .cache import CompactedCache, CompactedLayer
+from .ragged import Borrowed
 
 __all__ = ["cache_from_state", "cache_size", "cache_state", "compacted_runs", "copy_cache", "crop_cache",
-           "drop_span", "replace_span", "snap_span", "span_slots", "splice_runs"]
+           "drop_span", "remapped", "replace_span", "snap_span", "span_slots", "splice_runs"]
 
 def cache_state(cache: Cache, *, block: int = 64) -> list[dict]:
     """Describe every layer of `cache` as plain data: `kind`, `meta` and tensor `blocks`.
@@ -27,6 +28,8 @@ def cache_state(cache: Cache, *, block: int = 64) -> list[dict]:
         if isinstance(layer, CompactedLayer):
             kind = "compacted"
             meta = {"logical_length": layer.logical_length, "runs": layer.runs, "scaling": layer.scaling}
+            if layer.borrowed is not None:
+                meta["borrowed"] = layer.borrowed.to_meta()
             tensors = {"keys": layer.keys, "values": layer.values, "bias": layer.bias}
         elif isinstance(layer, DynamicSlidingWindowLayer):
             kind = "sliding"
@@ -63,10 +66,13 @@ def cache_from_state(states: list[dict], model: torch.nn.Module) -> Cache:
             for name in blocks[0]:
                 joined[name] = torch.cat([b[name] for b in blocks], dim=-1 if name == "bias" else -2)
         if kind == "compacted":
-            layer = (CompactedLayer.from_tensors(joined["keys"], joined["values"], joined["bias"],
-                                                 logical_length=meta["logical_length"], scaling=meta["scaling"],
-                                                 runs=meta["runs"])
-                     if joined else CompactedLayer(scaling=meta.get("scaling")))
+            layer = CompactedLayer(scaling=meta.get("scaling"))
+            if joined:
+                keys = joined["keys"]
+                borrowed = Borrowed.from_meta(meta.get("borrowed"), keys.shape[0], keys.shape[1], keys.device)
+                layer = CompactedLayer.from_tensors(keys, joined["values"], joined["bias"],
+                                                    logical_length=meta["logical_length"], scaling=meta["scaling"],
+                                                    runs=meta["runs"], borrowed=borrowed)
         elif kind == "sliding":
             layer = DynamicSlidingWindowLayer(sliding_window=meta["sliding_window"])
             if joined:
@@ -129,6 +135,7 @@ def drop_span(cache: Cache, start: int, end: int, *, scalings: dict[int, float] 
             torch.cat([layer.keys[:, :, :a], layer.keys[:, :, b:]], dim=2),
             torch.cat([layer.values[:, :, :a], layer.values[:, :, b:]], dim=2),
             cut(layer.bias), logical_length=layer.logical_length, scaling=layer.scaling, runs=merged,
+            borrowed=remapped(layer, a, b, 0),
         )
     return out
 
@@ -223,7 +230,7 @@ def crop_cache(cache: Cache, tokens: int, model: torch.nn.Module) -> Cache:
                 logical += run_tokens
             out.layers[idx] = CompactedLayer.from_tensors(
                 layer.keys[:, :, :end], layer.values[:, :, :end], layer.bias[..., :end], logical_length=tokens,
-                scaling=layer.scaling, runs=runs)
+                scaling=layer.scaling, runs=runs, borrowed=remapped(layer, end, layer.physical_length, 0))
         elif isinstance(layer, DynamicSlidingWindowLayer):
             first = layer.cumulative_length - layer.keys.shape[-2]  # the oldest token the layer holds
             need = max(0, tokens - layer.sliding_window + 1)  # the oldest token the window at `tokens` reads
@@ -288,11 +295,18 @@ def replace_span(model: torch.nn.Module, cache: Cache, start: int, end: int, ids
     for idx in view.full_layers():
         layer, new = view.layers[idx], head.layers[idx]
         _, b = layer.physical_span(start, end)
+        later = remapped(layer, 0, b, new.physical_length)  # the prefix's own are in `new`
         out.layers[idx] = CompactedLayer.from_tensors(
             torch.cat([new.keys, layer.keys[:, :, b:]], dim=2),
             torch.cat([new.values, layer.values[:, :, b:]], dim=2),
             torch.cat([new.bias, layer.bias[..., b:]], dim=-1),
             logical_length=layer.logical_length, scaling=layer.scaling,
             runs=splice_runs(layer.runs, start, end, width),
+            borrowed=later if new.borrowed is None else new.borrowed.joined(later),
         )
     return out
+
+
+def remapped(layer: CompactedLayer, start: int, end: int, width: int) -> Borrowed | None:
+    """`layer`'s borrowed slots after its physical slots [start, end) are replaced by `width` new ones."""
+    return None if layer.borrowed is None else layer.borrowed.remap(start, end, width)
