@@ -39,7 +39,6 @@ from .attention import (
     register,
 )
 from .cache import BIAS_ATTRIBUTE, CompactedCache, CompactedLayer
-from .ragged import Borrowed, pack, unpack
 from .model import (
     TESTED_TRANSFORMERS,
     KVGeometry,
@@ -53,6 +52,7 @@ from .model import (
     sliding_layers,
     text_config,
 )
+from .ragged import Borrowed, pack, unpack
 from .state import (
     cache_from_state,
     cache_size,

@@ -139,8 +139,8 @@ class Borrowed:
                 raise ValueError(f"a borrowed-slot entry {entry!r} is outside {batch} x {heads} heads or not finite")
             rows.setdefault((b, g), []).append(entry)
         width = max(len(v) for v in rows.values())
-        out = cls(torch.zeros(batch, heads, width, dtype=torch.int32), torch.zeros(batch, heads, width, dtype=torch.int32),
-                  torch.full((batch, heads, width), _NEG_INF))
+        index = torch.zeros(batch, heads, width, dtype=torch.int32)
+        out = cls(index, index.clone(), torch.full((batch, heads, width), _NEG_INF))
         for (b, g), items in rows.items():
             for x, (_, _, h, s, beta) in enumerate(items):
                 out.heads[b, g, x], out.slots[b, g, x], out.bias[b, g, x] = h, s, beta
