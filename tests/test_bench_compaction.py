@@ -39,7 +39,8 @@ def test_decode_speeds_cover_every_ratio_as_a_ratio_to_the_full_cache():
                        continuation=16, decode_steps=2, decode_ratios=(5, 10, 20, 50), decode_rounds=2,
                        progress=lambda *_: None)
     s = result["summary"]
-    assert set(s["decode_vs_full"]) == set(s["decode_tokens_per_s"]) == {"5", "10", "20", "50"}
+    keys = {f"{r}{layout}" for r in ("5", "10", "20", "50") for layout in ("", " ragged")}
+    assert set(s["decode_vs_full"]) == set(s["decode_tokens_per_s"]) == keys
     assert s["full_tokens_per_s"] > 0 and all(v > 0 for v in s["decode_vs_full"].values())
     assert s["decode_speedup"] == s["decode_vs_full"]["10"]
     assert "x50" in bench.table(result) and '"decode_vs_full"' in bench.summary_line(result, "tiny")

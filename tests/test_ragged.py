@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import VOCAB, prefill
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from agentmem import compact, head_budgets, hf
+
+from conftest import VOCAB, prefill
 
 RUN = 24  # tokens [0, RUN) become one ragged run
 COUNTS = [9, 1, 2]  # slots per KV head: mean 4, widest 9

@@ -136,14 +136,44 @@ def with_beta(cache: hf.CompactedCache, *, seed: int = 0) -> hf.CompactedCache:
     return cache
 
 
+def with_borrowed(cache: hf.CompactedCache, *, seed: int = 0) -> hf.CompactedCache:
+    """A copy of a `with_beta` cache whose first run is ragged at the same width: KV head 0
+    holds what half of every other head's slots held, in slots borrowed from them (for timing)."""
+    generator = torch.Generator().manual_seed(seed)
+    out = cache.copy()
+    for idx in cache.full_layers():
+        layer = cache.layers[idx]
+        width = layer.runs[0][1]
+        batch, heads, _, dim = layer.keys.shape
+        lend = width // 2 if heads > 1 else 0
+        counts = [width + (heads - 1) * lend] + [width - lend] * (heads - 1)
+        widest = counts[0]
+        keys = torch.randn(batch, heads, widest, dim, generator=generator).to(layer.keys.dtype)
+        values = torch.randn(batch, heads, widest, layer.values.shape[-1], generator=generator).to(layer.values.dtype)
+        bias = torch.full((batch, heads, widest), float("-inf"))
+        for h, count in enumerate(counts):
+            bias[:, h, :count] = torch.randn(count, generator=generator)
+        k, v, b, borrowed = hf.pack(keys, values, bias, 0)
+        out.layers[idx] = hf.CompactedLayer.from_tensors(
+            torch.cat([k, layer.keys[:, :, width:]], 2), torch.cat([v, layer.values[:, :, width:]], 2),
+            torch.cat([b, layer.bias[..., width:]], -1), logical_length=layer.logical_length,
+            scaling=layer.scaling, runs=layer.runs, borrowed=borrowed)
+    return out
+
+
 def decode_speeds(model, full: hf.CompactedCache, ids: torch.Tensor, first: torch.Tensor, *,
                   ratios=DECODE_RATIOS, steps: int = 32, rounds: int = 3) -> dict:
     """Decode tokens/s on `full` and on `truncate` + beta compactions of it, interleaved; medians.
 
-    Returns `full_tokens_per_s`, `decode_tokens_per_s` and `decode_vs_full` (both keyed by
-    the ratio as text), and `decode_speedup` (the 10x ratio, when 10 is among `ratios`).
+    Each ratio is timed twice: with one width for every head ("10") and ragged, with
+    borrowed slots ("10 ragged", `with_borrowed`). Returns `full_tokens_per_s`,
+    `decode_tokens_per_s` and `decode_vs_full` (both keyed that way), and
+    `decode_speedup` (the 10x ratio, when 10 is among `ratios`).
     """
-    caches = {f"{r:g}": with_beta(compact(model, full, ids, ratio=r, method="truncate")) for r in ratios}
+    caches = {}
+    for r in ratios:
+        caches[f"{r:g}"] = with_beta(compact(model, full, ids, ratio=r, method="truncate"))
+        caches[f"{r:g} ragged"] = with_borrowed(caches[f"{r:g}"])
     full_rates: list[float] = []
     rates: dict[str, list[float]] = {key: [] for key in caches}
     vs_full: dict[str, list[float]] = {key: [] for key in caches}
