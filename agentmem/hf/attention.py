@@ -112,7 +112,7 @@ def attention_forward(
     if borrowed is not None:
         if query.shape[1] % key.shape[1]:
             raise UnsupportedModelError(f"layer {layer_idx}: {query.shape[1]} query heads over {key.shape[1]} KV heads")
-        out, lse = ragged.attend(query, key, value, bias, borrowed, attention_mask, scaling)
+        out, lse = ragged.attend(query, key, value, bias, borrowed, attention_mask, scaling, with_lse=with_lse)
         if with_lse:
             capture.lse.setdefault(layer_idx, []).append(lse.detach().float())
         return out.transpose(1, 2).contiguous(), None

@@ -101,7 +101,8 @@ class CompactedLayer(CacheLayerMixin):
         keys = self.keys.view_as(self.keys)
         setattr(keys, BIAS_ATTRIBUTE, self.bias)
         if self.borrowed is not None:
-            setattr(keys, BORROWED_ATTRIBUTE, (*self.borrowed.gather(self.keys, self.values), self.borrowed.bias))
+            lent = self.borrowed
+            setattr(keys, BORROWED_ATTRIBUTE, (*lent.gather(self.keys, self.values), lent.bias, lent.owns))
         return keys
 
     def physical_span(self, start: int, end: int) -> tuple[int, int]:

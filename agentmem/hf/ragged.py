@@ -35,6 +35,9 @@ class Borrowed:
     slots: torch.Tensor
     bias: torch.Tensor
 
+    def __post_init__(self):
+        self.owns = torch.isfinite(self.bias).any(-1, keepdim=True)  # (B, H, 1): borrows at least one slot
+
     @classmethod
     def empty(cls, batch: int, heads: int, device=None) -> Borrowed:
         index = torch.zeros(batch, heads, 0, dtype=torch.int32, device=device)
@@ -139,12 +142,13 @@ class Borrowed:
                 raise ValueError(f"a borrowed-slot entry {entry!r} is outside {batch} x {heads} heads or not finite")
             rows.setdefault((b, g), []).append(entry)
         width = max(len(v) for v in rows.values())
-        index = torch.zeros(batch, heads, width, dtype=torch.int32)
-        out = cls(index, index.clone(), torch.full((batch, heads, width), _NEG_INF))
+        heads_of = torch.zeros(batch, heads, width, dtype=torch.int32)
+        slots_of = torch.zeros(batch, heads, width, dtype=torch.int32)
+        beta_of = torch.full((batch, heads, width), _NEG_INF)
         for (b, g), items in rows.items():
             for x, (_, _, h, s, beta) in enumerate(items):
-                out.heads[b, g, x], out.slots[b, g, x], out.bias[b, g, x] = h, s, beta
-        return Borrowed(out.heads.to(device), out.slots.to(device), out.bias.to(device))
+                heads_of[b, g, x], slots_of[b, g, x], beta_of[b, g, x] = h, s, beta
+        return cls(heads_of.to(device), slots_of.to(device), beta_of.to(device))
 
 
 def pack(keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, start: int
@@ -182,13 +186,14 @@ def pack(keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, start: in
     most = max(len(items) for row in owners for items in row)
     if most == 0:
         return out_keys, out_values, out_bias, None
-    borrowed = Borrowed(torch.zeros(batch, heads, most, dtype=torch.int32, device=bias.device),
-                        torch.zeros(batch, heads, most, dtype=torch.int32, device=bias.device),
-                        torch.full((batch, heads, most), _NEG_INF, device=bias.device))
+    heads_of = torch.zeros(batch, heads, most, dtype=torch.int32, device=bias.device)
+    slots_of = torch.zeros(batch, heads, most, dtype=torch.int32, device=bias.device)
+    beta_of = torch.full((batch, heads, most), _NEG_INF, device=bias.device)
     for b in range(batch):
         for g in range(heads):
             for x, (h, slot, beta) in enumerate(owners[b][g]):
-                borrowed.heads[b, g, x], borrowed.slots[b, g, x], borrowed.bias[b, g, x] = h, slot, beta
+                heads_of[b, g, x], slots_of[b, g, x], beta_of[b, g, x] = h, slot, beta
+    borrowed = Borrowed(heads_of, slots_of, beta_of)
     return out_keys, out_values, out_bias, borrowed
 
 
@@ -208,17 +213,20 @@ def unpack(keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, borrowe
 
 
 def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor,
-           borrowed: tuple[torch.Tensor, torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
-           scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+           borrowed: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
+           scaling: float, *, with_lse: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention over a layer's own slots and each head's borrowed ones, merged by log-sum-exp.
 
     Args:
         query: (B, H_q, q, D); key, value: (B, H_kv, k, D), (B, H_kv, k, Dv); bias (B, H_kv, k)
-            fp32, -inf at lent slots; borrowed: the owners' (keys, values, bias) from
-            `Borrowed.gather`; mask: transformers' (B, 1, q, >=k) bool or additive mask, or None.
+            fp32, -inf at lent slots; borrowed: the owners' (keys, values, bias, owns): keys
+            and values from `Borrowed.gather`, `Borrowed.bias` and `.owns`; mask: transformers' (B, 1, q, >=k) bool or additive mask, or None.
 
     Borrowed slots lie in compacted runs, before every query, so the mask is not applied
-    to them. Returns the output (B, H_q, q, Dv) and each query's log-sum-exp (B, H_q, q).
+    to them. Two attention calls, one over the layer and one over the few borrowed slots,
+    each returning its log-sum-exp; the main part's share of the total mass is
+    sigmoid(lse_main - lse_borrowed). Returns the output (B, H_q, q, Dv) and, with
+    `with_lse`, each query's log-sum-exp over both (B, H_q, q).
     """
     batch, q_heads, q_len, dim = query.shape
     kv_heads, kv_len = key.shape[1], key.shape[-2]
@@ -235,23 +243,24 @@ def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: to
             mask = mask.repeat(1, 1, rows_per, 1) if mask.shape[1] == 1 else mask.reshape(
                 batch, kv_heads, rows_per * q_len, kv_len)
         additive = additive + mask
+    b_keys, b_values, b_bias, owns = borrowed
     out_main, lse_main = _attend_rows(rows, key, value, additive, scaling)
-    b_keys, b_values, b_bias = borrowed
-    logits = torch.matmul(rows.float(), b_keys.float().transpose(-1, -2)) * scaling + b_bias.unsqueeze(2)
-    lse_borrowed = torch.logsumexp(logits, dim=-1)  # -inf where an owner borrowed nothing
-    lse = torch.logaddexp(lse_main.float(), lse_borrowed)
-    weights = torch.exp(logits - lse.unsqueeze(-1))  # already scaled by this part's share
-    out = out_main.float() * torch.exp(lse_main.float() - lse).unsqueeze(-1) + torch.matmul(weights, b_values.float())
-    out = out.to(value.dtype).reshape(batch, q_heads, q_len, value.shape[-1])
-    return out, lse.reshape(batch, q_heads, q_len)
+    out_lent, lse_lent = _attend_rows(rows, b_keys, b_values, b_bias.unsqueeze(2).to(query.dtype), scaling)
+    lse_lent = lse_lent.float().masked_fill(~owns, _NEG_INF)  # the kernel reports 0 for a head that owns none
+    share = torch.sigmoid(lse_main.float() - lse_lent).unsqueeze(-1).to(out_main.dtype)
+    out = out_lent + (out_main - out_lent) * share
+    out = out.reshape(batch, q_heads, q_len, value.shape[-1])
+    if not with_lse:
+        return out, None
+    return out, torch.logaddexp(lse_main.float(), lse_lent).reshape(batch, q_heads, q_len)
 
 
 def _attend_rows(rows, key, value, additive, scaling):
     """Output and log-sum-exp of rows (B, H_kv, n, D) over key/value with an additive mask."""
     if rows.device.type == "cpu" and key.shape[-1] == value.shape[-1]:
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             rows, key, value, 0.0, False, attn_mask=additive, scale=scaling)
-        return out, lse
     logits = torch.matmul(rows.float(), key.float().transpose(-1, -2)) * scaling + additive.float()
     lse = torch.logsumexp(logits, dim=-1)
-    return torch.matmul(torch.softmax(logits, dim=-1), value.float()).to(value.dtype), lse
+    out = torch.matmul(torch.softmax(logits, dim=-1), value.float()).nan_to_num(0.0)  # an empty row: 0
+    return out.to(value.dtype), lse
