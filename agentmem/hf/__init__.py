@@ -1,6 +1,7 @@
 """Every touch of transformers internals lives in this package: cache layers (cache.py),
-the attention function, its registration and query capture (attention.py), model
-introspection (model.py), cache snapshots, copies and sizes (state.py), RoPE (rope.py).
+heads of one layer at different widths stored without padding (ragged.py), the attention
+function, its registration and query capture (attention.py), model introspection
+(model.py), cache snapshots, copies and sizes (state.py), RoPE (rope.py).
 
 A compacted layer holds, per KV head, a few physical slots (keys, values, fp32 bias =
 beta) that stand for many logical tokens. The model sees it through two numbers:
@@ -24,7 +25,9 @@ keys as a view that carries the layer's bias (`BIAS_ATTRIBUTE`), and the registe
   equal key and value widths). A float mask there would be (B, H_q, q, k).
 
 Both were measured against the full cache and against attending to the compacted slots
-apart with a log-sum-exp merge; see docs/decode.md. Layers without beta return plain keys
+apart with a log-sum-exp merge; see docs/decode.md. A layer whose heads borrow slots from
+each other (ragged.py) takes that two-call path: one call over the layer, one over each
+head's borrowed slots, merged by their log-sum-exps. Layers without beta return plain keys
 and the function is plain SDPA (at decode with GQA, folded the same way: it is faster).
 """
 

@@ -28,7 +28,9 @@ class Borrowed:
     """Slots each (batch, KV head) owns in other heads' rows, padded to the most any head owns.
 
     `heads`, `slots`: (B, H, X) int32, the physical head and slot holding owner (b, h)'s
-    x-th borrowed key and value; `bias`: (B, H, X) fp32, its beta, -inf on padding.
+    x-th borrowed key and value; `bias`: (B, H, X) fp32, its beta, -inf on padding;
+    `owns`: (B, H, 1) bool, whether the owner borrowed any. Treat it as immutable: every
+    operation returns a new record (`owns` is computed once).
     """
 
     heads: torch.Tensor
@@ -220,7 +222,8 @@ def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: to
     Args:
         query: (B, H_q, q, D); key, value: (B, H_kv, k, D), (B, H_kv, k, Dv); bias (B, H_kv, k)
             fp32, -inf at lent slots; borrowed: the owners' (keys, values, bias, owns): keys
-            and values from `Borrowed.gather`, `Borrowed.bias` and `.owns`; mask: transformers' (B, 1, q, >=k) bool or additive mask, or None.
+            and values from `Borrowed.gather`, `Borrowed.bias` and `.owns`; mask: transformers'
+            (B, 1, q, >=k) bool or additive mask, or None.
 
     Borrowed slots lie in compacted runs, before every query, so the mask is not applied
     to them. Two attention calls, one over the layer and one over the few borrowed slots,
