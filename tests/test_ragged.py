@@ -183,3 +183,17 @@ def test_per_head_counts_fit_the_total_and_follow_the_scores():
     assert sum(widths.values()) + 0.1 * sum(borrowed.values()) <= 20
     assert int(counts[1][2]) <= 10 and all(int(c.min()) >= 1 for c in counts.values())
     assert int(counts[0][0]) == int(counts[0].max()) and int(counts[0][0]) > widths[0]  # it borrows
+
+
+def test_the_benchmark_attention_error_reads_borrowed_slots(model, ids):
+    from agentmem.bench.compaction import attention_error
+
+    padded, packed = ragged_caches(model, ids)
+    hf.enable(model)
+    with hf.capture_queries() as capture, torch.no_grad():
+        model(input_ids=torch.randint(3, VOCAB, (1, 5)), past_key_values=prefill(model, ids))
+    assert attention_error(padded, packed, capture) < 1e-5
+    stripped = packed.copy()
+    for idx in stripped.full_layers():
+        stripped.layers[idx].borrowed = None
+    assert attention_error(padded, stripped, capture) > 1e-3

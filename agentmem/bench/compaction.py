@@ -98,7 +98,9 @@ def attention_error(full: hf.CompactedCache, comp: hf.CompactedCache, capture: h
         scale = capture.scalings[idx]
         outs = []
         for layer in (full.layers[idx], comp.layers[idx]):
-            keys, values, bias = layer.keys.float(), layer.values.float(), layer.bias
+            keys, values, bias = hf.unpack(layer.keys, layer.values, layer.bias, layer.borrowed, 0,
+                                           layer.physical_length)  # each head's own and borrowed slots
+            keys, values = keys.float(), values.float()
             r = q.shape[1] // keys.shape[1]
             keys, values, bias = (t.repeat_interleave(r, dim=1) for t in (keys, values, bias))
             logits = torch.einsum("bhnd,bhtd->bhnt", q, keys) * scale + bias.unsqueeze(2)

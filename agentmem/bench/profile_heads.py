@@ -61,8 +61,10 @@ def run(model, tokenizer, *, ratio: float, context: int, continuation: int, mode
 
 
 def _restore_head(small: hf.CompactedLayer, big: hf.CompactedLayer, head: int) -> hf.CompactedLayer:
-    """`small` with head `head` replaced by its uncompacted slots; other heads padded."""
-    width = max(small.physical_length, big.physical_length)
+    """`small` with head `head` replaced by its uncompacted slots; other heads padded (and holding
+    their borrowed slots in their own rows, `hf.unpack`)."""
+    own = hf.unpack(small.keys, small.values, small.bias, small.borrowed, 0, small.physical_length)
+    width = max(own[0].shape[2], big.physical_length)
 
     def pad(t: torch.Tensor, fill: float) -> torch.Tensor:
         extra = width - t.shape[2]
@@ -72,7 +74,7 @@ def _restore_head(small: hf.CompactedLayer, big: hf.CompactedLayer, head: int) -
         shape[2] = extra
         return torch.cat([t.new_full(shape, fill), t], dim=2)
 
-    keys, values, bias = pad(small.keys, 0.0), pad(small.values, 0.0), pad(small.bias, float("-inf"))
+    keys, values, bias = pad(own[0], 0.0), pad(own[1], 0.0), pad(own[2], float("-inf"))
     keys[:, head], values[:, head], bias[:, head] = pad(big.keys, 0.0)[:, head], pad(big.values, 0.0)[:, head], \
         pad(big.bias, float("-inf"))[:, head]
     return hf.CompactedLayer.from_tensors(keys, values, bias, logical_length=small.logical_length,
