@@ -125,31 +125,39 @@ class Borrowed:
 
     def to_meta(self) -> list[list]:
         """JSON-able entries [batch, owner, head, slot, beta] (beta round-trips exactly through float64)."""
-        live = torch.isfinite(self.bias).nonzero().tolist()
-        return [[b, g, int(self.heads[b, g, x]), int(self.slots[b, g, x]), float(self.bias[b, g, x])]
-                for b, g, x in live]
+        live = torch.isfinite(self.bias)
+        where = live.nonzero().tolist()  # row-major, as boolean indexing below
+        columns = zip(where, self.heads[live].tolist(), self.slots[live].tolist(), self.bias[live].tolist())
+        return [[b, g, h, s, beta] for (b, g, _), h, s, beta in columns]
 
     @classmethod
     def from_meta(cls, entries, batch: int, heads: int, device=None) -> Borrowed | None:
         """Inverse of `to_meta`; ValueError on a malformed entry."""
         if not entries:
             return None
-        rows: dict[tuple[int, int], list] = {}
+        used: dict[tuple[int, int], int] = {}
+        places, heads_at, slots_at, betas = [], [], [], []
         for entry in entries:
             if not (isinstance(entry, (list, tuple)) and len(entry) == 5
                     and all(isinstance(v, int) for v in entry[:4]) and isinstance(entry[4], (int, float))):
                 raise ValueError(f"a borrowed-slot entry {entry!r} is not [batch, owner, head, slot, beta]")
             b, g = entry[0], entry[1]
-            if not (0 <= b < batch and 0 <= g < heads) or not math.isfinite(entry[4]):
+            if not (0 <= b < batch and 0 <= g < heads and 0 <= entry[2] < 2**31 and 0 <= entry[3] < 2**31) \
+                    or not math.isfinite(entry[4]):
                 raise ValueError(f"a borrowed-slot entry {entry!r} is outside {batch} x {heads} heads or not finite")
-            rows.setdefault((b, g), []).append(entry)
-        width = max(len(v) for v in rows.values())
+            x = used[b, g] = used.get((b, g), -1) + 1
+            places.append((b, g, x))
+            heads_at.append(entry[2])
+            slots_at.append(entry[3])
+            betas.append(float(entry[4]))
+        width = max(used.values()) + 1
         heads_of = torch.zeros(batch, heads, width, dtype=torch.int32)
         slots_of = torch.zeros(batch, heads, width, dtype=torch.int32)
         beta_of = torch.full((batch, heads, width), _NEG_INF)
-        for (b, g), items in rows.items():
-            for x, (_, _, h, s, beta) in enumerate(items):
-                heads_of[b, g, x], slots_of[b, g, x], beta_of[b, g, x] = h, s, beta
+        at = tuple(torch.tensor(places).T)
+        heads_of[at] = torch.tensor(heads_at, dtype=torch.int32)
+        slots_of[at] = torch.tensor(slots_at, dtype=torch.int32)
+        beta_of[at] = torch.tensor(betas)
         return cls(heads_of.to(device), slots_of.to(device), beta_of.to(device))
 
 
