@@ -219,7 +219,7 @@ def solve_weights(
     if active is None:
         active = torch.ones(G, k, dtype=torch.bool, device=gram.device)
     eye = torch.eye(k, device=gram.device, dtype=gram.dtype).expand(G, k, k)
-    ridge = 1e-6 * gram.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-30)  # (G,)
+    ridge = 1e-6 * _active_mean(gram.diagonal(dim1=1, dim2=2), active).clamp_min(1e-30)  # (G,)
     fixed = ~active
     fixed_value = torch.zeros_like(rhs)
     w = torch.zeros_like(rhs)
@@ -240,6 +240,11 @@ def solve_weights(
         fixed = fixed | low | high
     w = w.clamp(lo, hi)
     return torch.where(active, w, torch.zeros_like(w))
+
+
+def _active_mean(diag: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """Mean of each row's entries on its real slots (G,): a ridge scaled by it ignores padding."""
+    return (diag * active).sum(-1) / active.sum(-1).clamp_min(1)
 
 
 def fit_beta(t: Targets, index: torch.Tensor, active: torch.Tensor, *, lo: float, hi: float) -> torch.Tensor:
@@ -274,7 +279,7 @@ def fit_values(
     x = torch.softmax(span_logits(queries, kept_keys, beta, scale), dim=-1)  # (G, n, t)
     gram = torch.bmm(x.transpose(1, 2), x)  # (G, t, t)
     diag = gram.diagonal(dim1=1, dim2=2)
-    lam = ridge * diag.mean(-1).clamp_min(1e-12)  # (G,)
+    lam = ridge * _active_mean(diag, torch.isfinite(beta)).clamp_min(1e-12)  # (G,)
     gram = gram + torch.diag_embed(lam.unsqueeze(-1).expand_as(diag))
     rhs = torch.bmm(x.transpose(1, 2), outputs)  # (G, t, Dv)
     chol, info = torch.linalg.cholesky_ex(gram)
@@ -437,25 +442,64 @@ def fit(span: SpanScores, index: torch.Tensor, budgets: torch.Tensor, *, bounds:
     Uses all of Phi when the selection computed it, else the one-pass summary (the same
     columns, rebuilt from the row maxima). The prior bias of a kept key (an earlier beta)
     is folded into the new beta.
+
+    The solves cost about n t^2 per head at width t, so heads whose budgets differ widely
+    (per-head budgets: one head may keep five times what another does) are solved in
+    groups of similar budgets, each at its own width, rather than all padded to the widest.
     """
+    groups = budget_groups(budgets)
+    if len(groups) == 1:
+        return _fit_heads(span, index, budgets, bounds, None)
+    heads, width = index.shape
+    bias = torch.full((heads, width), float("-inf"), device=index.device)
+    values = torch.zeros(heads, width, span.values.shape[-1], device=index.device)
+    for rows in groups:
+        part = int(budgets[rows].max())
+        got = _fit_heads(span, index[rows, :part], budgets[rows], bounds, rows)
+        bias[rows, :part], values[rows, :part] = got.bias, got.values
+    return Fit(index=index, bias=bias, values=values)
+
+
+def budget_groups(budgets: torch.Tensor, *, spread: float = 1.5) -> list[torch.Tensor]:
+    """Head indices grouped so that within a group the widest budget is at most `spread` times
+    the narrowest (one group when they all are)."""
+    order = torch.argsort(budgets)
+    groups, current = [], [int(order[0])]
+    for head in order[1:].tolist():
+        if int(budgets[head]) > spread * max(1, int(budgets[current[0]])):
+            groups.append(torch.tensor(current))
+            current = []
+        current.append(head)
+    groups.append(torch.tensor(current))
+    return groups
+
+
+def _fit_heads(span: SpanScores, index: torch.Tensor, budgets: torch.Tensor, bounds: tuple[float, float],
+               rows: torch.Tensor | None) -> Fit:
+    """`fit` for the heads `rows` of the span (all when None), their kept keys `index`."""
+    def pick(t: torch.Tensor) -> torch.Tensor:
+        return t if rows is None else t[rows]
+
     width = index.shape[1]
     active = budget_mask(budgets, width)
-    gathered = index.unsqueeze(-1).expand(-1, -1, span.keys.shape[-1])
-    kept, kept_prior = torch.gather(span.keys, 1, gathered), torch.gather(span.prior, 1, index)
+    keys, prior, queries = pick(span.keys), pick(span.prior), pick(span.queries)
+    gathered = index.unsqueeze(-1).expand(-1, -1, keys.shape[-1])
+    kept, kept_prior = torch.gather(keys, 1, gathered), torch.gather(prior, 1, index)
     lo, hi = bounds
     with timed(span.phases, "beta"):
         if span._targets is not None:
             t = span._targets
+            t = Targets(pick(t.phi), pick(t.mass), pick(t.outputs), pick(t.valid))
             mass, outputs = t.mass, t.outputs
             beta = fit_beta(t, index, active, lo=lo, hi=hi)
         else:
             summary = span.summary()
-            mass, outputs = summary.mass, summary.outputs
-            cols = columns(span.queries, kept, kept_prior, span.scale, summary.rowmax)
+            mass, outputs = pick(summary.mass), pick(summary.outputs)
+            cols = columns(queries, kept, kept_prior, span.scale, pick(summary.rowmax))
             beta = beta_from_columns(cols, mass, active, lo=lo, hi=hi)
     with timed(span.phases, "values"):
         beta = beta + kept_prior.masked_fill(~active, 0.0)
-        fitted = fit_values(span.queries, kept, beta, outputs, span.scale)
+        fitted = fit_values(queries, kept, beta, outputs, span.scale)
         fitted = fitted.masked_fill(~active.unsqueeze(-1), 0.0)
     return Fit(index=index, bias=beta, values=fitted)
 

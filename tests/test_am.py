@@ -95,3 +95,21 @@ def test_the_one_pass_top_k_fit_equals_the_fit_on_all_of_phi(selection):
     torch.testing.assert_close(reduced.outputs, t.outputs, rtol=1e-4, atol=1e-5)
     again = am.match(q, k, v, prior, 0.3, budgets, selection=selection, reduced=reduced)
     assert torch.equal(again.index, fit.index) and torch.equal(again.values, fit.values)
+
+
+@pytest.mark.parametrize("selection", ["highest", "max"])
+def test_heads_of_very_different_budgets_fit_as_if_padded_together(selection, monkeypatch):
+    """Grouping heads by budget (each group solved at its own width) changes no fitted number: the
+    ridges scale with a head's real slots, not its padding."""
+    keys, values, fit_q, _ = heads(G=4, T=96)
+    prior = torch.zeros(4, 96)
+    budgets = torch.tensor([40, 3, 8, 36])
+    assert [g.tolist() for g in am.budget_groups(budgets)] == [[1], [2], [3, 0]]
+    grouped = am.match(fit_q, keys, values, prior, 0.25, budgets, selection=selection)
+    monkeypatch.setattr(am, "budget_groups", lambda b, **_: [torch.arange(len(b))])
+    together = am.match(fit_q, keys, values, prior, 0.25, budgets, selection=selection)
+    assert torch.equal(grouped.index, together.index)
+    assert torch.equal(torch.isinf(grouped.bias), torch.isinf(together.bias))
+    finite = torch.isfinite(together.bias)
+    torch.testing.assert_close(grouped.bias[finite], together.bias[finite], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grouped.values, together.values, rtol=1e-4, atol=1e-4)
