@@ -11,7 +11,7 @@ from .ragged import Borrowed
 
 _PADDING = float("-inf")
 BIAS_ATTRIBUTE = "agentmem_bias"  # set on the keys `CompactedLayer.update` returns: (B, H_kv, k) fp32
-BORROWED_ATTRIBUTE = "agentmem_borrowed"  # and, with borrowed slots, their (keys, values, bias)
+BORROWED_ATTRIBUTE = "agentmem_borrowed"  # and, with borrowed slots, their (keys, values, bias, owns)
 
 class CompactedLayer(CacheLayerMixin):
     """A full-attention cache layer whose slots may carry a log-weight (beta).

@@ -7,6 +7,10 @@
 # count (KVzip's allocation, as kvpress keeps it): the same number of real slots, but
 # stored padded to the widest head of each layer, so more bytes. Prints bench fidelity's
 # retained metrics and the bytes, one JSON line per method and ratio.
+# Since borrowed slots (agentmem/hf/ragged.py) the library stores any per-head counts packed
+# at the uniform bytes, so this script's bytes are no longer the padded ones it measured then
+# (docs/LOG.md keeps those); its per-head allocation is now the library's own rule, bar the
+# rounding of each layer to whole slots per head.
 # --allocation layer-max keeps the bytes: a layer's width is the count of its neediest head
 # under one threshold, chosen so the widths sum to the uniform total (every head of the
 # layer then keeps that many, as today; today's rule gives a layer the mean of its heads').
