@@ -120,6 +120,29 @@ def test_corrupt_checkpoint_is_reported_and_other_sessions_load(tmp_path):
     assert Session.resume(Store(tmp_path / "s.db"), sessions[1].id, tiny_chat_llama(), tokenizer).turns == 1
 
 
+def test_a_corrupt_borrowed_slot_record_is_reported_and_the_session_is_kept(tmp_path):
+    """A record of a borrowed slot (hf.ragged) that points outside its layer is refused on resume
+    with CorruptSessionError, and the stored session is left as it was."""
+    model, tokenizer = tiny_chat_llama(), tiny_tokenizer()
+    session = Session(model, tokenizer, policy=POLICY, store=Store(tmp_path / "s.db"), system="sys")
+    for turn in range(3):
+        session.add("user", f"message {turn}")
+        session.generate(30)
+    with contextlib.closing(sqlite3.connect(tmp_path / "s.db")) as db:
+        rows = db.execute("select rowid, meta_json from kv_checkpoints where kind = 'compacted' and checkpoint_id = "
+                          "(select checkpoint_id from kv_checkpoints where session_id = ? order by turn desc limit 1)",
+                          [session.id]).fetchall()
+        rowid, meta = next((r, json.loads(m)) for r, m in rows if json.loads(m).get("borrowed"))
+        before = db.execute("select count(*) from messages where session_id = ?", [session.id]).fetchone()
+        meta["borrowed"][0][3] = 10**6  # a slot far past the layer's end
+        db.execute("update kv_checkpoints set meta_json = ? where rowid = ?", [json.dumps(meta), rowid])
+        db.commit()
+    with pytest.raises(CorruptSessionError, match="borrowed"):
+        Session.resume(Store(tmp_path / "s.db"), session.id, tiny_chat_llama(), tokenizer, policy=POLICY)
+    with contextlib.closing(sqlite3.connect(tmp_path / "s.db")) as db:
+        assert db.execute("select count(*) from messages where session_id = ?", [session.id]).fetchone() == before
+
+
 def test_checkpoints_pass_unchanged_blocks_by_hash_and_resume_exactly(tmp_path):
     tokenizer = tiny_tokenizer()
     store = Store(tmp_path / "s.db")
