@@ -227,12 +227,14 @@ class Compactor:
 
 
 def snap_spans(cache, spans, ratio: float | None) -> list:
-    """Spans widened to whole compacted runs (merging any that then touch), optional ratio override."""
+    """Spans widened to whole compacted runs, optional ratio override. Spans that then overlap
+    merge (the first one's ratio), and so do touching ones of the same ratio; touching spans
+    of different ratios (a fresh turn beside an old run, `FixedRatio.again`) stay apart."""
     out: list = []
     for span in sorted(spans, key=lambda s: s.start):
         start, end = hf.snap_span(cache, span.start, span.end)
         span = replace(span, start=start, end=end, ratio=float(ratio) if ratio is not None else span.ratio)
-        if out and span.start <= out[-1].end:
+        if out and (span.start < out[-1].end or (span.start == out[-1].end and span.ratio == out[-1].ratio)):
             last = out[-1]
             span = replace(last, end=max(last.end, span.end), segments=tuple(last.segments) + tuple(span.segments))
             out[-1] = span

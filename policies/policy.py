@@ -168,7 +168,7 @@ class Policy:
 
     @classmethod
     def budget(cls, limit: int, ratio: float = 5.0, *, method: str = "am-fast", pins: Any = None,
-               protect_recent: int = 64, min_segment_tokens: int = 8) -> Policy:
+               protect_recent: int = 64, min_segment_tokens: int = 8, again: float | None = None) -> Policy:
         """A policy that holds the cache near `limit` physical slots by compacting at `ratio`.
 
         When the next prefill would take the cache past `limit`, every segment that is not
@@ -189,6 +189,7 @@ class Policy:
                 those (a segment any of them pins stays whole).
             protect_recent: newest logical tokens never compacted, below `limit`.
             min_segment_tokens: spans with fewer physical slots are left alone, >= 1.
+            again: ratio for segments compacted before (`FixedRatio.again`); None: `ratio`.
 
         Raises:
             ConfigError: a bad argument; the message names it and what to pass.
@@ -198,7 +199,8 @@ class Policy:
         if protect_recent >= limit:
             raise ConfigError(f"Policy.budget: protect_recent ({protect_recent}) must be below limit ({limit}), or "
                               f"the newest tokens alone fill the budget; lower protect_recent or raise limit")
-        return cls(trigger=TokenLimit(limit), ratio=FixedRatio(check_ratio("Policy.budget", "ratio", ratio)),
+        fixed = FixedRatio(check_ratio("Policy.budget", "ratio", ratio), again=again)
+        return cls(trigger=TokenLimit(limit), ratio=fixed,
                    pin=_default_pin() if pins is None else pin_from(pins), method=method,
                    protect_recent=protect_recent, min_segment_tokens=min_segment_tokens)
 

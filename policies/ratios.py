@@ -40,10 +40,15 @@ class FixedRatio:
     Attributes:
         ratio: ratio for kinds not in `by_kind`, >= 1.
         by_kind: ratio per `Segment.kind`, e.g. {"tool_call": 20, "user": 3}; stored read-only.
+        again: ratio for a segment compacted before (its slots already stand for `ratio`
+            times as many tokens), >= 1; None: the same as a fresh one. Every compaction
+            compacts the whole unpinned history, so at `ratio` 5 the oldest turns stand at
+            5x, 25x, 125x after one, two, three compactions; `again=2` gives 5x, 10x, 20x.
     """
 
     ratio: float = 5.0
     by_kind: Mapping[str, float] = field(default_factory=dict, hash=False)
+    again: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ratio", check_ratio("FixedRatio", "ratio", self.ratio))
@@ -55,8 +60,12 @@ class FixedRatio:
                 raise ConfigError(f"FixedRatio: unknown segment kind {kind!r} in by_kind; kinds: {', '.join(KINDS)}")
             by_kind[kind] = check_ratio("FixedRatio", f"by_kind[{kind!r}]", value)
         object.__setattr__(self, "by_kind", MappingProxyType(by_kind))
+        if self.again is not None:
+            object.__setattr__(self, "again", check_ratio("FixedRatio", "again", self.again))
 
     def ratio_for(self, segment: Segment, stats: KVStats, eligible_physical: int) -> float:
+        if self.again is not None and segment.compactions > 0:
+            return self.again
         return self.by_kind.get(segment.kind, self.ratio)
 
 

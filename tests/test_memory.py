@@ -74,3 +74,20 @@ def _stats(cache):
 
     logical, physical, nbytes = hf.cache_size(cache)
     return KVStats(logical_tokens=logical, physical_tokens=physical, bytes=nbytes, turns=2)
+
+
+def test_snapped_spans_merge_when_they_overlap_or_touch_at_one_ratio():
+    """A fresh turn at x5 beside an old run at x2 (`FixedRatio.again`) stays its own span; touching
+    spans of one ratio, and spans that overlap once widened to whole runs, merge."""
+    from agentmem.memory import snap_spans
+    from agentmem.policies import Span
+
+    cache = hf.CompactedCache([hf.CompactedLayer.from_tensors(
+        torch.zeros(1, 1, 30, 4), torch.zeros(1, 1, 30, 4), torch.zeros(1, 1, 30),
+        logical_length=60, runs=[[40, 10], [20, 20]])])
+    old, fresh = Span(0, 40, 2.0, (0, 1)), Span(40, 50, 5.0, (2,))
+    assert snap_spans(cache, [old, fresh], None) == [old, fresh]
+    assert snap_spans(cache, [old, Span(40, 50, 2.0, (2,))], None) == [Span(0, 50, 2.0, (0, 1, 2))]
+    inside = Span(10, 20, 5.0, (7,))  # widened to the whole run [0, 40): it overlaps `old`
+    assert snap_spans(cache, [old, inside], None) == [Span(0, 40, 2.0, (0, 1, 7))]
+    assert snap_spans(cache, [old, fresh], 3.0) == [Span(0, 50, 3.0, (0, 1, 2))]  # one ratio for all

@@ -35,6 +35,7 @@ from agentmem.policies import (
     TokenLimit,
     Trigger,
     policy_from,
+    ratio_from,
     register_trigger,
 )
 from agentmem.segments import KINDS, KVStats, Segment
@@ -262,6 +263,18 @@ def test_fixed_ratio_values() -> None:
     by_kind = FixedRatio(3, by_kind={"tool_call": 20})
     assert by_kind.ratio_for(Segment(0, "assistant", "tool_call", 0, 9), stats, 9) == 20
     assert by_kind.ratio_for(Segment(0, "assistant", "assistant", 0, 9), stats, 9) == 3
+
+
+def test_fixed_ratio_again_applies_to_segments_compacted_before() -> None:
+    stats = STATS[0]
+    ratio = FixedRatio(5, by_kind={"tool_call": 8}, again=2)
+    fresh, old = Segment(0, "assistant", "tool_call", 0, 9), Segment(1, "user", "user", 9, 20, compactions=1)
+    assert ratio.ratio_for(fresh, stats, 20) == 8 and ratio.ratio_for(old, stats, 20) == 2
+    assert FixedRatio(5).ratio_for(old, stats, 20) == 5  # None: compounding, as before
+    with pytest.raises(ConfigError, match="FixedRatio: again must be a finite number >= 1"):
+        FixedRatio(5, again=0.5)
+    assert Policy.budget(512, 5, again=2).ratio == ratio_from({"kind": "fixed", "ratio": 5, "again": 2})
+    assert policy_from(Policy.budget(512, 5, again=2).to_dict()).ratio.again == 2  # config round trip
 
 
 def test_fixed_ratio_is_immutable_and_hashable() -> None:

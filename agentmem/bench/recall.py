@@ -145,9 +145,10 @@ def _read(group: list[Fact], n: int) -> list[tuple[str, str]]:
     return [("user", user), ("assistant", f"<tool_call>{json.dumps(call)}</tool_call>"), ("tool", output)]
 
 
-def limited_policy(limit: int, ratio: float, method: str) -> Policy:
-    """A physical `limit`, x`ratio` with `method`; only the system prompt and the last turn pinned."""
-    return Policy.budget(limit, ratio, method=method, pins=["system", PinLastTurns(1)])
+def limited_policy(limit: int, ratio: float, method: str, again: float | None = None) -> Policy:
+    """A physical `limit`, x`ratio` (x`again` for turns compacted before) with `method`; only the
+    system prompt and the last turn pinned."""
+    return Policy.budget(limit, ratio, method=method, pins=["system", PinLastTurns(1)], again=again)
 
 
 def compactions(session: Session) -> int:
@@ -190,11 +191,12 @@ def score(session: Session, facts: list[Fact]) -> dict[str, list[float]]:
 
 
 def run(model, tokenizer, *, limit: int = 2048, ratio: float = 5.0, methods=("am-fast",), facts: int = 40,
-        checkpoints=(1, 3, 6), seed: int = 0, progress=None) -> dict:
+        checkpoints=(1, 3, 6), seed: int = 0, progress=None, again: float | None = None) -> dict:
     """Run the benchmark and return {"summary", "facts", "rows"}.
 
     Args:
         limit, ratio: the limited sessions' physical KV limit and compaction ratio.
+        again: their ratio for turns compacted before (`FixedRatio.again`); None: `ratio`.
         methods: one limited session each; `streaming` is added when missing (the zero of retained).
         facts: facts stated in the opening messages, all asked at every checkpoint.
         checkpoints: ask after every limited session has compacted this many times.
@@ -209,7 +211,7 @@ def run(model, tokenizer, *, limit: int = 2048, ratio: float = 5.0, methods=("am
     say = progress or (lambda *_: None)
     planted = make_facts(facts, seed)
     sessions = {"full": Session(model, tokenizer, policy="off", system=SYSTEM)}
-    sessions |= {m: Session(model, tokenizer, policy=limited_policy(limit, ratio, m), system=SYSTEM)
+    sessions |= {m: Session(model, tokenizer, policy=limited_policy(limit, ratio, m, again), system=SYSTEM)
                  for m in methods}
     _feed(sessions, opening(planted))
     opening_tokens = len(sessions["full"].ids)
@@ -222,7 +224,8 @@ def run(model, tokenizer, *, limit: int = 2048, ratio: float = 5.0, methods=("am
         say(f"checkpoint {target} (turn {turn}, {rows[-1]['logical_tokens']} tokens, "
             f"{time.perf_counter() - began:.0f}s): " + ", ".join(
                 f"{name} lp {s['recall']:.2f}" for name, s in rows[-1]["sessions"].items()))
-    summary = {"bench": "recall", "limit": limit, "ratio": ratio, "methods": methods, "facts": facts,
+    summary = {"bench": "recall", "limit": limit, "ratio": ratio, "again": again, "methods": methods,
+               "facts": facts,
                "opening_tokens": opening_tokens, "choices": CHOICES, "seed": seed,
                "chance": {"recall": math.log(1e-4), "exact": 1e-4, "choice": 1 / CHOICES},
                "checkpoints": [_brief(r) for r in rows], "seconds": time.perf_counter() - began}
@@ -312,8 +315,9 @@ def table(result: dict) -> str:
             lead = " " * len(lead)
     s = result["summary"]
     chance = s["chance"]
-    lines += [f"{s['facts']} facts in the first {s['opening_tokens']} tokens; limit {s['limit']}, x{s['ratio']:g}; "
-              "rounds: compactions so far",
+    again = f" (x{s['again']:g} for turns compacted before)" if s.get("again") else ""
+    lines += [f"{s['facts']} facts in the first {s['opening_tokens']} tokens; limit {s['limit']}, x{s['ratio']:g}"
+              f"{again}; rounds: compactions so far",
               f"recall lp: the answer's log-prob (nats; chance {chance['recall']:.2f}); EM: greedy answer exact; "
               f"MC: the code among {s['choices']} of the conversation's (chance {chance['choice']:.0%})",
               "retained = (method - streaming) / (full - streaming), 95% bootstrap interval over facts"]

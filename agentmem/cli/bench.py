@@ -118,6 +118,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model(rec)
     add_limit(rec)
     add_ratio(rec, 5)
+    rec.add_argument("--again", type=ratio, default=None,
+                     help="ratio for turns compacted before (FixedRatio.again; default: --ratio, so the oldest "
+                          "turns compound to ratio^n after n compactions)")
     rec.add_argument("--methods", "--method", dest="methods", type=method, nargs="+", default=["am-fast"],
                      help="compaction method(s), one limited session each (default am-fast); a streaming session "
                           "always runs (it is the zero of retained)")
@@ -222,7 +225,7 @@ def run_recall(args: argparse.Namespace) -> int:
 
     recall.check_args(facts=args.facts, checkpoints=args.checkpoints, methods=args.methods)
     model, tokenizer = load(args.model)
-    result = recall.run(model, tokenizer, limit=args.limit, ratio=args.ratio, methods=args.methods,
+    result = recall.run(model, tokenizer, limit=args.limit, ratio=args.ratio, again=args.again, methods=args.methods,
                         facts=args.facts, checkpoints=tuple(args.checkpoints), seed=args.seed, progress=say)
     result["summary"]["model"] = args.model
     return finish(result, args, recall.table(result), result["summary"])
