@@ -95,7 +95,7 @@ class Options:
     captured: QuerySample | None = None  # queries the session asked as it ran (`agentmem.captured`)
     reference: str | None = None  # "repeat" | "captured" | "both"; None: "captured" with a sample, else "repeat"
     max_queries: int | None = None  # per KV head (None: the method's); bounds memory to a multiple of the span's KV
-    max_repeat_tokens: int | None = None  # repeat-prefill only the span's last N tokens (long re-compactions)
+    max_repeat_tokens: int | None = None  # repeat-prefill at most N tokens, in pieces spread over a long span
     self_study_tokens: int | None = None
     on_policy: bool | None = None
     head_budgets: dict[str, float] | str | None = "auto"  # "auto": shipped profile if any; None: uniform
@@ -346,12 +346,11 @@ class _CompactionRun:
 
     def _repeat_pass(self, transform=None) -> dict[int, torch.Tensor]:
         start, end = self._logical_span()
-        if self.opts.max_repeat_tokens:
-            start = max(start, end - self.opts.max_repeat_tokens)
         device = self.input_ids.device
+        pieces = queries.repeat_pieces(start, end, self.opts.max_repeat_tokens)
         ids = torch.cat(
-            [queries.prompt_ids(self.opts.tokenizer, queries.REPEAT_PROMPT, device).expand(self.batch, -1),
-             self.input_ids[:, start:end]], dim=1,
+            [queries.prompt_ids(self.opts.tokenizer, queries.REPEAT_PROMPT, device).expand(self.batch, -1)]
+            + [self.input_ids[:, a:b] for a, b in pieces], dim=1,
         )
         normalisers = self.context_scores and transform is None
         capture = queries.forward_pass(self.model, self.view.copy(), ids, layers=set(self.layers),

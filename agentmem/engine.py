@@ -125,8 +125,9 @@ class Session:
         self.watch_every = max(1, int(watch_every))
         self.compaction_enabled = True
         self._progress: list[Callable[[int, int], None]] = []  # on_prefill_progress callbacks
-        # A session re-compacts its whole history again and again: repeat-prefill only the
-        # span's newest tokens so a compaction costs the same at turn 500 as at turn 10.
+        # A session re-compacts its whole history again and again: repeat-prefill at most this
+        # many of the span's tokens, in pieces spread over it (`queries.repeat_pieces`), so a
+        # compaction costs the same at turn 500 as at turn 10 and still asks about the oldest turns.
         options = {"max_repeat_tokens": DEFAULT_REPEAT_TOKENS, **(compaction_options or {})}
         options_from(options)  # an unknown option fails here, not as a fallback drop at the first compaction
         self.compactor = Compactor(model, tokenizer, options=options)

@@ -23,6 +23,25 @@ SELF_STUDY_PROMPT = "\n\nKey facts from the text above:\n"
 # the pieces before it, so the causal upper half of the repeat is never computed (about
 # 1.6 T^2 instead of 2 T^2 attention scores for a T-token span on a T-token cache).
 REPEAT_CHUNK = 512
+REPEAT_PIECE = 256  # tokens per piece when a capped repeat pass is spread over a long span
+
+
+def repeat_pieces(start: int, end: int, budget: int | None, piece: int = REPEAT_PIECE) -> list[tuple[int, int]]:
+    """Token ranges the repeat pass re-reads of span [start, end), at most `budget` tokens.
+
+    The whole span when it fits; else pieces of `piece` tokens spread evenly from its start
+    to its end (the last ends at `end`), so that every part of a long span, its oldest
+    facts too, is asked about. (Only the span's newest `budget` tokens, as before, left a
+    session's oldest turns unasked at every re-compaction.)
+    """
+    if budget is None or end - start <= budget:
+        return [(start, end)]
+    piece = max(1, min(piece, budget // 2))  # at least the oldest piece and the newest
+    count = budget // piece
+    if count == 1:
+        return [(end - budget, end)]
+    stride = (end - start - piece) / (count - 1)
+    return [(start + round(i * stride), start + round(i * stride) + piece) for i in range(count)]
 
 
 def prompt_ids(tokenizer, text: str, device: torch.device) -> torch.Tensor:

@@ -246,6 +246,33 @@ def test_max_repeat_tokens_caps_the_repeat_pass(tiny_model, ids):
     assert torch.isfinite(capped.layers[layer].values).all()
 
 
+@pytest.mark.parametrize("start, end, budget, piece", [(0, 5000, 2048, 256), (100, 1000, 300, 64), (0, 50, 64, 8),
+                                                       (7, 307, 100, 128), (0, 10_000, 256, 256)])
+def test_a_capped_repeat_pass_reads_pieces_spread_over_the_whole_span(start, end, budget, piece):
+    from agentmem.queries import repeat_pieces
+
+    pieces = repeat_pieces(start, end, budget, piece)
+    if end - start <= budget:
+        assert pieces == [(start, end)]
+        return
+    assert sum(b - a for a, b in pieces) <= budget
+    assert pieces[0][0] == start and pieces[-1][1] == end  # the oldest tokens and the newest
+    assert all(start <= a < b <= end for a, b in pieces)
+    assert all(b1 <= a2 for (_, b1), (a2, _) in zip(pieces, pieces[1:]))  # in order, no token twice
+
+
+def test_the_engine_cap_repeats_the_oldest_tokens_of_a_long_span(tiny_model, ids, monkeypatch):
+    from agentmem import queries
+
+    seen = []
+    original = queries.forward_pass
+    monkeypatch.setattr(queries, "forward_pass", lambda model, cache, repeat, **kw: (
+        seen.append(repeat), original(model, cache, repeat, **kw))[1])
+    compact(tiny_model, prefill(tiny_model, ids), ids, ratio=4, method="am-fast", end=48, max_repeat_tokens=16)
+    repeated = seen[0][0, -16:].tolist()  # after the repeat instruction (none without a tokenizer)
+    assert repeated[:8] == ids[0, :8].tolist() and repeated[-8:] == ids[0, 40:48].tolist()
+
+
 @pytest.mark.parametrize("chunk", [1, 7, 16])
 def test_repeat_pass_in_pieces_sees_the_same_queries(tiny_model, ids, chunk):
     from agentmem import hf, queries
