@@ -40,11 +40,6 @@ class Borrowed:
     def __post_init__(self):
         self.owns = torch.isfinite(self.bias).any(-1, keepdim=True)  # (B, H, 1): borrows at least one slot
 
-    @classmethod
-    def empty(cls, batch: int, heads: int, device=None) -> Borrowed:
-        index = torch.zeros(batch, heads, 0, dtype=torch.int32, device=device)
-        return cls(index, index.clone(), torch.zeros(batch, heads, 0, dtype=torch.float32, device=device))
-
     @staticmethod
     def record_bytes() -> int:
         """Bytes of one (batch, owner head)'s record of one borrowed slot: head, slot (int32), beta (fp32)."""
