@@ -21,16 +21,16 @@ _ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT]
 
 
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    """Llama-like with GQA: 4 query heads share 2 KV heads."""
+def tiny_llama(seed: int = 0, *, kv_heads: int = 2) -> LlamaForCausalLM:
+    """Llama-like with GQA: 2 query heads share each of `kv_heads` KV heads (head width 16)."""
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=VOCAB,
-        hidden_size=64,
+        hidden_size=32 * kv_heads,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=2 * kv_heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=1024,
         attn_implementation="sdpa",
     )

@@ -9,28 +9,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from agentmem import compact, head_budgets, hf
 
-from conftest import VOCAB, prefill
+from conftest import VOCAB, prefill, tiny_llama
 
 RUN = 24  # tokens [0, RUN) become one ragged run
 COUNTS = [9, 1, 2]  # slots per KV head: mean 4, widest 9
 
 
-def three_head_llama(seed: int = 0) -> LlamaForCausalLM:
-    """GQA with 3 KV heads of 2 query heads each, so a head can borrow from two others."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=96, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=6, num_key_value_heads=3, max_position_embeddings=1024,
-                         attn_implementation="sdpa")
-    return LlamaForCausalLM(config).eval()
-
-
 @pytest.fixture(scope="module")
 def model():
-    return three_head_llama()
+    """GQA with 3 KV heads of 2 query heads each, so a head can borrow from two others."""
+    return tiny_llama(kv_heads=3)
 
 
 @pytest.fixture(scope="module")
