@@ -126,8 +126,9 @@ class Borrowed:
         return [[b, g, h, s, beta] for (b, g, _), h, s, beta in columns]
 
     @classmethod
-    def from_meta(cls, entries, batch: int, heads: int, device=None) -> Borrowed | None:
-        """Inverse of `to_meta`; ValueError on a malformed entry."""
+    def from_entries(cls, entries, batch: int, heads: int, device=None) -> Borrowed | None:
+        """Records from entries [batch, owner, head, slot, beta] (`to_meta`'s, or `pack`'s), in order per
+        owner; ValueError on a malformed entry."""
         if not entries:
             return None
         used: dict[tuple[int, int], int] = {}
@@ -176,30 +177,19 @@ def pack(keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, start: in
     width = max(1, max(-(-int(c.sum()) // heads) for c in counts))
     if width >= widest:
         return keys, values, bias, None
+    moves = []  # (batch, owner, its slot, lending head, slot there)
+    for b in range(batch):
+        spare = iter([(h, s) for h in range(heads) for s in range(int(counts[b, h]), width)])
+        moves += [(b, g, s, *next(spare)) for g in range(heads) for s in range(width, int(counts[b, g]))]
     out_keys, out_values = keys[:, :, :width].clone(), values[:, :, :width].clone()
     out_bias = bias[:, :, :width].clone()
-    owners: list[list[list[tuple[int, int, float]]]] = [[[] for _ in range(heads)] for _ in range(batch)]
-    for b in range(batch):
-        spare = [(h, s) for h in range(heads) for s in range(int(counts[b, h]), width)]
-        lent = 0
-        for g in range(heads):
-            for s in range(width, int(counts[b, g])):
-                h, slot = spare[lent]
-                lent += 1
-                out_keys[b, h, slot], out_values[b, h, slot] = keys[b, g, s], values[b, g, s]
-                owners[b][g].append((h, start + slot, float(bias[b, g, s])))
-    most = max(len(items) for row in owners for items in row)
-    if most == 0:
+    if not moves:
         return out_keys, out_values, out_bias, None
-    heads_of = torch.zeros(batch, heads, most, dtype=torch.int32, device=bias.device)
-    slots_of = torch.zeros(batch, heads, most, dtype=torch.int32, device=bias.device)
-    beta_of = torch.full((batch, heads, most), _NEG_INF, device=bias.device)
-    for b in range(batch):
-        for g in range(heads):
-            for x, (h, slot, beta) in enumerate(owners[b][g]):
-                heads_of[b, g, x], slots_of[b, g, x], beta_of[b, g, x] = h, slot, beta
-    borrowed = Borrowed(heads_of, slots_of, beta_of)
-    return out_keys, out_values, out_bias, borrowed
+    b, g, s, h, slot = torch.tensor(moves, device=bias.device).T
+    out_keys[b, h, slot], out_values[b, h, slot] = keys[b, g, s], values[b, g, s]
+    betas = bias[b, g, s].tolist()
+    entries = [[m[0], m[1], m[3], start + m[4], beta] for m, beta in zip(moves, betas)]
+    return out_keys, out_values, out_bias, Borrowed.from_entries(entries, batch, heads, bias.device)
 
 
 def unpack(keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, borrowed: Borrowed | None,

@@ -69,7 +69,7 @@ def cache_from_state(states: list[dict], model: torch.nn.Module) -> Cache:
             layer = CompactedLayer(scaling=meta.get("scaling"))
             if joined:
                 keys = joined["keys"]
-                borrowed = Borrowed.from_meta(meta.get("borrowed"), keys.shape[0], keys.shape[1], keys.device)
+                borrowed = Borrowed.from_entries(meta.get("borrowed"), keys.shape[0], keys.shape[1], keys.device)
                 layer = CompactedLayer.from_tensors(keys, joined["values"], joined["bias"],
                                                     logical_length=meta["logical_length"], scaling=meta["scaling"],
                                                     runs=meta["runs"], borrowed=borrowed)
