@@ -118,7 +118,7 @@ class Borrowed:
         if flat.unique().numel() != flat.numel():
             raise ValueError("two borrowed slots point at the same physical slot")
 
-    def to_meta(self) -> list[list]:
+    def to_entries(self) -> list[list]:
         """JSON-able entries [batch, owner, head, slot, beta] (beta round-trips exactly through float64)."""
         live = torch.isfinite(self.bias)
         where = live.nonzero().tolist()  # row-major, as boolean indexing below
@@ -127,7 +127,7 @@ class Borrowed:
 
     @classmethod
     def from_entries(cls, entries, batch: int, heads: int, device=None) -> Borrowed | None:
-        """Records from entries [batch, owner, head, slot, beta] (`to_meta`'s, or `pack`'s), in order per
+        """Records from entries [batch, owner, head, slot, beta] (`to_entries`'s, or `pack`'s), in order per
         owner; ValueError on a malformed entry."""
         if not entries:
             return None

@@ -29,7 +29,7 @@ def cache_state(cache: Cache, *, block: int = 64) -> list[dict]:
             kind = "compacted"
             meta = {"logical_length": layer.logical_length, "runs": layer.runs, "scaling": layer.scaling}
             if layer.borrowed is not None:
-                meta["borrowed"] = layer.borrowed.to_meta()
+                meta["borrowed"] = layer.borrowed.to_entries()
             tensors = {"keys": layer.keys, "values": layer.values, "bias": layer.bias}
         elif isinstance(layer, DynamicSlidingWindowLayer):
             kind = "sliding"
