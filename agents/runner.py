@@ -89,6 +89,16 @@ class RunHooks:
         """
         return None
 
+    def tool_parameters(self, agent: Agent, turn: int, tool: Any) -> dict[str, Any] | None:
+        """The JSON schema reply `turn` decodes `tool`'s arguments under (None: the tool's own).
+
+        A narrower schema than the tool's, e.g. an enum of the values that make sense now,
+        holds a small model to them while it writes the call; the prompt still shows the
+        tool's own schema, and the tool still validates what it gets. Only used with
+        constrained decoding (`ModelSettings.constrain_calls`).
+        """
+        return None
+
 
 @dataclass
 class RunResult:
@@ -255,7 +265,7 @@ def _run_stream(agent: Agent, result: RunResult, *, session: Session | None, max
             allowed = hooks.allowed_tools(agent, turn)
             reply_choice = "none" if answer_now else choice
             forbidden = call_texts(ran.values(), written) if guard is not None and guard.forbid else []
-            forced = _forcing(agent, conversation, reply_choice, allowed)
+            forced = _forcing(agent, conversation, reply_choice, allowed, hooks=hooks, turn=turn)
             processor = forced.processor(getattr(conversation, "tokenizer", None),
                                          max_new_tokens=settings.max_new_tokens, forbidden=forbidden)
             shown: list[str] = []
@@ -328,10 +338,18 @@ def _open(agent: Agent, session: Session | None) -> tuple[Any, SQLiteSession | N
     return conversation, None
 
 
-def _forcing(agent: Agent, conversation: Any, choice: str, allowed: Sequence[str] | None = None) -> Forcing:
-    """How the reply is decoded under this tool choice (`agentmem.tool_choice`)."""
+def _forcing(agent: Agent, conversation: Any, choice: str, allowed: Sequence[str] | None = None, *,
+             hooks: RunHooks | None = None, turn: int = 0) -> Forcing:
+    """How the reply is decoded under this tool choice (`agentmem.tool_choice`) and the hooks' narrowed schemas."""
     constrained = agent.settings.constrain_calls and getattr(conversation, "tokenizer", None) is not None
-    return forcing(choice, [t.schema() for t in agent.tools], allowed=allowed, constrain=constrained)
+    schemas = []
+    for tool in agent.tools:
+        schema = tool.schema()
+        narrowed = hooks.tool_parameters(agent, turn, tool) if hooks is not None and constrained else None
+        if narrowed is not None:
+            schema = {**schema, "function": {**schema["function"], "parameters": narrowed}}
+        schemas.append(schema)
+    return forcing(choice, schemas, allowed=allowed, constrain=constrained)
 
 
 def _written_calls(text: str) -> list[str]:

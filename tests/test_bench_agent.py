@@ -59,18 +59,18 @@ def test_solve_reports_a_fixed_bug(tmp_path):
     agent = build_agent(workspace, model=model, policy="off")
     result = solve(agent, workspace, None, task.task, max_turns=5,
                    result=DemoResult(session_id="s", store="", workspace=str(workspace.root)))
-    assert result.tests_pass and result.finished and result.turns == 3 and result.tool_errors == 0
+    assert result.tests_pass and result.finished and result.turns == 2 and result.tool_errors == 0  # ends at the fix
 
 
 def test_runs_cover_every_mode_and_the_limited_ones_compact(tmp_path):
     modes = ["full", "am-fast", "summary", "drop-oldest"]
     result = bench.run(tiny_chat_llama(), tiny_tokenizer(), name="tiny", task_names=["pagination"], modes=modes,
-                       limit=3200, max_turns=6, max_new_tokens=24, workdir=tmp_path)
+                       limit=2600, max_turns=6, max_new_tokens=24, workdir=tmp_path)
     rows = {r["mode"]: r for r in result["rows"]}
     assert list(rows) == modes and all(r["turns"] == 6 for r in rows.values())
-    assert rows["full"]["compactions"] == 0 and rows["full"]["peak_kv_tokens"] > 3200
+    assert rows["full"]["compactions"] == 0 and rows["full"]["peak_kv_tokens"] > 2600
     for mode in modes[1:]:
-        assert rows[mode]["compactions"] >= 2 and rows[mode]["peak_kv_tokens"] <= 3200 + 24
+        assert rows[mode]["compactions"] >= 2 and rows[mode]["peak_kv_tokens"] <= 2600 + 24
         assert rows[mode]["cached_tokens"] > rows[mode]["prompt_tokens"]  # turns reuse the cache
     assert result["summary"]["full"]["runs"] == 1 and not any(r["tests_pass"] for r in rows.values())
     text = bench.table(result)

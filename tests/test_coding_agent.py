@@ -8,7 +8,7 @@ import pytest
 
 from agentmem.agents import LocalModel
 from agentmem.coding_agent import SAMPLE_PROJECT
-from agentmem.coding_agent.agent import MARKER, Steer, build_agent, prepare, run
+from agentmem.coding_agent.agent import MARKER, READ_ONLY, Steer, build_agent, patchable_lines, prepare, run
 from agentmem.coding_agent.tools import RepeatGuard, workspace_tools
 from agentmem.coding_agent.workspace import Workspace, WorkspaceError
 from agentmem.errors import ConfigError
@@ -20,6 +20,12 @@ from conftest import tiny_chat_llama, tiny_tokenizer
 @pytest.fixture
 def ws(tmp_path):
     return Workspace.from_template(SAMPLE_PROJECT, tmp_path / "project", read_only=("test_*.py",))
+
+
+@pytest.fixture
+def agent_ws(tmp_path):
+    """The sample project as the coding agent sees it: tests and docs read-only."""
+    return Workspace.from_template(SAMPLE_PROJECT, tmp_path / "agent", read_only=READ_ONLY)
 
 
 def test_guard_refuses_repeats_until_a_file_changes():
@@ -48,22 +54,72 @@ def test_tools_type_paths_and_protect_tests(ws):
     assert refused.startswith("error") and "read-only" in refused
     failing = tools["run_tests"].invoke({})
     assert failing.startswith("error") and "tests fail" in failing
-    fixed = tools["patch_file"].invoke({"path": "textstats.py", "old": "key=lambda w: counts[w])",
+    fix = {"path": "textstats.py", "old": "key=lambda w: counts[w])", "new": "key=lambda w: -counts[w])"}
+    unread = plain["patch_file"].invoke(fix)
+    assert unread.startswith("error") and "read textstats.py with read_file before" in unread
+    assert "-counts[w]" not in ws.text("textstats.py")
+    assert not plain["read_file"].invoke({"path": "./textstats.py"}).startswith("error")
+    same = plain["patch_file"].invoke({**fix, "new": fix["old"]})  # any spelling of the path counts as read
+    assert same.startswith("error") and "the same text" in same
+    assert plain["patch_file"].invoke(fix) == "patched textstats.py"
+    assert plain["run_tests"].invoke({}).startswith("exit code 0")
+
+
+def test_patch_with_tests_after_it_succeeds_only_when_they_pass(ws):
+    tools = {t.name: t for t in workspace_tools(ws, known_paths=True, test_after_patch=True)}
+    tools["read_file"].invoke({"path": "textstats.py"})
+    wrong = tools["patch_file"].invoke({"path": "textstats.py", "old": "return ranked[:n]",
+                                        "new": "return ranked[:n + 1]"})
+    assert wrong.startswith("error") and "patched textstats.py, but the tests still fail" in wrong
+    assert "FAILED" in wrong and "ranked[:n + 1]" in ws.text("textstats.py")  # the patch stays
+    tools["patch_file"].invoke({"path": "textstats.py", "old": "ranked[:n + 1]", "new": "ranked[:n]"})
+    right = tools["patch_file"].invoke({"path": "textstats.py", "old": "key=lambda w: counts[w])",
                                         "new": "key=lambda w: -counts[w])"})
-    assert fixed == "patched textstats.py"
-    assert tools["run_tests"].invoke({}).startswith("exit code 0")
+    assert right == "patched textstats.py; the tests pass"
 
 
-def test_steer_leaves_out_tools_with_nothing_new(ws):
+def test_patchable_lines_occur_once_without_indentation():
+    text = "def f(x):\n    y = x + 1\n    return y\n\ndef g(x):\n    return y\n    y = x + 1  # again\n"
+    assert patchable_lines(text) == ["def f(x):", "def g(x):", "y = x + 1  # again"]
+    assert patchable_lines("a = 1\n" + "b" * 300 + "\n", longest=200) == ["a = 1"]
+
+
+def test_steer_leaves_out_tools_with_nothing_new(agent_ws):
+    ws = agent_ws
     agent = build_agent(ws, model=LocalModel.from_pretrained(tiny_chat_llama(), tiny_tokenizer()))
-    steer = Steer(agent.guard)
+    steer = Steer(agent.guard, ws)
     everything = [t.name for t in agent.tools]
-    assert steer.allowed_tools(agent, 1) == everything and "write_file" not in everything
+    assert "write_file" not in everything and "search" not in everything
+    assert steer.allowed_tools(agent, 1) == [n for n in everything if n != "patch_file"]  # nothing read yet
+    agent.tool("read_file").invoke({"path": "README.md"})  # read-only for the agent: still nothing to patch
+    assert "patch_file" not in steer.allowed_tools(agent, 1)
+    agent.tool("read_file").invoke({"path": "textstats.py"})
+    assert steer.allowed_tools(agent, 1) == everything
     agent.guard.check("list_files", {})
     assert "list_files" not in steer.allowed_tools(agent, 2)
     for name in everything:
         agent.guard.rest(name)
     assert steer.allowed_tools(agent, 3) == [n for n in everything if n not in ("list_files", everything[-1])]
+
+
+def test_steer_narrows_patch_to_whole_lines_of_files_read_and_reads_to_whole_files(ws):
+    agent = build_agent(ws, model=LocalModel.from_pretrained(tiny_chat_llama(), tiny_tokenizer()))
+    steer = Steer(agent.guard, ws)
+    patch, read = agent.tool("patch_file"), agent.tool("read_file")
+    assert steer.tool_parameters(agent, 1, patch) is None  # nothing read: the tool is not allowed anyway
+    whole = steer.tool_parameters(agent, 1, read)
+    assert whole == {"type": "object", "properties": {"path": {"enum": ws.files()}}, "required": ["path"]}
+    read.invoke({"path": "textstats.py"})
+    narrowed = steer.tool_parameters(agent, 2, patch)
+    assert narrowed["properties"]["path"] == {"const": "textstats.py"}
+    lines = narrowed["properties"]["old"]["enum"]
+    assert "ranked = sorted(counts, key=lambda w: counts[w])" in lines and "" not in lines
+    assert all(ws.text("textstats.py").count(line) == 1 for line in lines)
+    assert Steer(agent.guard, ws, whole_lines=False).tool_parameters(agent, 2, patch) is None
+    small = Workspace.from_template(SAMPLE_PROJECT, ws.root.parent / "small", read_only=("test_*.py",), read_cap=300)
+    ranged = Steer(agent.guard, small).tool_parameters(agent, 1, read)  # textstats.py is over 300 characters
+    assert [set(b["properties"]) for b in ranged["anyOf"]] == [{"path"}, {"path", "start", "end"}]
+    assert "textstats.py" in ranged["anyOf"][1]["properties"]["path"]["enum"]
 
 
 def test_a_run_is_stored_and_resumes_from_the_cache(tmp_path, monkeypatch, capsys):

@@ -32,7 +32,7 @@ from agentmem.policies import Policy
 
 from . import MIN_LIMIT, SAMPLE_PROJECT
 from .tools import RepeatGuard, workspace_tools
-from .workspace import Workspace
+from .workspace import Workspace, WorkspaceError
 
 INSTRUCTIONS = (
     "You are a careful coding agent working in a small Python project. Use the tools to "
@@ -40,7 +40,9 @@ INSTRUCTIONS = (
     "tool call per reply. You are done when run_tests passes."
 )
 TASK = "The tests of this project fail. Find the bug in the code and fix it so that all tests pass."
-READ_ONLY = ("test_*.py", "tests/*")  # the agent fixes the code, not the tests
+READ_ONLY = ("test_*.py", "tests/*", "*.md", "*.ini", "*.toml", "*.cfg")  # it fixes the code, not the tests,
+# the docs or the configuration (those say what the code must do)
+TOOLS = ("list_files", "read_file", "patch_file", "run_tests")  # a small project needs no search or write_file
 MARKER = ".agentmem-demo.json"  # in the workspace: which store and session it belongs to
 
 
@@ -60,11 +62,12 @@ def build_agent(workspace: Workspace, *, model: Any = "smollm2-135m", policy: Po
     the run's hooks keeps replies from calling tools that have nothing new to show.
     """
     guard = RepeatGuard(workspace.files())
-    tools = [t for t in workspace_tools(workspace, guard=guard, known_paths=True) if t.name != "write_file"]
+    tools = [t for t in workspace_tools(workspace, guard=guard, known_paths=True, test_after_patch=True)
+             if t.name in TOOLS]
     agent = Agent("coding-agent", instructions=INSTRUCTIONS, tools=tools, model=model, policy=policy,
                   settings=ModelSettings(max_new_tokens=max_new_tokens, temperature=temperature,
                                          tool_choice="required"),
-                  stop_at_tools=["run_tests"], reset_tool_choice=False,
+                  stop_at_tools=["run_tests", "patch_file"], reset_tool_choice=False,
                   repeat_guard=None)  # its RepeatGuard knows when a file changed; the SDK's does not
     agent.guard = guard
     return agent
@@ -74,22 +77,79 @@ class Steer(RunHooks):
     """Lets a reply call only tools that can still show something new (see `RepeatGuard.exhausted`).
 
     A tool whose call just failed also sits out the next reply: small models otherwise
-    repeat the same failing call until the turns run out.
+    repeat the same failing call until the turns run out. patch_file waits until a file it
+    may change has been read, and then its `old` is held to one whole line of such a file
+    (`whole_lines`; a line that occurs once in it): the edit a small model gets wrong most
+    is quoting text that is not there.
     """
 
-    def __init__(self, guard: RepeatGuard):
+    def __init__(self, guard: RepeatGuard, workspace: Workspace | None = None, *, whole_lines: bool = True):
         self.guard = guard
+        self.workspace = workspace
+        self.whole_lines = whole_lines and workspace is not None
+
+    def tool_parameters(self, agent: Agent, turn: int, tool: Any) -> dict | None:
+        if tool.name == "read_file" and self.workspace is not None:
+            return self._read_parameters(tool.parameters)
+        if tool.name != "patch_file" or not self.whole_lines:
+            return None
+        branches = []
+        for path in self._patchable():
+            try:
+                lines = patchable_lines(self.workspace.text(path))
+            except WorkspaceError:  # gone or unreadable since it was read: the tool says why if called
+                continue
+            if lines:
+                branches.append({"type": "object", "properties": {
+                    "path": {"const": path}, "old": {"enum": lines}, "new": {"type": "string"}},
+                    "required": ["path", "old", "new"]})
+        return None if not branches else branches[0] if len(branches) == 1 else {"anyOf": branches}
+
+    def _read_parameters(self, parameters: dict) -> dict | None:
+        """read_file takes only a path for a file that fits one read: small models ask for one line of it."""
+        whole, ranged = [], []
+        for path in self.workspace.files():
+            try:
+                size = len(self.workspace.read_file(path))
+            except WorkspaceError:
+                continue
+            (whole if size <= self.workspace.read_cap else ranged).append(path)
+        if not whole:
+            return None
+        branches = [{"type": "object", "properties": {"path": {"enum": whole}}, "required": ["path"]}]
+        if ranged:
+            branches.append({**parameters, "properties": {**parameters["properties"], "path": {"enum": ranged}}})
+        return branches[0] if len(branches) == 1 else {"anyOf": branches}
+
+    def _patchable(self) -> list[str]:
+        if self.workspace is None:
+            return sorted(self.guard.read)
+        return [p for p in sorted(self.guard.read) if self.workspace.is_writable(p)]
 
     def on_tool_end(self, agent: Agent, call: Any, output: str) -> None:
         if output.startswith("error") and call.name != "run_tests":
             self.guard.rest(call.name)  # a failed call is not retried the very next turn
 
     def allowed_tools(self, agent: Agent, turn: int) -> list[str] | None:
+        if not self._patchable():  # nothing read that patch_file may change: it cannot be used yet
+            names = [t.name for t in agent.tools if t.name != "patch_file"]
+            allowed = [n for n in names if not self.guard.exhausted(n)] or names
+            return allowed
         allowed = [t.name for t in agent.tools if not self.guard.exhausted(t.name)]
         if not allowed:  # every tool rests: let them try again, but not the one that just failed
             allowed = [t.name for t in agent.tools if not self.guard.exhausted(t.name, resting=False)]
             allowed = [n for n in allowed if n != self.guard.last_failed] or allowed
         return allowed or None
+
+
+def patchable_lines(text: str, *, longest: int = 200, most: int = 300) -> list[str]:
+    """The lines of a file's `text` that patch_file could take as `old`, without their indentation.
+
+    Only lines that are not blank and whose text occurs once in the file (so the patch
+    applies); the indentation stays where it is, and `new` replaces what follows it.
+    """
+    lines = [line.strip() for line in text.splitlines() if line.strip() and len(line) <= longest]
+    return [line for line in dict.fromkeys(lines) if text.count(line) == 1][:most]
 
 
 @dataclass
@@ -181,7 +241,8 @@ def solve(agent: Agent, workspace: Workspace, session: Any, task: str, *, max_tu
     """
     out = console if isinstance(console, _Console) else _Console(console)
     began = time.perf_counter()
-    streamed = Runner.run_streamed(agent, task, session=session, max_turns=max_turns, hooks=Steer(agent.guard))
+    steer = Steer(agent.guard, workspace)
+    streamed = Runner.run_streamed(agent, task, session=session, max_turns=max_turns, hooks=steer)
     try:
         for event in streamed:
             _show(event, result, out)

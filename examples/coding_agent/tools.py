@@ -30,6 +30,7 @@ class RepeatGuard:
         self.subjects: dict[str, set[str]] = {}  # tool -> what it looked at since the last change
         self.resting: set[str] = set()  # tools whose last call was a refused repeat
         self.last_failed: str | None = None  # the tool that failed most recently
+        self.read: set[str] = set()  # files read_file has shown (patch_file changes only these)
 
     def check(self, name: str, arguments: dict[str, Any], subject: str = "") -> None:
         key = (name, json.dumps(arguments, sort_keys=True), self.version)
@@ -67,7 +68,7 @@ class RepeatGuard:
 
 
 def workspace_tools(workspace: Workspace, *, guard: RepeatGuard | None = None,
-                    known_paths: bool = False) -> list[FunctionTool]:
+                    known_paths: bool = False, test_after_patch: bool = False) -> list[FunctionTool]:
     """The coding agent's tools bound to `workspace`.
 
     Args:
@@ -77,6 +78,9 @@ def workspace_tools(workspace: Workspace, *, guard: RepeatGuard | None = None,
             exist now, and patch_file's as one that is not read-only (a JSON-schema enum,
             which the agent SDK enforces while decoding): this keeps a small model from
             inventing file names; new files can still be written with write_file.
+        test_after_patch: patch_file runs the tests after a patch that applied: it
+            succeeds only when they pass, and otherwise fails with their output (the patch
+            stays), so a run can end at the patch that fixed the tests.
     """
     guard = guard or RepeatGuard(workspace.files())
 
@@ -95,7 +99,9 @@ def workspace_tools(workspace: Workspace, *, guard: RepeatGuard | None = None,
             end: Last line to show (default: the end of the file).
         """
         guard.check("read_file", {"path": path, "start": start, "end": end}, subject=path)
-        return workspace.read_file(path, start, end)
+        shown = workspace.read_file(path, start, end)
+        guard.read.add(workspace.relative(workspace.resolve(path)))
+        return shown
 
     def patch_file(path: str, old: str, new: str) -> str:
         """Replace one exact, unique piece of a file's text.
@@ -105,9 +111,18 @@ def workspace_tools(workspace: Workspace, *, guard: RepeatGuard | None = None,
             old: Text to replace; it must occur exactly once in the file.
             new: Text to put in its place.
         """
+        if workspace.relative(workspace.writable(path)) not in guard.read:  # a read-only file is refused first
+            raise WorkspaceError(f"read {path} with read_file before patching it")
+        if old == new:
+            raise WorkspaceError("old and new are the same text: a patch must change something")
         done = workspace.patch_file(path, old, new)
         guard.changed()
-        return done
+        if not test_after_patch:
+            return done
+        output = workspace.run_tests()
+        if not output.startswith("exit code 0"):
+            raise WorkspaceError(f"{done}, but the tests still fail: {output}")
+        return f"{done}; the tests pass"
 
     if known_paths:
         files = tuple(workspace.files())

@@ -181,6 +181,13 @@ class Workspace:
             text = text[: self.read_cap] + f"\n... (cut at {self.read_cap} characters; read a smaller range)"
         return text or "(empty file)"
 
+    def text(self, path: str) -> str:
+        """The whole text of a file, checked like `read_file` (UTF-8, or a WorkspaceError)."""
+        full = self.resolve(path)
+        if not full.exists():
+            raise WorkspaceError(f"{path} is not a file; list_files shows what exists")
+        return _read_text(full, path, errors="strict")
+
     def search(self, pattern: str, folder: str = ".") -> str:
         """Lines matching `pattern` (a regular expression, or plain text when it is not one).
 
