@@ -346,6 +346,33 @@ def test_allowed_tools_constrain_decoding(seed):
     assert [c.name for c in calls] == ["add_numbers"]
 
 
+class OnlyTheseFiles(RunHooks):
+    """Narrows read_file's path to two names for every reply."""
+
+    def tool_parameters(self, agent, turn, tool):
+        if tool.name != "read_file":
+            return None
+        return {"type": "object", "properties": {"path": {"enum": ["x.py", "y.py"]}}, "required": ["path"]}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_tool_parameters_hook_narrows_what_a_call_may_say(seed):
+    model = LocalModel.from_pretrained(tiny_chat_llama(seed=seed), tiny_tokenizer())
+    agent = Agent("a", tools=[read_file], model=model, policy="off",
+                  settings=ModelSettings(max_new_tokens=80, tool_choice="required", temperature=1.0))
+    events = []
+    try:
+        for event in Runner.run_streamed(agent, "go", hooks=OnlyTheseFiles(), max_turns=1):
+            events.append(event)
+    except MaxTurnsExceeded:
+        pass
+    calls = [e.call for e in events if e.type == "tool_call"]
+    assert len(calls) == 1 and calls[0].arguments in ({"path": "x.py"}, {"path": "y.py"})  # no start, no tags
+    assert agent.tool("read_file").parameters["properties"]["path"] == {"type": "string",
+                                                                      "description": read_file.parameters[
+                                                                          "properties"]["path"]["description"]}
+
+
 def test_run_sync_run_and_streamed_agree(tiny):
     agent = Agent("a", instructions="Be brief.", tools=[read_file], model=tiny, policy="off",
                   settings=ModelSettings(max_new_tokens=24, tool_choice="read_file"))

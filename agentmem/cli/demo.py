@@ -32,4 +32,5 @@ def run(args: argparse.Namespace) -> int:
     from . import common
 
     model, tokenizer = common.load(args.model)
-    return run_from_args(args, model=LocalModel.from_pretrained(model, tokenizer, name=args.model))
+    return run_from_args(args, model=LocalModel.from_pretrained(model, tokenizer, name=args.model,
+                                                                        seed=args.seed))

@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-turns", type=positive_int, default=40, help="model replies at most (default 40)")
     parser.add_argument("--temperature", type=non_negative_float, default=0.7,
                         help="sampling temperature (default 0.7)")
+    parser.add_argument("--seed", type=int, default=0, help="sampler seed: runs above temperature 0 differ "
+                        "between seeds, and one seed repeats a run (default 0)")
     parser.add_argument("--resume", action="store_true", help="continue the session of an earlier run")
     parser.add_argument("--fresh", action="store_true", help="replace an earlier run's workspace")
     add_json(parser, help="also write the summary here")
@@ -37,7 +39,7 @@ def run_from_args(args: argparse.Namespace, *, model: Any = None) -> int:
 
     result = run(model=model if model is not None else args.model, workspace_dir=args.workspace, store=args.store,
                  limit=args.limit, ratio=args.ratio, method=args.method, max_turns=args.max_turns,
-                 temperature=args.temperature, resume=args.resume, fresh=args.fresh, console=sys.stdout)
+                 temperature=args.temperature, seed=args.seed, resume=args.resume, fresh=args.fresh, console=sys.stdout)
     summary = result.to_dict()
     if args.json is not None:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")

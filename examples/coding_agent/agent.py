@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from agentmem.agents import Agent, ModelSettings, RunHooks, Runner, SQLiteSession
+from agentmem.agents import Agent, LocalModel, ModelSettings, RunHooks, Runner, SQLiteSession
 from agentmem.agents.events import (
     CompactionFinishedEvent,
     CompactionStartedEvent,
@@ -205,10 +205,16 @@ def prepare(workspace_dir: Path, store: Path, *, resume: bool, fresh: bool) -> t
 
 def run(*, model: Any = "smollm2-135m", workspace_dir: Path = Path("agentmem-demo"),
         store: Path = Path("agentmem-demo.db"), limit: int = 2048, ratio: float = 4.0, method: str = "am-fast",
-        max_turns: int = 40, temperature: float = 0.7, resume: bool = False, fresh: bool = False,
+        max_turns: int = 40, temperature: float = 0.7, seed: int = 0, resume: bool = False, fresh: bool = False,
         console: TextIO | None = None) -> DemoResult:
-    """Run (or resume) the coding agent on the sample project and report what happened."""
+    """Run (or resume) the coding agent on the sample project and report what happened.
+
+    `model` is a built-in name, HF id or path (loaded with the sampler `seed`), or a model
+    object the agent SDK takes (e.g. a `LocalModel`, which brings its own seed).
+    """
     out = _Console(console)
+    if isinstance(model, str):
+        model = LocalModel(model, seed=seed)
     policy = demo_policy(limit, ratio, method)  # bad options fail before anything is written
     workspace, session_id = prepare(Path(workspace_dir), Path(store), resume=resume, fresh=fresh)
     agent = build_agent(workspace, model=model, policy=policy, temperature=temperature)
