@@ -60,7 +60,10 @@ def test_the_shared_options_are_the_common_ones(path: tuple[str, ...], option: s
     """Same type, default and help wording everywhere: they come from common.add_*."""
     action = _options(path)[option]
     if option == "--model":
-        assert action.default == common.DEFAULT_MODEL and action.help.startswith("built-in name, HF id or local path")
+        from agentmem.coding_agent import DEMO_MODEL  # the demo's own: the built-in that fixes its bug
+
+        assert action.default == (DEMO_MODEL if path == ("demo",) else common.DEFAULT_MODEL)
+        assert action.help.startswith("built-in name, HF id or local path")
     elif option == "--ratio":
         assert action.type is common.ratio and action.help.endswith(f"(default {action.default:g})")
     elif option == "--limit":

@@ -7,25 +7,27 @@ import json
 import pytest
 
 from agentmem.agents import LocalModel
-from agentmem.coding_agent import SAMPLE_PROJECT
+from agentmem.coding_agent import TASKS
 from agentmem.coding_agent.agent import MARKER, READ_ONLY, Steer, build_agent, patchable_lines, prepare, run
-from agentmem.coding_agent.tools import RepeatGuard, workspace_tools
+from agentmem.coding_agent.tools import RepeatGuard, failing_tests, workspace_tools
 from agentmem.coding_agent.workspace import Workspace, WorkspaceError
 from agentmem.errors import ConfigError
 from agentmem.store import Store
 
 from conftest import tiny_chat_llama, tiny_tokenizer
 
+TEXTSTATS = TASKS / "textstats"  # the tests below name its files and its bug
+
 
 @pytest.fixture
 def ws(tmp_path):
-    return Workspace.from_template(SAMPLE_PROJECT, tmp_path / "project", read_only=("test_*.py",))
+    return Workspace.from_template(TEXTSTATS, tmp_path / "project", read_only=("test_*.py",))
 
 
 @pytest.fixture
 def agent_ws(tmp_path):
     """The sample project as the coding agent sees it: tests and docs read-only."""
-    return Workspace.from_template(SAMPLE_PROJECT, tmp_path / "agent", read_only=READ_ONLY)
+    return Workspace.from_template(TEXTSTATS, tmp_path / "agent", read_only=READ_ONLY)
 
 
 def test_guard_refuses_repeats_until_a_file_changes():
@@ -78,6 +80,30 @@ def test_patch_with_tests_after_it_succeeds_only_when_they_pass(ws):
     assert right == "patched textstats.py; the tests pass"
 
 
+def test_a_patch_that_helps_no_test_is_undone_when_asked(ws):
+    tools = {t.name: t for t in workspace_tools(ws, known_paths=True, test_after_patch=True,
+                                                undo_unless_better=True)}
+    tools["read_file"].invoke({"path": "textstats.py"})
+    before = ws.text("textstats.py")
+    wrong = tools["patch_file"].invoke({"path": "textstats.py", "old": "return ranked[:n]",
+                                        "new": "return ranked[:n + 1]"})
+    assert wrong.startswith("error") and "so it was undone" in wrong and ws.text("textstats.py") == before
+    again = tools["patch_file"].invoke({"path": "textstats.py", "old": "return ranked[:n]",
+                                        "new": "return ranked[:n + 1]"})
+    assert "undone" in again  # not refused as a repeat: nothing changed, the tests ran again
+    right = tools["patch_file"].invoke({"path": "textstats.py", "old": "key=lambda w: counts[w])",
+                                        "new": "key=lambda w: -counts[w])"})
+    assert right == "patched textstats.py; the tests pass"
+
+
+def test_failing_tests_reads_unittest_and_pytest_summaries():
+    assert failing_tests("exit code 0\nOK") == 0
+    assert failing_tests("exit code 1\n...\nFAILED (failures=1, errors=2)") == 3
+    assert failing_tests("exit code 1\nFAILED (errors=1, skipped=4)") == 1
+    assert failing_tests("exit code 1\n== 2 failed, 1 error, 3 passed in 0.1s ==") == 3
+    assert failing_tests("exit code 1\nSyntaxError: invalid syntax") is None  # cannot tell: a patch is kept
+
+
 def test_patchable_lines_occur_once_without_indentation():
     text = "def f(x):\n    y = x + 1\n    return y\n\ndef g(x):\n    return y\n    y = x + 1  # again\n"
     assert patchable_lines(text) == ["def f(x):", "def g(x):", "y = x + 1  # again"]
@@ -116,7 +142,7 @@ def test_steer_narrows_patch_to_whole_lines_of_files_read_and_reads_to_whole_fil
     assert "ranked = sorted(counts, key=lambda w: counts[w])" in lines and "" not in lines
     assert all(ws.text("textstats.py").count(line) == 1 for line in lines)
     assert Steer(agent.guard, ws, whole_lines=False).tool_parameters(agent, 2, patch) is None
-    small = Workspace.from_template(SAMPLE_PROJECT, ws.root.parent / "small", read_only=("test_*.py",), read_cap=300)
+    small = Workspace.from_template(TEXTSTATS, ws.root.parent / "small", read_only=("test_*.py",), read_cap=300)
     ranged = Steer(agent.guard, small).tool_parameters(agent, 1, read)  # textstats.py is over 300 characters
     assert [set(b["properties"]) for b in ranged["anyOf"]] == [{"path"}, {"path", "start", "end"}]
     assert "textstats.py" in ranged["anyOf"][1]["properties"]["path"]["enum"]

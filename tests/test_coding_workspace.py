@@ -104,7 +104,7 @@ def test_sample_project_has_a_failing_test(tmp_path):
 
     ws = Workspace.from_template(SAMPLE_PROJECT, tmp_path / "copy")
     out = ws.run_tests()
-    assert out.startswith("exit code 1") and "test_top_words_most_frequent_first" in out
+    assert out.startswith("exit code 1") and "NameError" in out
 
 
 def test_read_only_patterns_protect_files(ws):

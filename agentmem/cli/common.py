@@ -334,11 +334,11 @@ def non_negative_float(text: str) -> float:
 # ----------------------------------------------------------------------------- options many commands share
 
 
-def add_model(parser: argparse.ArgumentParser, *, note: str = "") -> None:
-    """`--model NAME`, default `DEFAULT_MODEL`; `note` extends its help."""
+def add_model(parser: argparse.ArgumentParser, *, default: str = DEFAULT_MODEL, note: str = "") -> None:
+    """`--model NAME` (default `DEFAULT_MODEL`, or `default`); `note` extends its help."""
     extra = f"; {note}" if note else ""
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"built-in name, HF id or local path (default {DEFAULT_MODEL}{extra})")
+    parser.add_argument("--model", default=default,
+                        help=f"built-in name, HF id or local path (default {default}{extra})")
 
 
 def add_ratio(parser: argparse.ArgumentParser, default: float, *, what: str = "compaction ratio") -> None:

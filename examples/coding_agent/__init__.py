@@ -10,5 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 TASKS = Path(__file__).parent / "tasks"  # small projects with a failing test each; tasks.json says what they are
-SAMPLE_PROJECT = TASKS / "textstats"  # the demo's
+SAMPLE_PROJECT = TASKS / "shipping"  # the demo's
+DEMO_MODEL = "qwen2.5-coder-1.5b"  # the smallest built-in that fixes the demo's bug (README, "The coding agent")
 MIN_LIMIT = 256  # physical KV tokens: the instructions, the tool schemas and the task fit below it

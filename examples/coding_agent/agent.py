@@ -5,9 +5,13 @@ an SQLite file, and streams the agent's run to a console: each tool call, each c
 (tokens before -> after, seconds) and the final result. The policy keeps the physical KV
 cache under `limit` tokens, so a long run compacts its older turns again and again.
 
-With the 135M default model the agent is not a strong coder; its tool calls are still
-real (the call syntax and tool names are enforced by constrained decoding, the arguments
-are the model's own) and so are the compactions. Pass a larger model for real work.
+The harness is built so that a small model can finish the job (README, "The coding
+agent"): the tests, docs and config are read-only; a file must be read before it is
+patched; a patch runs the tests and the run ends at the patch that makes them pass;
+while a reply is decoded, read_file takes only a path (the file fits one read) and
+patch_file's `old` is one whole line of a file the agent has read (`Steer`). The default
+model, Qwen2.5-Coder-1.5B-Instruct, fixes the demo's bug this way; the arguments are
+still the model's own.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from agentmem.agents.events import (
 from agentmem.errors import ConfigError, MaxTurnsExceeded
 from agentmem.policies import Policy
 
-from . import MIN_LIMIT, SAMPLE_PROJECT
+from . import DEMO_MODEL, MIN_LIMIT, SAMPLE_PROJECT
 from .tools import RepeatGuard, workspace_tools
 from .workspace import Workspace, WorkspaceError
 
@@ -54,7 +58,7 @@ def demo_policy(limit: int, ratio: float, method: str = "am-fast") -> Policy:
                          protect_recent=min(128, limit // 8))
 
 
-def build_agent(workspace: Workspace, *, model: Any = "smollm2-135m", policy: Policy | str = "default",
+def build_agent(workspace: Workspace, *, model: Any = DEMO_MODEL, policy: Policy | str = "default",
                 temperature: float = 0.7, max_new_tokens: int = 160) -> Agent:
     """The coding agent: the workspace tools but write_file; the run ends when `run_tests` passes.
 
@@ -203,9 +207,9 @@ def prepare(workspace_dir: Path, store: Path, *, resume: bool, fresh: bool) -> t
     return Workspace.from_template(SAMPLE_PROJECT, workspace_dir, read_only=READ_ONLY), None
 
 
-def run(*, model: Any = "smollm2-135m", workspace_dir: Path = Path("agentmem-demo"),
-        store: Path = Path("agentmem-demo.db"), limit: int = 2048, ratio: float = 4.0, method: str = "am-fast",
-        max_turns: int = 40, temperature: float = 0.7, seed: int = 0, resume: bool = False, fresh: bool = False,
+def run(*, model: Any = DEMO_MODEL, workspace_dir: Path = Path("agentmem-demo"),
+        store: Path = Path("agentmem-demo.db"), limit: int = 1536, ratio: float = 4.0, method: str = "am-fast",
+        max_turns: int = 40, temperature: float = 0.2, seed: int = 0, resume: bool = False, fresh: bool = False,
         console: TextIO | None = None) -> DemoResult:
     """Run (or resume) the coding agent on the sample project and report what happened.
 

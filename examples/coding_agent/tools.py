@@ -11,6 +11,8 @@ import json
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import regex
+
 from agentmem.agents import FunctionTool, tool
 
 from .workspace import Workspace, WorkspaceError
@@ -67,8 +69,19 @@ class RepeatGuard:
         return False
 
 
-def workspace_tools(workspace: Workspace, *, guard: RepeatGuard | None = None,
-                    known_paths: bool = False, test_after_patch: bool = False) -> list[FunctionTool]:
+def failing_tests(output: str) -> int | None:
+    """How many tests failed or errored in a unittest or pytest run's output (None: cannot tell)."""
+    if output.startswith("exit code 0"):
+        return 0
+    found = regex.search(r"FAILED \(([^)]*)\)", output)  # unittest: FAILED (failures=1, errors=2)
+    if found:
+        return sum(int(n) for key, n in regex.findall(r"(\w+)=(\d+)", found.group(1)) if key in ("failures", "errors"))
+    counts = regex.findall(r"(\d+) (?:failed|errors?)\b", output.splitlines()[-1] if output.strip() else "")
+    return sum(int(n) for n in counts) if counts else None
+
+
+def workspace_tools(workspace: Workspace, *, guard: RepeatGuard | None = None, known_paths: bool = False,
+                    test_after_patch: bool = False, undo_unless_better: bool = False) -> list[FunctionTool]:
     """The coding agent's tools bound to `workspace`.
 
     Args:
@@ -81,6 +94,9 @@ def workspace_tools(workspace: Workspace, *, guard: RepeatGuard | None = None,
         test_after_patch: patch_file runs the tests after a patch that applied: it
             succeeds only when they pass, and otherwise fails with their output (the patch
             stays), so a run can end at the patch that fixed the tests.
+        undo_unless_better: with `test_after_patch`, a patch after which no fewer tests
+            fail is undone (the file is put back and the failure says so): a small model's
+            wrong guesses then do not pile up in the file it is fixing.
     """
     guard = guard or RepeatGuard(workspace.files())
 
@@ -115,14 +131,24 @@ def workspace_tools(workspace: Workspace, *, guard: RepeatGuard | None = None,
             raise WorkspaceError(f"read {path} with read_file before patching it")
         if old == new:
             raise WorkspaceError("old and new are the same text: a patch must change something")
+        undo = test_after_patch and undo_unless_better
+        original = workspace.text(path) if undo else None
+        before = failing_tests(workspace.run_tests()) if undo else None
         done = workspace.patch_file(path, old, new)
-        guard.changed()
         if not test_after_patch:
+            guard.changed()
             return done
         output = workspace.run_tests()
-        if not output.startswith("exit code 0"):
-            raise WorkspaceError(f"{done}, but the tests still fail: {output}")
-        return f"{done}; the tests pass"
+        if output.startswith("exit code 0"):
+            guard.changed()
+            return f"{done}; the tests pass"
+        after = failing_tests(output)
+        if before is not None and after is not None and after >= before:
+            workspace.write_file(path, original)
+            raise WorkspaceError(f"the tests still fail with this patch, so it was undone ({path} is as it was): "
+                                 f"{output}")
+        guard.changed()
+        raise WorkspaceError(f"{done}, but the tests still fail: {output}")
 
     if known_paths:
         files = tuple(workspace.files())
