@@ -62,7 +62,7 @@ def test_the_shared_options_are_the_common_ones(path: tuple[str, ...], option: s
     if option == "--model":
         from agentmem.coding_agent import DEMO_MODEL  # the demo's own: the built-in that fixes its bug
 
-        assert action.default == (DEMO_MODEL if path == ("demo",) else common.DEFAULT_MODEL)
+        assert action.default == (DEMO_MODEL if path in (("demo",), ("bench", "agent")) else common.DEFAULT_MODEL)
         assert action.help.startswith("built-in name, HF id or local path")
     elif option == "--ratio":
         assert action.type is common.ratio and action.help.endswith(f"(default {action.default:g})")

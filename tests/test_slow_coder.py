@@ -63,3 +63,15 @@ def test_am_fast_beats_dropping_on_real_text(coder):
     dropped = continuation_nll(compact(model, prefilled(), context, ratio=8, method="truncate",
                                        end=context.shape[1] - 32))
     assert am < dropped, (full, am, dropped)
+
+
+def test_the_demo_fixes_its_bug_with_its_default_model(tmp_path, monkeypatch):
+    """README command 1: the demo's defaults (Qwen2.5-Coder-1.5B, limit 1536) fix the bundled bug, compacting."""
+    from agentmem.coding_agent import DEMO_MODEL
+    from agentmem.coding_agent.agent import run
+
+    model, tokenizer = builtin_or_skip(DEMO_MODEL)
+    monkeypatch.chdir(tmp_path)
+    result = run(model=LocalModel.from_pretrained(model, tokenizer, name=DEMO_MODEL, seed=0), max_turns=14)
+    assert result.tests_pass and result.finished
+    assert result.compactions >= 1 and result.peak_physical_tokens >= 1536  # it crossed the KV limit

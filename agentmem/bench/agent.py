@@ -85,7 +85,7 @@ class _Watched(LocalModel):
 
 def run(model, tokenizer, *, name: str = "model", task_names: Sequence[str] | None = None,
         modes: Sequence[str] = tuple(MODES), limit: int = 1536, ratio: float = 4.0, max_turns: int = 20,
-        seeds: int = 1, temperature: float = 0.7, max_new_tokens: int = 160,
+        seeds: int = 1, temperature: float = 0.2, max_new_tokens: int = 160,
         progress: Callable[[str], None] | None = None, workdir: Path | None = None) -> dict:
     """Every task x mode x seed; returns `{"settings", "rows", "summary"}` (`summary` per mode)."""
     check_args(modes=modes, limit=limit, seeds=seeds, max_turns=max_turns)

@@ -140,7 +140,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "forces compactions. Modes: full (no limit), am, am-fast, streaming, drop-oldest and summary "
                     "(the model's text summary replaces old turns). Prints success, turns, tokens prefilled and "
                     "reused, peak KV, compaction and wall seconds per mode, writes a plot, ends with one JSON line.")
-    add_model(ag)
+    from ..coding_agent import DEMO_MODEL
+
+    add_model(ag, default=DEMO_MODEL, note="the demo's")
     ag.add_argument("--tasks", nargs="+", default=None, help="task names (default: all bundled tasks)")
     ag.add_argument("--modes", nargs="+", default=None,
                     help="default: full am am-fast streaming drop-oldest summary")
@@ -148,7 +150,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_ratio(ag, 4)
     ag.add_argument("--max-turns", type=positive_int, default=20, help="model replies per run at most (default 20)")
     ag.add_argument("--seeds", type=positive_int, default=1, help="runs per task and mode (default 1)")
-    ag.add_argument("--temperature", type=non_negative_float, default=0.7, help="sampling temperature (default 0.7)")
+    ag.add_argument("--temperature", type=non_negative_float, default=0.2, help="sampling temperature (default 0.2)")
     add_json(ag)
     ag.add_argument("--plot", type=Path, default=None, help="PNG path (default: next to --json or ./)")
     ag.set_defaults(func=run_agent)
