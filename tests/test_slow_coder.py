@@ -74,4 +74,4 @@ def test_the_demo_fixes_its_bug_with_its_default_model(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = run(model=LocalModel.from_pretrained(model, tokenizer, name=DEMO_MODEL, seed=0), max_turns=14)
     assert result.tests_pass and result.finished
-    assert result.compactions >= 1 and result.peak_physical_tokens >= 1536  # it crossed the KV limit
+    assert result.compactions >= 1  # the policy compacts only when the next tokens would pass the limit

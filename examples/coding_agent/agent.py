@@ -47,6 +47,7 @@ TASK = "The tests of this project fail. Find the bug in the code and fix it so t
 READ_ONLY = ("test_*.py", "tests/*", "*.md", "*.ini", "*.toml", "*.cfg")  # it fixes the code, not the tests,
 # the docs or the configuration (those say what the code must do)
 TOOLS = ("list_files", "read_file", "patch_file", "run_tests")  # a small project needs no search or write_file
+MAX_NARROWED = 200  # files: above it, Steer leaves read_file's schema alone (it reads each file every turn)
 MARKER = ".agentmem-demo.json"  # in the workspace: which store and session it belongs to
 
 
@@ -59,11 +60,13 @@ def demo_policy(limit: int, ratio: float, method: str = "am-fast") -> Policy:
 
 
 def build_agent(workspace: Workspace, *, model: Any = DEMO_MODEL, policy: Policy | str = "default",
-                temperature: float = 0.7, max_new_tokens: int = 160) -> Agent:
-    """The coding agent: the workspace tools but write_file; the run ends when `run_tests` passes.
+                temperature: float = 0.2, max_new_tokens: int = 160) -> Agent:
+    """The coding agent: the `TOOLS` of the workspace; the run ends when the tests pass.
 
-    The tools share a `RepeatGuard` (reachable as `agent.guard`); `Steer(agent.guard)` as
-    the run's hooks keeps replies from calling tools that have nothing new to show.
+    A patch runs the tests (`test_after_patch`), so the run ends at `run_tests` or at the
+    patch that made them pass. The tools share a `RepeatGuard` (reachable as
+    `agent.guard`); `Steer(agent.guard, workspace)` as the run's hooks keeps replies from
+    calling tools that have nothing new to show and narrows what calls may say.
     """
     guard = RepeatGuard(workspace.files())
     tools = [t for t in workspace_tools(workspace, guard=guard, known_paths=True, test_after_patch=True)
@@ -111,8 +114,11 @@ class Steer(RunHooks):
 
     def _read_parameters(self, parameters: dict) -> dict | None:
         """read_file takes only a path for a file that fits one read: small models ask for one line of it."""
+        files = self.workspace.files()
+        if len(files) > MAX_NARROWED:  # a big project: the schema as it is
+            return None
         whole, ranged = [], []
-        for path in self.workspace.files():
+        for path in files:
             try:
                 size = len(self.workspace.read_file(path))
             except WorkspaceError:
@@ -234,7 +240,8 @@ def run(*, model: Any = DEMO_MODEL, workspace_dir: Path = Path("agentmem-demo"),
     share = result.compaction_seconds / max(result.seconds, 1e-9)
     out.line(f"result: tests {'pass' if result.tests_pass else 'still fail'}; {result.turns} turns, "
              f"{result.tool_calls} tool calls ({result.tool_errors} refused or failed), {result.compactions} "
-             f"compactions ({result.compaction_seconds:.0f} s, {share:.0%} of the run), {result.seconds:.0f} s")
+             f"compaction{'' if result.compactions == 1 else 's'} ({result.compaction_seconds:.0f} s, {share:.0%} "
+             f"of the run), {result.seconds:.0f} s")
     peak = f"; KV reached the {limit}-token limit at {result.peak_physical_tokens}" if result.compactions else ""
     out.line(f"tokens: {result.prompt_tokens} prefilled, {result.cached_tokens} reused from the KV cache, "
              f"{result.completion_tokens} generated{peak}")
