@@ -30,18 +30,23 @@ def agent_ws(tmp_path):
     return Workspace.from_template(TEXTSTATS, tmp_path / "agent", read_only=READ_ONLY)
 
 
-def test_guard_refuses_repeats_until_a_file_changes():
+def test_guard_refuses_repeats_until_what_they_show_changes():
     guard = RepeatGuard(["a.py", "b.py"])
-    guard.check("read_file", {"path": "a.py"}, subject="a.py")
-    with pytest.raises(WorkspaceError, match="already called"):
-        guard.check("read_file", {"path": "a.py"}, subject="a.py")
+    guard.check("read_file", {"path": "a.py"}, subject="a.py", file="a.py")
+    with pytest.raises(WorkspaceError, match="already called read_file .* a.py has not changed"):
+        guard.check("read_file", {"path": "a.py"}, subject="a.py", file="a.py")
     assert guard.exhausted("read_file")  # resting after the refused repeat
-    assert not guard.exhausted("read_file", resting=False)  # b.py is still unread
-    guard.check("read_file", {"path": "b.py"}, subject="b.py")
-    assert guard.exhausted("read_file") and not guard.exhausted("search")
-    guard.changed()
-    assert not guard.exhausted("read_file")
-    guard.check("read_file", {"path": "a.py"}, subject="a.py")  # allowed again after a change
+    assert not guard.exhausted("read_file", resting=False) and guard.unread() == {"b.py"}
+    guard.check("read_file", {"path": "b.py"}, subject="b.py", file="b.py")
+    guard.check("run_tests", {})
+    assert guard.exhausted("read_file") and guard.exhausted("run_tests") and not guard.exhausted("search")
+    guard.changed("b.py")
+    assert guard.unread() == {"b.py"} and not guard.exhausted("run_tests")
+    with pytest.raises(WorkspaceError, match="a.py has not changed"):  # another file's change is no news
+        guard.check("read_file", {"path": "a.py"}, subject="a.py", file="a.py")
+    guard.check("read_file", {"path": "b.py"}, subject="b.py", file="b.py")  # allowed again after its change
+    guard.check("run_tests", {})  # any change: the tests may say something new
+    assert guard.read == {"a.py", "b.py"} and not guard.unread()
 
 
 def test_tools_type_paths_and_protect_tests(ws):
@@ -143,7 +148,12 @@ def test_steer_narrows_patch_to_whole_lines_of_files_read_and_reads_to_whole_fil
     assert all(ws.text("textstats.py").count(line) == 1 for line in lines)
     assert Steer(agent.guard, ws, whole_lines=False).tool_parameters(agent, 2, patch) is None
     small = Workspace.from_template(TEXTSTATS, ws.root.parent / "small", read_only=("test_*.py",), read_cap=300)
-    ranged = Steer(agent.guard, small).tool_parameters(agent, 1, read)  # textstats.py is over 300 characters
+    assert steer.tool_parameters(agent, 2, read)["properties"]["path"]["enum"] == ["README.md", "test_textstats.py"]
+    read.invoke({"path": "README.md"})
+    read.invoke({"path": "test_textstats.py"})
+    again = steer.tool_parameters(agent, 3, read)["properties"]["path"]["enum"]
+    assert again == ws.files()  # everything read: any file (the guard refuses a repeat until a file changes)
+    ranged = Steer(RepeatGuard(), small).tool_parameters(agent, 1, read)  # textstats.py is over 300 characters
     assert [set(b["properties"]) for b in ranged["anyOf"]] == [{"path"}, {"path", "start", "end"}]
     assert "textstats.py" in ranged["anyOf"][1]["properties"]["path"]["enum"]
 

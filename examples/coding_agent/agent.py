@@ -113,10 +113,13 @@ class Steer(RunHooks):
         return None if not branches else branches[0] if len(branches) == 1 else {"anyOf": branches}
 
     def _read_parameters(self, parameters: dict) -> dict | None:
-        """read_file takes only a path for a file that fits one read: small models ask for one line of it."""
+        """read_file's path is a file not read since it last changed (else any), and only a path for a file
+        that fits one read: small models re-read what they have, and ask for line 1 to 1 of the rest."""
         files = self.workspace.files()
         if len(files) > MAX_NARROWED:  # a big project: the schema as it is
             return None
+        unread = self.guard.unread()  # a file read since it last changed has nothing new to show
+        files = [f for f in files if f in unread] or files
         whole, ranged = [], []
         for path in files:
             try:
@@ -141,15 +144,14 @@ class Steer(RunHooks):
             self.guard.rest(call.name)  # a failed call is not retried the very next turn
 
     def allowed_tools(self, agent: Agent, turn: int) -> list[str] | None:
+        names = [t.name for t in agent.tools]
         if not self._patchable():  # nothing read that patch_file may change: it cannot be used yet
-            names = [t.name for t in agent.tools if t.name != "patch_file"]
-            allowed = [n for n in names if not self.guard.exhausted(n)] or names
-            return allowed
-        allowed = [t.name for t in agent.tools if not self.guard.exhausted(t.name)]
+            names = [n for n in names if n != "patch_file"]
+        allowed = [n for n in names if not self.guard.exhausted(n)]
         if not allowed:  # every tool rests: let them try again, but not the one that just failed
-            allowed = [t.name for t in agent.tools if not self.guard.exhausted(t.name, resting=False)]
+            allowed = [n for n in names if not self.guard.exhausted(n, resting=False)]
             allowed = [n for n in allowed if n != self.guard.last_failed] or allowed
-        return allowed or None
+        return allowed or names
 
 
 def patchable_lines(text: str, *, longest: int = 200, most: int = 300) -> list[str]:

@@ -19,38 +19,59 @@ from .workspace import Workspace, WorkspaceError
 
 
 class RepeatGuard:
-    """Refuses a call identical to an earlier one while no file changed since: small models loop.
+    """Refuses a call identical to an earlier one while nothing it shows changed since: small models loop.
 
-    It also knows when a tool has nothing new to give (`exhausted`), which the coding agent
-    uses to narrow the tools a reply may call.
+    A read of a file is refused while that file is unchanged since the call was made (its
+    content is above, in the conversation, however the memory holds it); any other call
+    while no file changed at all. It also knows when a tool has nothing new to give
+    (`exhausted`), which the coding agent uses to narrow the tools a reply may call.
     """
 
     def __init__(self, files: Sequence[str] = ()) -> None:
         self.version = 0  # bumped by every successful write or patch
         self.files = set(files)
-        self.seen: set[tuple[str, str, int]] = set()
+        self.seen: set[tuple[str, str, Any]] = set()
         self.subjects: dict[str, set[str]] = {}  # tool -> what it looked at since the last change
         self.resting: set[str] = set()  # tools whose last call was a refused repeat
         self.last_failed: str | None = None  # the tool that failed most recently
-        self.read: set[str] = set()  # files read_file has shown (patch_file changes only these)
+        self.file_versions: dict[str, int] = {}  # path -> changes made to it
+        self.read_versions: dict[str, int] = {}  # path -> its version when read_file last showed it
 
-    def check(self, name: str, arguments: dict[str, Any], subject: str = "") -> None:
-        key = (name, json.dumps(arguments, sort_keys=True), self.version)
+    @property
+    def read(self) -> set[str]:
+        """Files read_file has shown (patch_file changes only these)."""
+        return set(self.read_versions)
+
+    def unread(self) -> set[str]:
+        """The known files not shown since they last changed."""
+        return {f for f in self.files if self.read_versions.get(f) != self.file_versions.get(f, 0)}
+
+    def check(self, name: str, arguments: dict[str, Any], subject: str = "", *, file: str | None = None) -> None:
+        """Refuse a repeat; `file`: the call reads that file, so it is a repeat only while the file is unchanged."""
+        version = self.version if file is None else ("file", self.file_versions.get(file, 0))
+        key = (name, json.dumps(arguments, sort_keys=True), version)
         if key in self.seen:
             self.rest(name)
-            raise WorkspaceError(f"you already called {name} with these arguments and no file changed since; "
+            since = f"{file} has not changed" if file is not None else "no file changed"
+            raise WorkspaceError(f"you already called {name} with these arguments and {since} since; "
                                  "its output is above. Try another tool or other arguments")
         self.seen.add(key)
         self.resting.clear()
         self.subjects.setdefault(name, set()).add(subject)
+        if file is not None:
+            self.read_versions[file] = self.file_versions.get(file, 0)
 
     def rest(self, name: str) -> None:
         """`name` just failed: leave it out until another call goes through."""
         self.resting.add(name)
         self.last_failed = name
 
-    def changed(self) -> None:
+    def changed(self, path: str | None = None) -> None:
+        """A file (`path`, when known) was written."""
         self.version += 1
+        if path is not None:
+            self.file_versions[path] = self.file_versions.get(path, 0) + 1
+            self.files.add(path)
         self.subjects.clear()
 
     def exhausted(self, name: str, *, resting: bool = True) -> bool:
@@ -65,7 +86,7 @@ class RepeatGuard:
         if name in ("list_files", "run_tests"):
             return bool(seen)
         if name == "read_file":
-            return bool(self.files) and self.files <= seen
+            return bool(self.files) and not self.unread()
         return False
 
 
@@ -114,9 +135,9 @@ def workspace_tools(workspace: Workspace, *, guard: RepeatGuard | None = None, k
             start: First line to show (1-based).
             end: Last line to show (default: the end of the file).
         """
-        guard.check("read_file", {"path": path, "start": start, "end": end}, subject=path)
-        shown = workspace.read_file(path, start, end)
-        guard.read.add(workspace.relative(workspace.resolve(path)))
+        file = workspace.relative(workspace.resolve(path))
+        shown = workspace.read_file(path, start, end)  # a failed read is no call to refuse next time
+        guard.check("read_file", {"path": file, "start": start, "end": end}, subject=file, file=file)
         return shown
 
     def patch_file(path: str, old: str, new: str) -> str:
@@ -127,7 +148,8 @@ def workspace_tools(workspace: Workspace, *, guard: RepeatGuard | None = None, k
             old: Text to replace; it must occur exactly once in the file.
             new: Text to put in its place.
         """
-        if workspace.relative(workspace.writable(path)) not in guard.read:  # a read-only file is refused first
+        file = workspace.relative(workspace.writable(path))  # a read-only file is refused first
+        if file not in guard.read:
             raise WorkspaceError(f"read {path} with read_file before patching it")
         if old == new:
             raise WorkspaceError("old and new are the same text: a patch must change something")
@@ -136,18 +158,18 @@ def workspace_tools(workspace: Workspace, *, guard: RepeatGuard | None = None, k
         before = failing_tests(workspace.run_tests()) if undo else None
         done = workspace.patch_file(path, old, new)
         if not test_after_patch:
-            guard.changed()
+            guard.changed(file)
             return done
         output = workspace.run_tests()
         if output.startswith("exit code 0"):
-            guard.changed()
+            guard.changed(file)
             return f"{done}; the tests pass"
         after = failing_tests(output)
         if before is not None and after is not None and after >= before:
             workspace.write_file(path, original)
             raise WorkspaceError(f"the tests still fail with this patch, so it was undone ({path} is as it was): "
                                  f"{output}")
-        guard.changed()
+        guard.changed(file)
         raise WorkspaceError(f"{done}, but the tests still fail: {output}")
 
     if known_paths:
@@ -178,7 +200,7 @@ def workspace_tools(workspace: Workspace, *, guard: RepeatGuard | None = None, k
             content: The whole new content of the file.
         """
         done = workspace.write_file(path, content)
-        guard.changed()
+        guard.changed(workspace.relative(workspace.writable(path)))
         return done
 
     notes = [workspace.sandbox.note] if workspace.sandbox.note else []  # told once, with the first run

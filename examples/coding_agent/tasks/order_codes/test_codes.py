@@ -12,8 +12,8 @@ class CodesTest(unittest.TestCase):
         self.assertTrue(is_valid("ab-0001"))
 
     def test_codes_with_the_wrong_number_of_digits(self):
-        self.assertFalse(is_valid("QX-204"))
-        self.assertFalse(is_valid("QX-20481"))
+        for code in ("QX-204", "QX-20481"):
+            self.assertFalse(is_valid(code), "a code with the wrong number of digits was accepted (README.md)")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ class UsersTest(unittest.TestCase):
         self.assertTrue(valid_username("a" * LONGEST))
 
     def test_longer_names_are_refused(self):
-        self.assertFalse(valid_username("a" * (LONGEST + 1)))
+        accepted = valid_username("a" * (LONGEST + 1))
+        self.assertFalse(accepted, "a name longer than max_name_length in config.ini was accepted")
 
 
 if __name__ == "__main__":
