@@ -331,18 +331,23 @@ def test_allowed_tools_hook_narrows_each_turn():
     assert result.new_items[4]["content"] == "contents of a.py from line 1"
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_allowed_tools_constrain_decoding(seed):
+def one_forced_reply(seed, tools, hooks, *, max_new_tokens=40):
+    """The calls of one sampled, tool-forced reply of a tiny model under `hooks`, and the agent."""
     model = LocalModel.from_pretrained(tiny_chat_llama(seed=seed), tiny_tokenizer())
-    agent = Agent("a", tools=[read_file, add], model=model, policy="off",
-                  settings=ModelSettings(max_new_tokens=40, tool_choice="required", temperature=1.0))
+    agent = Agent("a", tools=tools, model=model, policy="off",
+                  settings=ModelSettings(max_new_tokens=max_new_tokens, tool_choice="required", temperature=1.0))
     events = []
     try:
-        for event in Runner.run_streamed(agent, "go", hooks=OnlyAdd(), max_turns=1):
+        for event in Runner.run_streamed(agent, "go", hooks=hooks, max_turns=1):
             events.append(event)
     except MaxTurnsExceeded:
         pass
-    calls = [e.call for e in events if e.type == "tool_call"]
+    return [e.call for e in events if e.type == "tool_call"], agent
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_allowed_tools_constrain_decoding(seed):
+    calls, _ = one_forced_reply(seed, [read_file, add], OnlyAdd())
     assert [c.name for c in calls] == ["add_numbers"]
 
 
@@ -357,16 +362,7 @@ class OnlyTheseFiles(RunHooks):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_tool_parameters_hook_narrows_what_a_call_may_say(seed):
-    model = LocalModel.from_pretrained(tiny_chat_llama(seed=seed), tiny_tokenizer())
-    agent = Agent("a", tools=[read_file], model=model, policy="off",
-                  settings=ModelSettings(max_new_tokens=80, tool_choice="required", temperature=1.0))
-    events = []
-    try:
-        for event in Runner.run_streamed(agent, "go", hooks=OnlyTheseFiles(), max_turns=1):
-            events.append(event)
-    except MaxTurnsExceeded:
-        pass
-    calls = [e.call for e in events if e.type == "tool_call"]
+    calls, agent = one_forced_reply(seed, [read_file], OnlyTheseFiles(), max_new_tokens=80)
     assert len(calls) == 1 and calls[0].arguments in ({"path": "x.py"}, {"path": "y.py"})  # no start, no tags
     assert agent.tool("read_file").parameters["properties"]["path"] == {"type": "string",
                                                                       "description": read_file.parameters[
