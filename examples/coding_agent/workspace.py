@@ -168,10 +168,7 @@ class Workspace:
         return "\n".join(lines + _skip_note(skipped))
 
     def read_file(self, path: str, start: int = 1, end: int | None = None) -> str:
-        full = self.resolve(path)
-        if not full.exists():
-            raise WorkspaceError(f"{path} is not a file; list_files shows what exists")
-        lines = _read_text(full, path).splitlines()
+        lines = self.text(path, errors="replace").splitlines()
         start = max(1, int(start))
         end = len(lines) if end is None else min(len(lines), int(end))
         if start > max(end, 1) and lines:
@@ -181,12 +178,12 @@ class Workspace:
             text = text[: self.read_cap] + f"\n... (cut at {self.read_cap} characters; read a smaller range)"
         return text or "(empty file)"
 
-    def text(self, path: str) -> str:
-        """The whole text of a file, checked like `read_file` (UTF-8, or a WorkspaceError)."""
+    def text(self, path: str, *, errors: str = "strict") -> str:
+        """The whole text of a file inside the workspace (UTF-8; `errors` as in `bytes.decode`)."""
         full = self.resolve(path)
         if not full.exists():
             raise WorkspaceError(f"{path} is not a file; list_files shows what exists")
-        return _read_text(full, path, errors="strict")
+        return _read_text(full, path, errors=errors)
 
     def search(self, pattern: str, folder: str = ".") -> str:
         """Lines matching `pattern` (a regular expression, or plain text when it is not one).
