@@ -172,7 +172,9 @@ def test_search_skips_fifos_instead_of_hanging(ws):
 
 @pytest.mark.parametrize("pattern", [r"(a+)+$", r"(a|aa)+$", r"(?:a|a)+$"])
 def test_search_with_a_catastrophic_pattern_ends_quickly(ws, pattern):
-    (ws.root / "notes.txt").write_text("a" * 30 + "b\n")  # Python's re backtracks ~2**30 ways here
+    # 60 a's: Python's re backtracks ~2**60 ways here and the regex module ~1.6**60 for the "|"
+    # patterns, far past the deadline on any machine (30 a's finished inside 1 s on a fast one)
+    (ws.root / "notes.txt").write_text("a" * 60 + "b\n")
     began = time.monotonic()
     try:
         found = ws.search(pattern)
@@ -186,6 +188,6 @@ def test_search_with_a_catastrophic_pattern_ends_quickly(ws, pattern):
 
 
 def test_search_that_runs_out_of_time_keeps_what_it_found(ws):
-    (ws.root / "notes.txt").write_text("aaaa\n" + "a" * 40 + "b\n")
+    (ws.root / "notes.txt").write_text("aaaa\n" + "a" * 60 + "b\n")
     found = ws.search(r"(a|aa)+$")
     assert found.splitlines()[0] == "notes.txt:1: aaaa" and "search stopped after 1s" in found
