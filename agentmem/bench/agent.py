@@ -84,24 +84,33 @@ class _Watched(LocalModel):
 
 
 def run(model, tokenizer, *, name: str = "model", task_names: Sequence[str] | None = None,
-        modes: Sequence[str] = tuple(MODES), limit: int = 1536, ratio: float = 4.0, max_turns: int = 20,
+        modes: Sequence[str] = tuple(MODES), limit: int = 1536, ratio: float = 4.0,
+        again: float | None = None, max_turns: int = 20,
         seeds: int = 1, temperature: float = 0.2, max_new_tokens: int = 160,
-        progress: Callable[[str], None] | None = None, workdir: Path | None = None) -> dict:
-    """Every task x mode x seed; returns `{"settings", "rows", "summary"}` (`summary` per mode)."""
+        progress: Callable[[str], None] | None = None, workdir: Path | None = None,
+        transcripts: Path | None = None) -> dict:
+    """Every task x mode x seed; returns `{"settings", "rows", "summary"}` (`summary` per mode).
+
+    `transcripts`: a folder that gets each run's calls and compactions as
+    `TASK-MODE-SEED.txt` (what the coding agent's console shows), to read why a run failed.
+    """
     check_args(modes=modes, limit=limit, seeds=seeds, max_turns=max_turns)
+    if transcripts is not None:
+        Path(transcripts).mkdir(parents=True, exist_ok=True)
     chosen = tasks(task_names)
     say = progress or (lambda _: None)
     settings = dict(model=name, tasks=[t.name for t in chosen], modes=list(modes), limit=limit, ratio=ratio,
-                    max_turns=max_turns, seeds=seeds, temperature=temperature, max_new_tokens=max_new_tokens)
+                    again=again, max_turns=max_turns, seeds=seeds, temperature=temperature,
+                    max_new_tokens=max_new_tokens)
     rows = []
     scratch = Path(tempfile.mkdtemp(prefix="agentmem-bench-agent-", dir=workdir))
     try:
         for task in chosen:
             for mode in modes:
                 for seed in range(seeds):
-                    row = attempt(model, tokenizer, task, mode, name=name, limit=limit, ratio=ratio,
+                    row = attempt(model, tokenizer, task, mode, name=name, limit=limit, ratio=ratio, again=again,
                                   max_turns=max_turns, seed=seed, temperature=temperature,
-                                  max_new_tokens=max_new_tokens, scratch=scratch)
+                                  max_new_tokens=max_new_tokens, scratch=scratch, transcripts=transcripts)
                     rows.append(row)
                     say(f"{task.name:<12} {mode:<12} seed {seed}: {'PASS' if row['tests_pass'] else 'fail'} "
                         f"in {row['turns']} turns, {row['compactions']} compactions, {row['seconds']:.0f} s")
@@ -110,19 +119,27 @@ def run(model, tokenizer, *, name: str = "model", task_names: Sequence[str] | No
     return {"settings": settings, "rows": rows, "summary": summarise(rows, modes)}
 
 
-def attempt(model, tokenizer, task: Task, mode: str, *, name: str, limit: int, ratio: float, max_turns: int,
-            seed: int, temperature: float, max_new_tokens: int, scratch: Path) -> dict:
+def attempt(model, tokenizer, task: Task, mode: str, *, name: str, limit: int, ratio: float,
+            again: float | None = None, max_turns: int,
+            seed: int, temperature: float, max_new_tokens: int, scratch: Path,
+            transcripts: Path | None = None) -> dict:
     """One run of the coding agent on a fresh copy of `task` in memory mode `mode`."""
     from ..coding_agent.agent import READ_ONLY, DemoResult, build_agent, demo_policy, solve
     from ..coding_agent.workspace import Workspace
 
     workspace = Workspace.from_template(task.path, scratch / f"{task.name}-{mode}-{seed}", read_only=READ_ONLY)
-    policy = "off" if MODES[mode] is None else demo_policy(limit, ratio, MODES[mode])
+    policy = "off" if MODES[mode] is None else demo_policy(limit, ratio, MODES[mode], again)
     local = _Watched.from_pretrained(model, tokenizer, name=name, seed=seed)
     agent = build_agent(workspace, model=local, policy=policy, temperature=temperature,
                         max_new_tokens=max_new_tokens)
     result = DemoResult(session_id=f"{task.name}-{mode}-{seed}", store="", workspace=str(workspace.root))
-    solve(agent, workspace, MemorySession(), task.task, max_turns=max_turns, result=result)
+    if transcripts is None:
+        solve(agent, workspace, MemorySession(), task.task, max_turns=max_turns, result=result)
+    else:
+        with open(Path(transcripts) / f"{task.name}-{mode}-{seed}.txt", "w", encoding="utf-8") as console:
+            console.write(f"{task.name}, mode {mode}, seed {seed}, KV limit {limit}, x{ratio:g}\n")
+            solve(agent, workspace, MemorySession(), task.task, max_turns=max_turns, result=result, console=console)
+            console.write(f"\ntests pass: {result.tests_pass}\n")
     end_kv = max((s.stats().physical_tokens for s in local.sessions), default=0)
     return {"task": task.name, "mode": mode, "seed": seed, "tests_pass": result.tests_pass,
             "turns": result.turns, "tool_calls": result.tool_calls, "tool_errors": result.tool_errors,
@@ -152,7 +169,7 @@ def table(result: dict) -> str:
     """The per-mode table, then one line per run."""
     s = result["settings"]
     lines = [f"{s['model']}: {len(s['tasks'])} tasks x {s['seeds']} seed(s), KV limit {s['limit']} tokens, "
-             f"x{s['ratio']:g}, at most {s['max_turns']} turns",
+             f"x{s['ratio']:g}{_again(s)}, at most {s['max_turns']} turns",
              f"{'mode':<12} {'success':>9} {'turns':>6} {'compact':>8} {'prefilled':>10} {'reused':>9} "
              f"{'peak KV':>8} {'compact s':>10} {'wall s':>7}",
              "-" * 86]
@@ -166,6 +183,11 @@ def table(result: dict) -> str:
         lines.append(f"{r['task']:<12} {r['mode']:<12} {r['seed']:>4} {'pass' if r['tests_pass'] else 'fail':>6} "
                      f"{r['turns']:>6} {r['compactions']:>8} {r['seconds']:>7.0f}")
     return "\n".join(lines)
+
+
+def _again(settings: dict) -> str:
+    again = settings.get("again")
+    return "" if again is None else f" (x{again:g} for a turn compacted before)"
 
 
 def plot(result: dict, path: Path) -> Path:
@@ -190,7 +212,7 @@ def plot(result: dict, path: Path) -> Path:
     for axis in (left, right):
         axis.tick_params(axis="x", rotation=30)
     s = result["settings"]
-    fig.suptitle(f"{s['model']}: coding tasks under a {s['limit']}-token KV limit (x{s['ratio']:g})")
+    fig.suptitle(f"{s['model']}: coding tasks under a {s['limit']}-token KV limit (x{s['ratio']:g}{_again(s)})")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

@@ -148,11 +148,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     help="default: full am am-fast streaming drop-oldest summary")
     add_limit(ag, default=1536)
     add_ratio(ag, 4)
+    ag.add_argument("--again", type=ratio, default=None,
+                    help="ratio for a turn compacted before (default: --ratio again at every compaction; "
+                         "1: each turn is compacted once)")
     ag.add_argument("--max-turns", type=positive_int, default=20, help="model replies per run at most (default 20)")
     ag.add_argument("--seeds", type=positive_int, default=1, help="runs per task and mode (default 1)")
     ag.add_argument("--temperature", type=non_negative_float, default=0.2, help="sampling temperature (default 0.2)")
     add_json(ag)
     ag.add_argument("--plot", type=Path, default=None, help="PNG path (default: next to --json or ./)")
+    ag.add_argument("--transcripts", type=Path, default=None, metavar="DIR",
+                    help="write each run's tool calls and compactions to DIR/TASK-MODE-SEED.txt")
     ag.set_defaults(func=run_agent)
 
 
@@ -243,8 +248,8 @@ def run_agent(args: argparse.Namespace) -> int:
     no_plot = plot_problem(args.plot)
     model, tokenizer = load(args.model)
     result = agent.run(model, tokenizer, name=args.model, task_names=args.tasks, modes=modes, limit=args.limit,
-                       ratio=args.ratio, max_turns=args.max_turns, seeds=args.seeds, temperature=args.temperature,
-                       progress=say)
+                       ratio=args.ratio, again=args.again, max_turns=args.max_turns, seeds=args.seeds,
+                       temperature=args.temperature, progress=say, transcripts=args.transcripts)
     print(agent.table(result))
     draw_plot(args, "agent", no_plot, lambda path: agent.plot(result, path))
     if args.json:

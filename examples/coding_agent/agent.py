@@ -51,12 +51,16 @@ MAX_NARROWED = 200  # files: above it, Steer leaves read_file's schema alone (it
 MARKER = ".agentmem-demo.json"  # in the workspace: which store and session it belongs to
 
 
-def demo_policy(limit: int, ratio: float, method: str = "am-fast") -> Policy:
-    """Compact everything but the instructions, the tools, the task and the newest tokens."""
+def demo_policy(limit: int, ratio: float, method: str = "am-fast", again: float | None = None) -> Policy:
+    """Compact everything but the instructions, the tools, the task and the newest tokens.
+
+    `again`: the ratio for a segment compacted before (None: `ratio` once more at every
+    compaction, so an old turn goes x4, x16, ...; 1: each turn is compacted once).
+    """
     if limit < MIN_LIMIT:
         raise ConfigError(f"--limit {limit} is too small for the agent's prompt; use {MIN_LIMIT} or more")
     return Policy.budget(limit, ratio, method=method, pins=["system", "tools", "first_user"],
-                         protect_recent=min(128, limit // 8))
+                         protect_recent=min(128, limit // 8), again=again)
 
 
 def build_agent(workspace: Workspace, *, model: Any = DEMO_MODEL, policy: Policy | str = "default",
