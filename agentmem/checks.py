@@ -121,6 +121,9 @@ def check_options(opts, model, view: hf.CompactedCache, layers: list[int]) -> No
     if budgets is not None and not isinstance(budgets, (str, os.PathLike, dict)):
         raise ConfigError(f"head_budgets must be 'auto', 'uniform', None, a dict {{'L{{layer}}H{{head}}': share}} or "
                           f"a profile JSON path, got {budgets!r}")
+    if opts.query_dtype is not None and opts.query_dtype not in ("auto", *queries.QUERY_DTYPES):
+        named = ", ".join(map(repr, queries.QUERY_DTYPES))
+        raise ConfigError(f"query_dtype must be None (the model's), 'auto' or one of {named}, got {opts.query_dtype!r}")
     check_tokenizer(opts.tokenizer, vocab_size(model))
     check_recent_queries(opts.recent_queries, model, view, layers)
     check_captured(opts, model, view, layers)

@@ -99,6 +99,9 @@ class Options:
     self_study_tokens: int | None = None
     on_policy: bool | None = None
     head_budgets: dict[str, float] | str | None = "auto"  # "auto": shipped profile if any; None: uniform
+    # dtype of the passes that gather reference queries: None: the model's; "auto": bfloat16 where
+    # the device multiplies it natively (`queries.fast_dtype`); "bfloat16" | "float16" | "float32"
+    query_dtype: str | None = None
     seed: int = 0
     stats: dict = field(default_factory=dict)
 
@@ -188,6 +191,7 @@ class _CompactionRun:
         self.scalings = hf.attention_scalings(model)
         self.generator = torch.Generator().manual_seed(opts.seed)
         self.max_queries = spec.max_queries if opts.max_queries is None else opts.max_queries
+        self.query_dtype = queries.resolve_query_dtype(opts.query_dtype, model)
         self.on_policy = spec.fit and (spec.on_policy if opts.on_policy is None else opts.on_policy)
         # Scores over the whole context need each reference query's log-sum-exp from its own
         # attention call; an on-policy fit runs inside the repeat pass and uses no scores.
@@ -354,7 +358,8 @@ class _CompactionRun:
         )
         normalisers = self.context_scores and transform is None
         capture = queries.forward_pass(self.model, self.view.copy(), ids, layers=set(self.layers),
-                                       transform=transform, chunk=queries.REPEAT_CHUNK, normalisers=normalisers)
+                                       transform=transform, chunk=queries.REPEAT_CHUNK, normalisers=normalisers,
+                                       dtype=self.query_dtype)
         if normalisers:
             self._lse.update({idx: capture.stacked_lse(idx) for idx in capture.queries})
         return {idx: capture.stacked(idx) for idx in capture.queries}
@@ -362,7 +367,8 @@ class _CompactionRun:
     def _window_pass(self, window: int) -> dict[int, torch.Tensor]:
         start, end = self._logical_span()
         ids = self.input_ids[:, max(start, end - window):end]
-        capture = queries.forward_pass(self.model, self.view.copy(), ids, layers=set(self.layers))
+        capture = queries.forward_pass(self.model, self.view.copy(), ids, layers=set(self.layers),
+                                       dtype=self.query_dtype)
         return {idx: capture.stacked(idx) for idx in capture.queries}
 
     def _extra_queries(self) -> dict[int, list[torch.Tensor]]:
@@ -379,7 +385,8 @@ class _CompactionRun:
                 prompt = self.input_ids[:1, -1:]
             with am.timed(self.phases, "self_study"):
                 capture = queries.self_study(self.model, self.view.copy(), layers=set(self.layers), tokens=tokens,
-                                             prompt=prompt, batch_size=self.batch, normalisers=self.context_scores)
+                                             prompt=prompt, batch_size=self.batch, normalisers=self.context_scores,
+                                             dtype=self.query_dtype)
             for idx in capture.queries:
                 lse = capture.stacked_lse(idx) if self.context_scores else None
                 extra[idx].append(self._tagged(capture.stacked(idx), lse))

@@ -29,28 +29,41 @@ def default_methods() -> list[str]:
     return DEFAULT_METHODS + ([] if kvpress_peers.unavailable() else list(kvpress_peers.PRESSES))
 
 
+QUERY_SUFFIXES = {"bf16": "bfloat16"}  # METHOD:bf16 gathers its reference queries under bfloat16 autocast
+
+
 def split_method(name: str) -> tuple[str, str | None]:
-    """"am-fast:captured" -> ("am-fast", "captured"): a method and where its reference queries come from."""
-    method, _, reference = name.partition(":")
-    return method, reference or None
+    """"am-fast:captured" -> ("am-fast", "captured"): a method and where its reference queries come from
+    ("am-fast:captured:bf16" too; `query_dtype_of` reads the :bf16)."""
+    method, *suffixes = name.split(":")
+    references = [s for s in suffixes if s not in QUERY_SUFFIXES]
+    return method, (references[0] if len(references) == 1 else ":".join(references) or None)
+
+
+def query_dtype_of(name: str) -> str | None:
+    """"am-fast:bf16" -> "bfloat16": the `query_dtype` option a bench method name asks for."""
+    found = [QUERY_SUFFIXES[s] for s in name.split(":")[1:] if s in QUERY_SUFFIXES]
+    return found[0] if found else None
 
 
 def check_methods(methods: list[str]) -> None:
     """Refuse unknown names, and kvpress names when kvpress is missing, before any work.
 
     An agentmem method may name its reference queries as METHOD:REFERENCE, with REFERENCE
-    one of repeat, captured (the prefill's own queries) or both.
+    one of repeat, captured (the prefill's own queries) or both, and add :bf16 to gather
+    them under bfloat16 autocast (`compact`'s query_dtype).
     """
     known = list(METHODS) + list(kvpress_peers.PRESSES)
     unknown = []
     for name in methods:
         method, reference = split_method(name)
-        if method not in known or (reference is not None and (
-                reference not in REFERENCE_MODES or method not in METHODS or not METHODS[method].repeat_queries)):
+        asks = method in METHODS and METHODS[method].repeat_queries
+        if method not in known or (reference is not None and (reference not in REFERENCE_MODES or not asks)) or (
+                query_dtype_of(name) is not None and not asks):
             unknown.append(name)
     if unknown:
         raise ConfigError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)} (a method that "
-                          f"asks reference queries may add :{'|:'.join(REFERENCE_MODES)})")
+                          f"asks reference queries may add :{'|:'.join(REFERENCE_MODES)} and :bf16)")
     if any(m in kvpress_peers.PRESSES for m in methods) and (why := kvpress_peers.unavailable()):
         raise ConfigError(why)
 
@@ -106,10 +119,12 @@ def compact_with(
     plain prefill); the tokens after `end` are then prefilled on top of the pruned cache.
     Raises whatever a press raises (callers report an outside peer's failure).
     """
-    if method not in kvpress_peers.PRESSES:
+    if split_method(method)[0] not in kvpress_peers.PRESSES:
         stats = {} if stats is None else stats  # compact's: seconds, and seconds per phase
+        extra = {"query_dtype": query_dtype_of(method)}
         method, reference = split_method(method)
-        extra = {"captured": captured, "reference": reference} if reference and reference != "repeat" else {}
+        if reference and reference != "repeat":
+            extra.update(captured=captured, reference=reference)
         comp = compact(model, cache, ids, ratio=ratio, method=method, end=end, tokenizer=tokenizer, stats=stats,
                        **extra)
         return comp, stats["seconds"]

@@ -175,6 +175,9 @@ def _attend_with_lse(query, key, value, mask, scaling: float, causal: bool) -> t
     PyTorch's CPU flash kernel returns the log-sum-exp beside the output; elsewhere the
     scores are formed once in fp32 (this path serves compaction's reference passes only).
     """
+    if torch.is_autocast_enabled(query.device.type):  # a reference pass in bf16 (`queries.precision`):
+        low = torch.get_autocast_dtype(query.device.type)  # this private kernel is not autocast's to cast
+        query, key, value = query.to(low), key.to(low), value.to(low)
     groups = query.shape[1] // key.shape[1]
     if groups > 1:
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)

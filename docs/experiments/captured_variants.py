@@ -7,6 +7,7 @@
 #   end:    every query asks from the cache's end (delta = length - p; the default since)
 #   repeat: the repeat pass (reference), for the same contexts
 #   both:   repeat pass + captured (end), with --repeat-tokens N repeating only the span's last N tokens
+# --query-dtype bfloat16 runs the reference-query passes under autocast (compact's query_dtype option).
 import argparse, json, sys
 
 import torch
@@ -23,6 +24,7 @@ p.add_argument("--ratio", type=float, default=10.0)
 p.add_argument("--capacity", type=int, default=1024)
 p.add_argument("--method", default="am-fast")
 p.add_argument("--repeat-tokens", type=int, default=None)
+p.add_argument("--query-dtype", default=None)
 args = p.parse_args()
 
 
@@ -45,16 +47,17 @@ def moved(rule):
 
 if args.variant in ("raw", "span"):
     cap.QuerySample.reference = moved(args.variant)
-if args.repeat_tokens:
+extra = {k: v for k, v in (("max_repeat_tokens", args.repeat_tokens), ("query_dtype", args.query_dtype)) if v}
+if extra:
     import agentmem.bench.common as common
     real = common.compact
-    common.compact = lambda *a, **k: real(*a, **{**k, "max_repeat_tokens": args.repeat_tokens})
+    common.compact = lambda *a, **k: real(*a, **{**k, **extra})
 method = {"repeat": args.method, "both": f"{args.method}:both"}.get(args.variant, f"{args.method}:captured")
 model, tok = agentmem.load_model("smollm2-135m")
 result = fidelity.run(model, tok, ratios=[args.ratio], methods=[method], count=args.contexts,
                       capture=args.capacity, progress=lambda line: print(line, file=sys.stderr))
 row = next(r for r in result["rows"] if r["method"] == method)
-line = {"variant": args.variant, "repeat_tokens": args.repeat_tokens, "capacity": args.capacity, "method": method, "ratio": args.ratio,
+line = {"variant": args.variant, "repeat_tokens": args.repeat_tokens, "query_dtype": args.query_dtype, "capacity": args.capacity, "method": method, "ratio": args.ratio,
         "contexts": args.contexts, "retained_recall": row["retained"]["recall"], "retained_ref": row["retained"]["ref_nll"],
         "exact": row["exact"], "choice": row["choice"], "time_ratio": row["time_ratio"]}
 print(json.dumps(line))
