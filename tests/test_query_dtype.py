@@ -73,3 +73,26 @@ def test_bench_method_names_take_bf16():
     for bad in ("streaming:bf16", "am:fp8"):  # streaming asks no reference queries
         with pytest.raises(ConfigError, match="unknown method"):
             check_methods([bad])
+
+
+def test_a_session_gathers_queries_in_the_fast_dtype_unless_told(monkeypatch):
+    from agentmem.engine import Session
+
+    from conftest import tiny_chat_llama, tiny_tokenizer
+
+    model, tokenizer = tiny_chat_llama(), tiny_tokenizer()
+    assert Session(model, tokenizer).compactor.options["query_dtype"] == "auto"
+    exact = Session(model, tokenizer, compaction_options={"query_dtype": None})
+    assert exact.compactor.options["query_dtype"] is None  # the caller's choice wins
+    seen = []
+    real = queries.forward_pass
+    monkeypatch.setattr(queries, "forward_pass", lambda *a, **k: seen.append(k.get("dtype")) or real(*a, **k))
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    from agentmem.policies import Policy
+
+    session = Session(model, tokenizer, policy=Policy.budget(100_000, pins=["system"], protect_recent=0))
+    for n in range(4):
+        session.add("user", f"note {n}: the code for slot {n} is {1000 + n}, remember it well.")
+    session.prefill()
+    assert session.compact(ratio=4, method="am-fast")
+    assert seen and all(dtype is torch.bfloat16 for dtype in seen)
