@@ -100,7 +100,8 @@ class Options:
     on_policy: bool | None = None
     head_budgets: dict[str, float] | str | None = "auto"  # "auto": shipped profile if any; None: uniform
     # dtype of the passes that gather reference queries: None: the model's; "auto": bfloat16 where
-    # the device multiplies it natively (`queries.fast_dtype`); "bfloat16" | "float16" | "float32"
+    # the device multiplies it natively (`queries.fast_dtype`); "bfloat16" | "float16" | "float32".
+    # An on-policy fit (am-omp) runs inside its repeat pass, so that pass keeps the model's dtype.
     query_dtype: str | None = None
     seed: int = 0
     stats: dict = field(default_factory=dict)
@@ -359,7 +360,7 @@ class _CompactionRun:
         normalisers = self.context_scores and transform is None
         capture = queries.forward_pass(self.model, self.view.copy(), ids, layers=set(self.layers),
                                        transform=transform, chunk=queries.REPEAT_CHUNK, normalisers=normalisers,
-                                       dtype=self.query_dtype)
+                                       dtype=None if transform is not None else self.query_dtype)
         if normalisers:
             self._lse.update({idx: capture.stacked_lse(idx) for idx in capture.queries})
         return {idx: capture.stacked(idx) for idx in capture.queries}

@@ -32,6 +32,14 @@ def test_bfloat16_queries_fit_the_same_slots_in_the_models_dtype(tiny_model, ids
     assert stats["phases"]["queries"] > 0
 
 
+def test_an_on_policy_fit_keeps_the_models_dtype(ids):
+    # am-omp fits inside its repeat pass: under autocast its solves would run in bf16
+    model = tiny_llama()
+    plain = compact(model, prefill(model, ids), ids, ratio=4, method="am-omp", start=4)
+    low = compact(model, prefill(model, ids), ids, ratio=4, method="am-omp", start=4, query_dtype="bfloat16")
+    assert all(torch.equal(a, b) for a, b in zip(_keys(plain), _keys(low)))
+
+
 def test_bfloat16_queries_are_close_to_the_float32_ones(ids):
     model = tiny_llama()
     hf.enable(model)
