@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -156,6 +157,18 @@ def test_steer_narrows_patch_to_whole_lines_of_files_read_and_reads_to_whole_fil
     ranged = Steer(RepeatGuard(), small).tool_parameters(agent, 1, read)  # textstats.py is over 300 characters
     assert [set(b["properties"]) for b in ranged["anyOf"]] == [{"path"}, {"path", "start", "end"}]
     assert "textstats.py" in ranged["anyOf"][1]["properties"]["path"]["enum"]
+
+
+def test_fresh_runs_in_the_same_second_get_their_own_sessions(tmp_path, monkeypatch):
+    # seen in CI: ids were demo-<seconds>, so a --fresh run within the second joined the old history
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(time, "time", lambda: 1_796_100_108.0)
+    model = LocalModel.from_pretrained(tiny_chat_llama(), tiny_tokenizer(), name="tiny")
+    first = run(model=model, max_turns=1, limit=8192, console=None)
+    fresh = run(model=model, max_turns=1, limit=8192, fresh=True)
+    assert fresh.session_id != first.session_id
+    with Store(tmp_path / "agentmem-demo.db") as store:
+        assert [m["role"] for m in store.messages(first.session_id)].count("assistant") == 1  # not joined
 
 
 def test_a_run_is_stored_and_resumes_from_the_cache(tmp_path, monkeypatch, capsys):

@@ -17,6 +17,7 @@ still the model's own.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,7 +235,8 @@ def run(*, model: Any = DEMO_MODEL, workspace_dir: Path = Path("agentmem-demo"),
     policy = demo_policy(limit, ratio, method)  # bad options fail before anything is written
     workspace, session_id = prepare(Path(workspace_dir), Path(store), resume=resume, fresh=fresh)
     agent = build_agent(workspace, model=model, policy=policy, temperature=temperature)
-    session = SQLiteSession(session_id or f"demo-{int(time.time())}", db_path=str(store))
+    # a new id for every fresh run, two in one second too (the same id would append to the old history)
+    session = SQLiteSession(session_id or f"demo-{int(time.time())}-{secrets.token_hex(4)}", db_path=str(store))
     (workspace.root / MARKER).write_text(json.dumps({"store": str(Path(store).resolve()),
                                                      "session_id": session.session_id}))
     result = DemoResult(session_id=session.session_id, store=str(store), workspace=str(workspace.root))
