@@ -62,8 +62,8 @@ def fast_dtype(device: torch.device) -> torch.dtype | None:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     if device.type == "cpu":
-        cpu = getattr(torch, "cpu", None)
-        probes = [getattr(cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+        # private probes (torch 2.x); a torch without them gets the model's dtype
+        probes = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
         return torch.bfloat16 if any(probe is not None and probe() for probe in probes) else None
     return None
 

@@ -20,6 +20,7 @@ time per run and per mode.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -133,13 +134,14 @@ def attempt(model, tokenizer, task: Task, mode: str, *, name: str, limit: int, r
     agent = build_agent(workspace, model=local, policy=policy, temperature=temperature,
                         max_new_tokens=max_new_tokens)
     result = DemoResult(session_id=f"{task.name}-{mode}-{seed}", store="", workspace=str(workspace.root))
-    if transcripts is None:
-        solve(agent, workspace, MemorySession(), task.task, max_turns=max_turns, result=result)
-    else:
-        with open(Path(transcripts) / f"{task.name}-{mode}-{seed}.txt", "w", encoding="utf-8") as console:
+    with contextlib.ExitStack() as stack:
+        console = None
+        if transcripts is not None:
+            console = stack.enter_context(open(Path(transcripts) / f"{task.name}-{mode}-{seed}.txt", "w",
+                                               encoding="utf-8"))
             console.write(f"{task.name}, mode {mode}, seed {seed}, KV limit {limit}, x{ratio:g}\n")
-            solve(agent, workspace, MemorySession(), task.task, max_turns=max_turns, result=result, console=console)
-            console.write(f"\ntests pass: {result.tests_pass}\n")
+            stack.callback(lambda: console.write(f"\ntests pass: {result.tests_pass}\n"))
+        solve(agent, workspace, MemorySession(), task.task, max_turns=max_turns, result=result, console=console)
     end_kv = max((s.stats().physical_tokens for s in local.sessions), default=0)
     return {"task": task.name, "mode": mode, "seed": seed, "tests_pass": result.tests_pass,
             "turns": result.turns, "tool_calls": result.tool_calls, "tool_errors": result.tool_errors,

@@ -42,8 +42,7 @@ def split_method(name: str) -> tuple[str, str | None]:
 
 def query_dtype_of(name: str) -> str | None:
     """"am-fast:bf16" -> "bfloat16": the `query_dtype` option a bench method name asks for."""
-    found = [QUERY_SUFFIXES[s] for s in name.split(":")[1:] if s in QUERY_SUFFIXES]
-    return found[0] if found else None
+    return next((QUERY_SUFFIXES[s] for s in name.split(":")[1:] if s in QUERY_SUFFIXES), None)
 
 
 def check_methods(methods: list[str]) -> None:
@@ -119,13 +118,13 @@ def compact_with(
     plain prefill); the tokens after `end` are then prefilled on top of the pruned cache.
     Raises whatever a press raises (callers report an outside peer's failure).
     """
-    if split_method(method)[0] not in kvpress_peers.PRESSES:
+    name, reference = split_method(method)
+    if name not in kvpress_peers.PRESSES:
         stats = {} if stats is None else stats  # compact's: seconds, and seconds per phase
         extra = {"query_dtype": query_dtype_of(method)}
-        method, reference = split_method(method)
         if reference and reference != "repeat":
             extra.update(captured=captured, reference=reference)
-        comp = compact(model, cache, ids, ratio=ratio, method=method, end=end, tokenizer=tokenizer, stats=stats,
+        comp = compact(model, cache, ids, ratio=ratio, method=name, end=end, tokenizer=tokenizer, stats=stats,
                        **extra)
         return comp, stats["seconds"]
     length = ids.shape[1]
