@@ -218,17 +218,15 @@ def solve_weights(
     G, k, _ = gram.shape
     if active is None:
         active = torch.ones(G, k, dtype=torch.bool, device=gram.device)
-    eye = torch.eye(k, device=gram.device, dtype=gram.dtype).expand(G, k, k)
     ridge = 1e-6 * _active_mean(gram.diagonal(dim1=1, dim2=2), active).clamp_min(1e-30)  # (G,)
     fixed = ~active
     fixed_value = torch.zeros_like(rhs)
     w = torch.zeros_like(rhs)
     for _ in range(max(1, iters)):
         free = ~fixed
-        pair = free.unsqueeze(2) & free.unsqueeze(1)
-        system = torch.where(pair, gram, torch.zeros_like(gram)) + torch.where(
-            free.unsqueeze(2) & eye.bool(), ridge.view(G, 1, 1) * eye, eye * (~free).unsqueeze(2)
-        )
+        # the free slots' block of the Gram matrix plus the ridge; an identity row for each fixed slot
+        system = gram.masked_fill(~(free.unsqueeze(2) & free.unsqueeze(1)), 0.0)
+        system.diagonal(dim1=1, dim2=2).add_(torch.where(free, ridge.unsqueeze(1), torch.ones_like(rhs)))
         b = torch.where(free, rhs - torch.bmm(gram, fixed_value.unsqueeze(-1)).squeeze(-1), fixed_value)
         w, info = torch.linalg.solve_ex(system, b)
         if bool((info != 0).any()):  # numerically singular (near-identical columns): a least-squares solution

@@ -7,6 +7,7 @@
 #   end:    every query asks from the cache's end (delta = length - p; the default since)
 #   repeat: the repeat pass (reference), for the same contexts
 #   both:   repeat pass + captured (end), with --repeat-tokens N repeating only the span's last N tokens
+# --max-queries N caps the fitting queries per KV head (compact's max_queries option).
 # --query-dtype bfloat16 runs the reference-query passes under autocast (compact's query_dtype option).
 import argparse, json, sys
 
@@ -25,6 +26,7 @@ p.add_argument("--capacity", type=int, default=1024)
 p.add_argument("--method", default="am-fast")
 p.add_argument("--repeat-tokens", type=int, default=None)
 p.add_argument("--query-dtype", default=None)
+p.add_argument("--max-queries", type=int, default=None)
 args = p.parse_args()
 
 
@@ -47,7 +49,8 @@ def moved(rule):
 
 if args.variant in ("raw", "span"):
     cap.QuerySample.reference = moved(args.variant)
-extra = {k: v for k, v in (("max_repeat_tokens", args.repeat_tokens), ("query_dtype", args.query_dtype)) if v}
+extra = {k: v for k, v in (("max_repeat_tokens", args.repeat_tokens), ("query_dtype", args.query_dtype),
+                            ("max_queries", args.max_queries)) if v}
 if extra:
     import agentmem.bench.common as common
     real = common.compact
@@ -57,7 +60,7 @@ model, tok = agentmem.load_model("smollm2-135m")
 result = fidelity.run(model, tok, ratios=[args.ratio], methods=[method], count=args.contexts,
                       capture=args.capacity, progress=lambda line: print(line, file=sys.stderr))
 row = next(r for r in result["rows"] if r["method"] == method)
-line = {"variant": args.variant, "repeat_tokens": args.repeat_tokens, "query_dtype": args.query_dtype, "capacity": args.capacity, "method": method, "ratio": args.ratio,
+line = {"variant": args.variant, "repeat_tokens": args.repeat_tokens, "query_dtype": args.query_dtype, "max_queries": args.max_queries, "capacity": args.capacity, "method": method, "ratio": args.ratio,
         "contexts": args.contexts, "retained_recall": row["retained"]["recall"], "retained_ref": row["retained"]["ref_nll"],
         "exact": row["exact"], "choice": row["choice"], "time_ratio": row["time_ratio"]}
 print(json.dumps(line))
