@@ -96,6 +96,9 @@ class Options:
     reference: str | None = None  # "repeat" | "captured" | "both"; None: "captured" with a sample, else "repeat"
     max_queries: int | None = None  # per KV head (None: the method's); bounds memory to a multiple of the span's KV
     max_repeat_tokens: int | None = None  # repeat-prefill at most N tokens, in pieces spread over a long span
+    # "whole": the span is re-read once, after the whole cache; "local": each piece of it is re-read
+    # right after itself, on the cache cut there (`queries.local_repeat`)
+    repeat_mode: str = "whole"
     self_study_tokens: int | None = None
     on_policy: bool | None = None
     head_budgets: dict[str, float] | str | None = "auto"  # "auto": shipped profile if any; None: uniform
@@ -353,14 +356,21 @@ class _CompactionRun:
         start, end = self._logical_span()
         device = self.input_ids.device
         pieces = queries.repeat_pieces(start, end, self.opts.max_repeat_tokens)
-        ids = torch.cat(
-            [queries.prompt_ids(self.opts.tokenizer, queries.REPEAT_PROMPT, device).expand(self.batch, -1)]
-            + [self.input_ids[:, a:b] for a, b in pieces], dim=1,
-        )
+        prompt = queries.prompt_ids(self.opts.tokenizer, queries.REPEAT_PROMPT, device).expand(self.batch, -1)
         normalisers = self.context_scores and transform is None
-        capture = queries.forward_pass(self.model, self.view.copy(), ids, layers=set(self.layers),
-                                       transform=transform, chunk=queries.REPEAT_CHUNK, normalisers=normalisers,
-                                       dtype=None if transform is not None else self.query_dtype)
+        capture = None
+        if self.opts.repeat_mode == "local" and transform is None:  # an on-policy fit needs one whole pass
+            try:
+                capture = queries.local_repeat(self.model, self.view, self.input_ids, pieces, prompt,
+                                               layers=set(self.layers), normalisers=normalisers,
+                                               dtype=self.query_dtype)
+            except ValueError as exc:  # a sliding-window layer cannot be cut at a piece's end
+                log.info("local repeat not possible (%s); repeating the whole span after the cache", exc)
+        if capture is None:
+            ids = torch.cat([prompt] + [self.input_ids[:, a:b] for a, b in pieces], dim=1)
+            capture = queries.forward_pass(self.model, self.view.copy(), ids, layers=set(self.layers),
+                                           transform=transform, chunk=queries.REPEAT_CHUNK, normalisers=normalisers,
+                                           dtype=None if transform is not None else self.query_dtype)
         if normalisers:
             self._lse.update({idx: capture.stacked_lse(idx) for idx in capture.queries})
         return {idx: capture.stacked(idx) for idx in capture.queries}

@@ -114,6 +114,49 @@ def forward_pass(
 
 
 @torch.no_grad()
+def local_repeat(
+    model: torch.nn.Module,
+    cache: hf.CompactedCache,
+    input_ids: torch.Tensor,
+    pieces: list[tuple[int, int]],
+    prompt: torch.Tensor,
+    *,
+    layers: set[int],
+    normalisers: bool = False,
+    dtype: torch.dtype | None = None,
+    chunk: int = REPEAT_CHUNK,
+) -> hf.QueryCapture:
+    """Repeat-prefill with each piece re-read right after itself (`repeat="local"`).
+
+    Every chunk [a, b) of the `pieces` (at most `chunk` tokens, ends moved out of earlier
+    compacted runs) is read as `prompt` + tokens [a, b) on top of the cache cut at b, so
+    a repeated token asks for its original from about `chunk` tokens away. A whole-span
+    repeat after the cache asks from a whole cache away: past a model's trained context
+    (SmolLM2's 8k) its queries no longer find the span, and every repeated token attends to
+    the whole cache. `cache` is not modified. Raises ValueError where the cache cannot be cut
+    at a chunk's end (a sliding-window layer that no longer holds that window).
+    """
+    last = hf.last_logits_only(model)
+    with hf.capture_queries(layers=layers, normalisers=normalisers) as capture, precision(model, dtype):
+        for a, b in local_chunks(cache, pieces, chunk):
+            ids = torch.cat([prompt, input_ids[:, a:b]], dim=1)
+            model(input_ids=ids, past_key_values=hf.crop_cache(cache, b, model), use_cache=True, **last)
+    return capture
+
+
+def local_chunks(cache: hf.CompactedCache, pieces: list[tuple[int, int]], chunk: int) -> list[tuple[int, int]]:
+    """`pieces` cut into chunks of at most `chunk` tokens, each ending where the cache can be cut
+    (a chunk that would end inside an earlier compacted run runs on to the run's end)."""
+    out = []
+    for a, b in pieces:
+        while a < b:
+            _, end = hf.snap_span(cache, min(b, a + chunk), min(b, a + chunk))
+            out.append((a, end))
+            a = end
+    return out
+
+
+@torch.no_grad()
 def self_study(
     model: torch.nn.Module,
     cache: hf.CompactedCache,

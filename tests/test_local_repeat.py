@@ -1,0 +1,101 @@
+"""`compact(repeat_mode="local")`: each piece of the span re-read right after itself."""
+
+import logging
+
+import pytest
+import torch
+
+from agentmem import ConfigError, compact, hf, queries
+
+from conftest import VOCAB, prefill, tiny_gemma3, tiny_llama
+
+
+def _view(model, ids):
+    hf.enable(model)
+    return hf.CompactedCache.from_cache(prefill(model, ids), scalings=hf.attention_scalings(model))
+
+
+def test_a_piece_asks_what_a_model_reading_it_then_repeating_it_asks():
+    """The queries of chunk [a, b) are those of a fresh pass over tokens [0, b), the prompt, then [a, b)."""
+    model = tiny_llama()
+    torch.manual_seed(2)
+    ids = torch.randint(3, VOCAB, (1, 40))
+    prompt = torch.tensor([[5, 6, 7]])
+    view = _view(model, ids)
+    layers = set(hf.full_attention_layers(model))
+    got = queries.local_repeat(model, view, ids, [(8, 30)], prompt, layers=layers, chunk=12)
+    assert queries.local_chunks(view, [(8, 30)], 12) == [(8, 20), (20, 30)]
+    for a, b in [(8, 20), (20, 30)]:
+        with hf.capture_queries(layers=layers) as fresh:
+            model(input_ids=torch.cat([ids[:, :b], prompt, ids[:, a:b]], dim=1), use_cache=False)
+        for idx in layers:
+            whole = fresh.stacked(idx)[:, :, b:]  # the prompt and the repeated chunk
+            chunk = 0 if a == 8 else 1
+            torch.testing.assert_close(got.queries[idx][chunk], whole, rtol=1e-4, atol=1e-5)
+    assert view.get_seq_length() == 40 and all(view.layers[i].physical_length == 40 for i in layers)
+
+
+def test_chunks_end_where_the_cache_can_be_cut():
+    model = tiny_llama()
+    torch.manual_seed(3)
+    ids = torch.randint(3, VOCAB, (1, 64))
+    compacted = compact(model, prefill(model, ids), ids, ratio=4, method="am-fast", start=10, end=30)
+    # a chunk that would end inside the compacted run [10, 30) runs on to its end
+    assert queries.local_chunks(compacted, [(0, 64)], 16) == [(0, 30), (30, 46), (46, 62), (62, 64)]
+    assert queries.local_chunks(compacted, [(0, 8), (40, 50)], 16) == [(0, 8), (40, 50)]
+    with pytest.raises(ValueError, match="inside a compacted run"):
+        hf.crop_cache(compacted, 16, model)  # why the chunk could not end there
+
+
+@pytest.mark.parametrize("method", ["am", "am-fast", "kvzip"])
+def test_local_repeat_compacts_to_the_same_size(ids, method):
+    model = tiny_llama()
+    whole = compact(model, prefill(model, ids), ids, ratio=4, method=method, start=4)
+    stats = {}
+    local = compact(model, prefill(model, ids), ids, ratio=4, method=method, start=4, repeat_mode="local",
+                    stats=stats)
+    assert local.physical_length() == whole.physical_length()
+    assert local.get_seq_length() == whole.get_seq_length() == ids.shape[1]
+    for i in local.full_layers():
+        assert torch.isfinite(local.layers[i].keys).all() and torch.isfinite(local.layers[i].values).all()
+    assert stats["phases"]["queries"] > 0
+
+
+def test_local_repeat_of_a_span_compacted_before(ids):
+    model = tiny_llama()
+    once = compact(model, prefill(model, ids), ids, ratio=2, method="am-fast", start=4, end=30)
+    twice = compact(model, once, ids, ratio=2, method="am-fast", start=4, end=44, repeat_mode="local")
+    assert twice.get_seq_length() == ids.shape[1]
+    assert twice.physical_length() < once.physical_length()
+
+
+def test_a_sliding_window_model_falls_back_to_the_whole_repeat(caplog):
+    """Gemma3's sliding layers no longer hold the window that ends at the span's end (token 30 of 48)."""
+    model = tiny_gemma3()
+    torch.manual_seed(4)
+    ids = torch.randint(3, VOCAB, (1, 48))
+    whole = compact(model, prefill(model, ids), ids, ratio=4, method="am-fast", start=4, end=30)
+    with caplog.at_level(logging.INFO, logger="agentmem.compaction"):
+        local = compact(model, prefill(model, ids), ids, ratio=4, method="am-fast", start=4, end=30,
+                        repeat_mode="local")
+    assert "local repeat not possible" in caplog.text
+    for i in whole.full_layers():
+        assert torch.equal(local.layers[i].keys, whole.layers[i].keys)
+
+
+def test_an_on_policy_fit_keeps_the_whole_repeat(ids):
+    model = tiny_llama()
+    whole = compact(model, prefill(model, ids), ids, ratio=4, method="am-omp", start=4)
+    local = compact(model, prefill(model, ids), ids, ratio=4, method="am-omp", start=4, repeat_mode="local")
+    for i in whole.full_layers():
+        assert torch.equal(local.layers[i].keys, whole.layers[i].keys)
+
+
+@pytest.mark.parametrize("bad", ["after", "", None, 1])
+def test_a_bad_repeat_mode_is_refused_and_nothing_changes(ids, bad):
+    model = tiny_llama()
+    cache = prefill(model, ids)
+    before = [layer.keys.clone() for layer in cache.layers]
+    with pytest.raises(ConfigError, match="repeat_mode must be 'whole'"):
+        compact(model, cache, ids, ratio=4, method="am-fast", repeat_mode=bad)
+    assert all(torch.equal(a, layer.keys) for a, layer in zip(before, cache.layers))
