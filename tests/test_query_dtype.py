@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from agentmem import ConfigError, compact, hf, queries
-from agentmem.bench.common import check_methods, query_dtype_of, split_method
+from agentmem.bench.common import check_methods, split_method, suffix_options
 
 from conftest import prefill, tiny_llama
 
@@ -74,11 +74,13 @@ def test_auto_picks_bfloat16_only_where_the_cpu_multiplies_it(monkeypatch):
     assert queries.resolve_query_dtype(None, model) is None
 
 
-def test_bench_method_names_take_bf16():
+def test_bench_method_names_take_bf16_and_local():
     assert split_method("am-fast:captured:bf16") == ("am-fast", "captured")
-    assert query_dtype_of("am-fast:bf16") == "bfloat16" and query_dtype_of("am-fast") is None
+    assert suffix_options("am-fast:bf16") == {"query_dtype": "bfloat16"} and suffix_options("am-fast") == {}
+    assert suffix_options("am-fast:captured:local:bf16") == {"repeat_mode": "local", "query_dtype": "bfloat16"}
+    assert split_method("am:local") == ("am", None)
     check_methods(["am-fast:bf16", "am:captured:bf16"])
-    for bad in ("streaming:bf16", "am:fp8"):  # streaming asks no reference queries
+    for bad in ("streaming:bf16", "streaming:local", "am:fp8"):  # streaming asks no reference queries
         with pytest.raises(ConfigError, match="unknown method"):
             check_methods([bad])
 

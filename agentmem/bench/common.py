@@ -29,20 +29,23 @@ def default_methods() -> list[str]:
     return DEFAULT_METHODS + ([] if kvpress_peers.unavailable() else list(kvpress_peers.PRESSES))
 
 
-QUERY_SUFFIXES = {"bf16": "bfloat16"}  # METHOD:bf16 gathers its reference queries under bfloat16 autocast
+# Suffixes that set a `compact` option of how reference queries are gathered: METHOD:bf16 under
+# bfloat16 autocast, METHOD:local with each piece of the span repeated right after itself.
+OPTION_SUFFIXES = {"bf16": ("query_dtype", "bfloat16"), "local": ("repeat_mode", "local")}
 
 
 def split_method(name: str) -> tuple[str, str | None]:
     """"am-fast:captured" -> ("am-fast", "captured"): a method and where its reference queries come from
-    ("am-fast:captured:bf16" too; `query_dtype_of` reads the :bf16)."""
+    ("am-fast:captured:bf16" too; `suffix_options` reads the :bf16)."""
     method, *suffixes = name.split(":")
-    references = [s for s in suffixes if s not in QUERY_SUFFIXES]
+    references = [s for s in suffixes if s not in OPTION_SUFFIXES]
     return method, (references[0] if len(references) == 1 else ":".join(references) or None)
 
 
-def query_dtype_of(name: str) -> str | None:
-    """"am-fast:bf16" -> "bfloat16": the `query_dtype` option a bench method name asks for."""
-    return next((QUERY_SUFFIXES[s] for s in name.split(":")[1:] if s in QUERY_SUFFIXES), None)
+def suffix_options(name: str) -> dict:
+    """"am-fast:local:bf16" -> {"repeat_mode": "local", "query_dtype": "bfloat16"}: the `compact`
+    options a bench method name asks for."""
+    return dict(OPTION_SUFFIXES[s] for s in name.split(":")[1:] if s in OPTION_SUFFIXES)
 
 
 def check_methods(methods: list[str]) -> None:
@@ -50,7 +53,8 @@ def check_methods(methods: list[str]) -> None:
 
     An agentmem method may name its reference queries as METHOD:REFERENCE, with REFERENCE
     one of repeat, captured (the prefill's own queries) or both, and add :bf16 to gather
-    them under bfloat16 autocast (`compact`'s query_dtype).
+    them under bfloat16 autocast (`compact`'s query_dtype) and :local to repeat each piece of
+    the span right after itself (`compact`'s repeat_mode).
     """
     known = list(METHODS) + list(kvpress_peers.PRESSES)
     unknown = []
@@ -58,11 +62,11 @@ def check_methods(methods: list[str]) -> None:
         method, reference = split_method(name)
         asks = method in METHODS and METHODS[method].repeat_queries
         if method not in known or (reference is not None and (reference not in REFERENCE_MODES or not asks)) or (
-                query_dtype_of(name) is not None and not asks):
+                suffix_options(name) and not asks):
             unknown.append(name)
     if unknown:
         raise ConfigError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)} (a method that "
-                          f"asks reference queries may add :{'|:'.join(REFERENCE_MODES)} and :bf16)")
+                          f"asks reference queries may add :{'|:'.join(REFERENCE_MODES)}, :bf16 and :local)")
     if any(m in kvpress_peers.PRESSES for m in methods) and (why := kvpress_peers.unavailable()):
         raise ConfigError(why)
 
@@ -121,7 +125,7 @@ def compact_with(
     name, reference = split_method(method)
     if name not in kvpress_peers.PRESSES:
         stats = {} if stats is None else stats  # compact's: seconds, and seconds per phase
-        extra = {"query_dtype": query_dtype_of(method)}
+        extra = suffix_options(method)
         if reference and reference != "repeat":
             extra.update(captured=captured, reference=reference)
         comp = compact(model, cache, ids, ratio=ratio, method=name, end=end, tokenizer=tokenizer, stats=stats,
