@@ -363,7 +363,7 @@ class _CompactionRun:
             try:
                 capture = queries.local_repeat(self.model, self.view, self.input_ids, pieces, prompt,
                                                layers=set(self.layers), normalisers=normalisers,
-                                               dtype=self.query_dtype)
+                                               dtype=self.query_dtype, chunk=queries.LOCAL_CHUNK)
             except ValueError as exc:  # a sliding-window layer cannot be cut at a piece's end
                 log.info("local repeat not possible (%s); repeating the whole span after the cache", exc)
         if capture is None:

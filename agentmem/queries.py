@@ -25,6 +25,7 @@ SELF_STUDY_PROMPT = "\n\nKey facts from the text above:\n"
 # 1.6 T^2 instead of 2 T^2 attention scores for a T-token span on a T-token cache).
 REPEAT_CHUNK = 512
 REPEAT_PIECE = 256  # tokens per piece when a capped repeat pass is spread over a long span
+LOCAL_CHUNK = 2048  # tokens re-read at a time by a local repeat (`local_repeat`)
 
 
 def repeat_pieces(start: int, end: int, budget: int | None, piece: int = REPEAT_PIECE) -> list[tuple[int, int]]:
@@ -124,13 +125,14 @@ def local_repeat(
     layers: set[int],
     normalisers: bool = False,
     dtype: torch.dtype | None = None,
-    chunk: int = REPEAT_CHUNK,
+    chunk: int = LOCAL_CHUNK,
 ) -> hf.QueryCapture:
     """Repeat-prefill with each piece re-read right after itself (`repeat="local"`).
 
     Every chunk [a, b) of the `pieces` (at most `chunk` tokens, ends moved out of earlier
-    compacted runs) is read as `prompt` + tokens [a, b) on top of the cache cut at b, so
-    a repeated token asks for its original from about `chunk` tokens away. A whole-span
+    compacted runs) is read as `prompt` + tokens [a, b) on top of the cache cut at b (in
+    `REPEAT_CHUNK`-token calls, as `forward_pass`), so a repeated token asks for its
+    original from at most about `chunk` tokens away. A whole-span
     repeat after the cache asks from a whole cache away: past a model's trained context
     (SmolLM2's 8k) its queries no longer find the span, and every repeated token attends to
     the whole cache. `cache` is not modified. Raises ValueError where the cache cannot be cut
@@ -139,8 +141,9 @@ def local_repeat(
     last = hf.last_logits_only(model)
     with hf.capture_queries(layers=layers, normalisers=normalisers) as capture, precision(model, dtype):
         for a, b in local_chunks(cache, pieces, chunk):
-            ids = torch.cat([prompt, input_ids[:, a:b]], dim=1)
-            model(input_ids=ids, past_key_values=hf.crop_cache(cache, b, model), use_cache=True, **last)
+            view = hf.crop_cache(cache, b, model)
+            for ids in torch.cat([prompt, input_ids[:, a:b]], dim=1).split(REPEAT_CHUNK, dim=1):
+                model(input_ids=ids, past_key_values=view, use_cache=True, **last)
     return capture
 
 

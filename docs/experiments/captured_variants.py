@@ -7,7 +7,7 @@
 #   end:    every query asks from the cache's end (delta = length - p; the default since)
 #   repeat: the repeat pass (reference), for the same contexts
 #   both:   repeat pass + captured (end), with --repeat-tokens N repeating only the span's last N tokens
-# --repeat-mode local re-reads each piece of the span right after itself (compact's repeat_mode option).
+# --repeat-mode local [--local-chunk N] re-reads each piece of the span right after itself (compact's repeat_mode option).
 # --max-queries N caps the fitting queries per KV head (compact's max_queries option).
 # --query-dtype bfloat16 runs the reference-query passes under autocast (compact's query_dtype option).
 import argparse, json, sys
@@ -30,6 +30,7 @@ p.add_argument("--query-dtype", default=None)
 p.add_argument("--max-queries", type=int, default=None)
 p.add_argument("--context", type=int, default=2048)
 p.add_argument("--repeat-mode", default=None)
+p.add_argument("--local-chunk", type=int, default=None)
 args = p.parse_args()
 
 
@@ -54,6 +55,9 @@ if args.variant in ("raw", "span"):
     cap.QuerySample.reference = moved(args.variant)
 extra = {k: v for k, v in (("max_repeat_tokens", args.repeat_tokens), ("query_dtype", args.query_dtype),
                             ("max_queries", args.max_queries), ("repeat_mode", args.repeat_mode)) if v}
+if args.local_chunk:
+    from agentmem import queries
+    queries.LOCAL_CHUNK = args.local_chunk
 if extra:
     import agentmem.bench.common as common
     real = common.compact
@@ -63,7 +67,7 @@ model, tok = agentmem.load_model("smollm2-135m")
 result = fidelity.run(model, tok, ratios=[args.ratio], methods=[method], count=args.contexts, context=args.context,
                       capture=args.capacity, progress=lambda line: print(line, file=sys.stderr))
 row = next(r for r in result["rows"] if r["method"] == method)
-line = {"variant": args.variant, "repeat_tokens": args.repeat_tokens, "query_dtype": args.query_dtype, "max_queries": args.max_queries, "repeat_mode": args.repeat_mode, "context": args.context, "capacity": args.capacity, "method": method, "ratio": args.ratio,
+line = {"variant": args.variant, "repeat_tokens": args.repeat_tokens, "query_dtype": args.query_dtype, "max_queries": args.max_queries, "repeat_mode": args.repeat_mode, "local_chunk": args.local_chunk, "context": args.context, "capacity": args.capacity, "method": method, "ratio": args.ratio,
         "contexts": args.contexts, "retained_recall": row["retained"]["recall"], "retained_ref": row["retained"]["ref_nll"],
         "exact": row["exact"], "choice": row["choice"], "time_ratio": row["time_ratio"]}
 print(json.dumps(line))
