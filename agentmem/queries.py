@@ -127,36 +127,47 @@ def local_repeat(
     dtype: torch.dtype | None = None,
     chunk: int = LOCAL_CHUNK,
 ) -> hf.QueryCapture:
-    """Repeat-prefill with each piece re-read right after itself (`repeat="local"`).
+    """Repeat-prefill, each stretch of at most `chunk` tokens of the span re-read right after itself.
 
-    Every chunk [a, b) of the `pieces` (at most `chunk` tokens, ends moved out of earlier
-    compacted runs) is read as `prompt` + tokens [a, b) on top of the cache cut at b (in
-    `REPEAT_CHUNK`-token calls, as `forward_pass`), so a repeated token asks for its
-    original from at most about `chunk` tokens away. A whole-span
-    repeat after the cache asks from a whole cache away: past a model's trained context
-    (SmolLM2's 8k) its queries no longer find the span, and every repeated token attends to
-    the whole cache. `cache` is not modified. Raises ValueError where the cache cannot be cut
-    at a chunk's end (a sliding-window layer that no longer holds that window).
+    The `pieces` are grouped into stretches (`local_groups`); a stretch's pieces are read as
+    `prompt` + their tokens on top of the cache cut at the stretch's end (in `REPEAT_CHUNK`-
+    token calls, as `forward_pass`), so a repeated token asks for its original from at most
+    about `chunk` tokens away. A whole-span repeat after the cache asks from a whole cache
+    away, and past a model's trained context (SmolLM2's 8k) its queries no longer find the
+    span. `cache` is not modified. Raises ValueError where the cache cannot be cut at a
+    stretch's end (a sliding-window layer that no longer holds that window).
     """
     last = hf.last_logits_only(model)
     with hf.capture_queries(layers=layers, normalisers=normalisers) as capture, precision(model, dtype):
-        for a, b in local_chunks(cache, pieces, chunk):
-            view = hf.crop_cache(cache, b, model)
-            for ids in torch.cat([prompt, input_ids[:, a:b]], dim=1).split(REPEAT_CHUNK, dim=1):
-                model(input_ids=ids, past_key_values=view, use_cache=True, **last)
+        for cut, parts in local_groups(cache, pieces, chunk):
+            view = hf.crop_cache(cache, cut, model)
+            ids = torch.cat([prompt] + [input_ids[:, a:b] for a, b in parts], dim=1)
+            for piece in ids.split(REPEAT_CHUNK, dim=1):
+                model(input_ids=piece, past_key_values=view, use_cache=True, **last)
     return capture
 
 
-def local_chunks(cache: hf.CompactedCache, pieces: list[tuple[int, int]], chunk: int) -> list[tuple[int, int]]:
-    """`pieces` cut into chunks of at most `chunk` tokens, each ending where the cache can be cut
-    (a chunk that would end inside an earlier compacted run runs on to the run's end)."""
-    out = []
+def local_groups(cache: hf.CompactedCache, pieces: list[tuple[int, int]], chunk: int
+                 ) -> list[tuple[int, list[tuple[int, int]]]]:
+    """(cut, pieces) per stretch: `pieces` in order, a longer one split, grouped so that each group
+    spans at most `chunk` tokens from its first piece's start to `cut`, its last piece's end.
+
+    An end that would fall inside an earlier compacted run moves to the run's end (the
+    cache can only be cut between runs), so such a group may span more.
+    """
+    parts = []
     for a, b in pieces:
         while a < b:
             _, end = hf.snap_span(cache, min(b, a + chunk), min(b, a + chunk))
-            out.append((a, end))
+            parts.append((a, end))
             a = end
-    return out
+    groups: list[list[tuple[int, int]]] = []
+    for a, b in parts:
+        if groups and b - groups[-1][0][0] <= chunk:
+            groups[-1].append((a, b))
+        else:
+            groups.append([(a, b)])
+    return [(group[-1][1], group) for group in groups]
 
 
 @torch.no_grad()

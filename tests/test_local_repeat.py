@@ -24,7 +24,7 @@ def test_a_piece_asks_what_a_model_reading_it_then_repeating_it_asks():
     view = _view(model, ids)
     layers = set(hf.full_attention_layers(model))
     got = queries.local_repeat(model, view, ids, [(8, 30)], prompt, layers=layers, chunk=12)
-    assert queries.local_chunks(view, [(8, 30)], 12) == [(8, 20), (20, 30)]
+    assert queries.local_groups(view, [(8, 30)], 12) == [(20, [(8, 20)]), (30, [(20, 30)])]
     for a, b in [(8, 20), (20, 30)]:
         with hf.capture_queries(layers=layers) as fresh:
             model(input_ids=torch.cat([ids[:, :b], prompt, ids[:, a:b]], dim=1), use_cache=False)
@@ -35,14 +35,33 @@ def test_a_piece_asks_what_a_model_reading_it_then_repeating_it_asks():
     assert view.get_seq_length() == 40 and all(view.layers[i].physical_length == 40 for i in layers)
 
 
+def test_spread_pieces_are_repeated_together_after_the_cut_at_the_last():
+    """Pieces of a capped repeat (`repeat_pieces`) within one stretch read as one repeat, as the whole
+    repeat reads them, on the cache cut after the last of them."""
+    model = tiny_llama()
+    torch.manual_seed(5)
+    ids = torch.randint(3, VOCAB, (1, 60))
+    prompt = torch.tensor([[5, 6, 7]])
+    view = _view(model, ids)
+    layers = set(hf.full_attention_layers(model))
+    pieces = [(0, 6), (12, 18), (24, 30), (40, 46)]
+    assert queries.local_groups(view, pieces, 20) == [(18, [(0, 6), (12, 18)]), (30, [(24, 30)]), (46, [(40, 46)])]
+    got = queries.local_repeat(model, view, ids, pieces[:2], prompt, layers=layers, chunk=20)
+    with hf.capture_queries(layers=layers) as fresh:
+        model(input_ids=torch.cat([ids[:, :18], prompt, ids[:, 0:6], ids[:, 12:18]], dim=1), use_cache=False)
+    for idx in layers:
+        torch.testing.assert_close(got.stacked(idx), fresh.stacked(idx)[:, :, 18:], rtol=1e-4, atol=1e-5)
+
+
 def test_chunks_end_where_the_cache_can_be_cut():
     model = tiny_llama()
     torch.manual_seed(3)
     ids = torch.randint(3, VOCAB, (1, 64))
     compacted = compact(model, prefill(model, ids), ids, ratio=4, method="am-fast", start=10, end=30)
     # a chunk that would end inside the compacted run [10, 30) runs on to its end
-    assert queries.local_chunks(compacted, [(0, 64)], 16) == [(0, 30), (30, 46), (46, 62), (62, 64)]
-    assert queries.local_chunks(compacted, [(0, 8), (40, 50)], 16) == [(0, 8), (40, 50)]
+    assert queries.local_groups(compacted, [(0, 64)], 16) == [(30, [(0, 30)]), (46, [(30, 46)]), (62, [(46, 62)]),
+                                                               (64, [(62, 64)])]
+    assert queries.local_groups(compacted, [(0, 8), (40, 50)], 16) == [(8, [(0, 8)]), (50, [(40, 50)])]
     with pytest.raises(ValueError, match="inside a compacted run"):
         hf.crop_cache(compacted, 16, model)  # why the chunk could not end there
 
