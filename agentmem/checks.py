@@ -113,9 +113,9 @@ def check_options(opts, model, view: hf.CompactedCache, layers: list[int]) -> No
     whole("max_queries", opts.max_queries, 1, optional=True)
     whole("max_repeat_tokens", opts.max_repeat_tokens, 1, optional=True)
     whole("self_study_tokens", opts.self_study_tokens, 0, optional=True)
-    if opts.repeat_mode not in ("whole", "local"):
-        raise ConfigError(f"repeat_mode must be 'whole' (the span re-read after the cache) or 'local' (each piece "
-                          f"re-read right after itself), got {opts.repeat_mode!r}")
+    if opts.repeat_mode not in ("auto", "whole", "local"):
+        raise ConfigError(f"repeat_mode must be 'auto', 'whole' (the span re-read after the cache) or 'local' (each "
+                          f"stretch re-read right after itself), got {opts.repeat_mode!r}")
     if opts.on_policy is not None and not isinstance(opts.on_policy, bool):
         raise ConfigError(f"on_policy must be True, False or None (the method's default), got {opts.on_policy!r}")
     if not isinstance(opts.stats, dict):

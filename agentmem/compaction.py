@@ -96,9 +96,10 @@ class Options:
     reference: str | None = None  # "repeat" | "captured" | "both"; None: "captured" with a sample, else "repeat"
     max_queries: int | None = None  # per KV head (None: the method's); bounds memory to a multiple of the span's KV
     max_repeat_tokens: int | None = None  # repeat-prefill at most N tokens, in pieces spread over a long span
-    # "whole": the span is re-read once, after the whole cache; "local": each piece of it is re-read
-    # right after itself, on the cache cut there (`queries.local_repeat`)
-    repeat_mode: str = "whole"
+    # "whole": the span is re-read once, after the whole cache; "local": each stretch of it is re-read
+    # right after itself, on the cache cut there (`queries.local_repeat`); "auto": whole while the
+    # repeat stays inside the model's trained context (max_position_embeddings), else local
+    repeat_mode: str = "auto"
     self_study_tokens: int | None = None
     on_policy: bool | None = None
     head_budgets: dict[str, float] | str | None = "auto"  # "auto": shipped profile if any; None: uniform
@@ -359,7 +360,7 @@ class _CompactionRun:
         prompt = queries.prompt_ids(self.opts.tokenizer, queries.REPEAT_PROMPT, device).expand(self.batch, -1)
         normalisers = self.context_scores and transform is None
         capture = None
-        if self.opts.repeat_mode == "local" and transform is None:  # an on-policy fit needs one whole pass
+        if self._local_repeat(pieces, prompt.shape[-1]) and transform is None:  # on-policy needs one whole pass
             try:
                 capture = queries.local_repeat(self.model, self.view, self.input_ids, pieces, prompt,
                                                layers=set(self.layers), normalisers=normalisers,
@@ -374,6 +375,15 @@ class _CompactionRun:
         if normalisers:
             self._lse.update({idx: capture.stacked_lse(idx) for idx in capture.queries})
         return {idx: capture.stacked(idx) for idx in capture.queries}
+
+    def _local_repeat(self, pieces: list[tuple[int, int]], prompt: int) -> bool:
+        """Whether the repeat pass re-reads the span stretch by stretch (`Options.repeat_mode`)."""
+        mode = self.opts.repeat_mode
+        if mode != "auto":
+            return mode == "local"
+        trained = getattr(self.config, "max_position_embeddings", None)
+        last = self.view.get_seq_length() + prompt + sum(b - a for a, b in pieces)  # the whole repeat's end
+        return isinstance(trained, int) and last > trained
 
     def _window_pass(self, window: int) -> dict[int, torch.Tensor]:
         start, end = self._logical_span()

@@ -115,6 +115,22 @@ def test_a_bad_repeat_mode_is_refused_and_nothing_changes(ids, bad):
     model = tiny_llama()
     cache = prefill(model, ids)
     before = [layer.keys.clone() for layer in cache.layers]
-    with pytest.raises(ConfigError, match="repeat_mode must be 'whole'"):
+    with pytest.raises(ConfigError, match="repeat_mode must be 'auto', 'whole'"):
         compact(model, cache, ids, ratio=4, method="am-fast", repeat_mode=bad)
     assert all(torch.equal(a, layer.keys) for a, layer in zip(before, cache.layers))
+
+
+def test_auto_repeats_the_whole_span_inside_the_trained_context_and_locally_past_it(ids, monkeypatch):
+    """tiny_llama is trained to 1024 positions: 48 tokens and their repeat fit; past 1024 the
+    repeat goes stretch by stretch."""
+    model = tiny_llama()
+    calls = []
+    real = queries.local_repeat
+    monkeypatch.setattr(queries, "local_repeat", lambda *a, **k: calls.append(1) or real(*a, **k))
+    auto = compact(model, prefill(model, ids), ids, ratio=4, method="am-fast", start=4)
+    whole = compact(model, prefill(model, ids), ids, ratio=4, method="am-fast", start=4, repeat_mode="whole")
+    assert not calls and all(torch.equal(auto.layers[i].keys, whole.layers[i].keys) for i in auto.full_layers())
+    torch.manual_seed(6)
+    long = torch.randint(3, VOCAB, (1, 600))  # 600 + its repeat > 1024
+    compact(model, prefill(model, long), long, ratio=4, method="am-fast", start=4)
+    assert calls

@@ -78,7 +78,7 @@ def test_bench_method_names_take_bf16_and_local():
     assert split_method("am-fast:captured:bf16") == ("am-fast", "captured")
     assert suffix_options("am-fast:bf16") == {"query_dtype": "bfloat16"} and suffix_options("am-fast") == {}
     assert suffix_options("am-fast:captured:local:bf16") == {"repeat_mode": "local", "query_dtype": "bfloat16"}
-    assert split_method("am:local") == ("am", None)
+    assert split_method("am:local") == ("am", None) and suffix_options("am:whole") == {"repeat_mode": "whole"}
     check_methods(["am-fast:bf16", "am:captured:bf16"])
     for bad in ("streaming:bf16", "streaming:local", "am:fp8"):  # streaming asks no reference queries
         with pytest.raises(ConfigError, match="unknown method"):

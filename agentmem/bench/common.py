@@ -30,8 +30,10 @@ def default_methods() -> list[str]:
 
 
 # Suffixes that set a `compact` option of how reference queries are gathered: METHOD:bf16 under
-# bfloat16 autocast, METHOD:local with each piece of the span repeated right after itself.
-OPTION_SUFFIXES = {"bf16": ("query_dtype", "bfloat16"), "local": ("repeat_mode", "local")}
+# bfloat16 autocast; METHOD:local with each stretch of the span repeated right after itself,
+# METHOD:whole with the whole span repeated after the cache (the default "auto" picks one).
+OPTION_SUFFIXES = {"bf16": ("query_dtype", "bfloat16"), "local": ("repeat_mode", "local"),
+                   "whole": ("repeat_mode", "whole")}
 
 
 def split_method(name: str) -> tuple[str, str | None]:
@@ -53,8 +55,8 @@ def check_methods(methods: list[str]) -> None:
 
     An agentmem method may name its reference queries as METHOD:REFERENCE, with REFERENCE
     one of repeat, captured (the prefill's own queries) or both, and add :bf16 to gather
-    them under bfloat16 autocast (`compact`'s query_dtype) and :local to repeat each piece of
-    the span right after itself (`compact`'s repeat_mode).
+    them under bfloat16 autocast (`compact`'s query_dtype), and :local or :whole to choose how the
+    span is repeated (`compact`'s repeat_mode).
     """
     known = list(METHODS) + list(kvpress_peers.PRESSES)
     unknown = []
@@ -66,7 +68,7 @@ def check_methods(methods: list[str]) -> None:
             unknown.append(name)
     if unknown:
         raise ConfigError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)} (a method that "
-                          f"asks reference queries may add :{'|:'.join(REFERENCE_MODES)}, :bf16 and :local)")
+                          f"asks reference queries may add :{'|:'.join(REFERENCE_MODES)}, :bf16 and :local|:whole)")
     if any(m in kvpress_peers.PRESSES for m in methods) and (why := kvpress_peers.unavailable()):
         raise ConfigError(why)
 
