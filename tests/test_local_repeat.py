@@ -9,20 +9,23 @@ from agentmem import ConfigError, compact, hf, queries
 
 from conftest import VOCAB, prefill, tiny_gemma3, tiny_llama
 
+PROMPT = torch.tensor([[5, 6, 7]])
 
-def _view(model, ids):
+
+def _setup(seed: int, length: int):
+    """A tiny model, `length` random ids, their prefilled cache as a view, and its full layers."""
+    model = tiny_llama()
+    torch.manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (1, length))
     hf.enable(model)
-    return hf.CompactedCache.from_cache(prefill(model, ids), scalings=hf.attention_scalings(model))
+    view = hf.CompactedCache.from_cache(prefill(model, ids), scalings=hf.attention_scalings(model))
+    return model, ids, view, set(hf.full_attention_layers(model))
 
 
 def test_a_piece_asks_what_a_model_reading_it_then_repeating_it_asks():
     """The queries of chunk [a, b) are those of a fresh pass over tokens [0, b), the prompt, then [a, b)."""
-    model = tiny_llama()
-    torch.manual_seed(2)
-    ids = torch.randint(3, VOCAB, (1, 40))
-    prompt = torch.tensor([[5, 6, 7]])
-    view = _view(model, ids)
-    layers = set(hf.full_attention_layers(model))
+    model, ids, view, layers = _setup(2, 40)
+    prompt = PROMPT
     got = queries.local_repeat(model, view, ids, [(8, 30)], prompt, layers=layers, chunk=12)
     assert queries.local_groups(view, [(8, 30)], 12) == [(20, [(8, 20)]), (30, [(20, 30)])]
     for a, b in [(8, 20), (20, 30)]:
@@ -38,12 +41,8 @@ def test_a_piece_asks_what_a_model_reading_it_then_repeating_it_asks():
 def test_spread_pieces_are_repeated_together_after_the_cut_at_the_last():
     """Pieces of a capped repeat (`repeat_pieces`) within one stretch read as one repeat, as the whole
     repeat reads them, on the cache cut after the last of them."""
-    model = tiny_llama()
-    torch.manual_seed(5)
-    ids = torch.randint(3, VOCAB, (1, 60))
-    prompt = torch.tensor([[5, 6, 7]])
-    view = _view(model, ids)
-    layers = set(hf.full_attention_layers(model))
+    model, ids, view, layers = _setup(5, 60)
+    prompt = PROMPT
     pieces = [(0, 6), (12, 18), (24, 30), (40, 46)]
     assert queries.local_groups(view, pieces, 20) == [(18, [(0, 6), (12, 18)]), (30, [(24, 30)]), (46, [(40, 46)])]
     got = queries.local_repeat(model, view, ids, pieces[:2], prompt, layers=layers, chunk=20)
