@@ -360,12 +360,12 @@ class _CompactionRun:
         prompt = queries.prompt_ids(self.opts.tokenizer, queries.REPEAT_PROMPT, device).expand(self.batch, -1)
         normalisers = self.context_scores and transform is None
         capture = None
-        if self._local_repeat(pieces, prompt.shape[-1]) and transform is None:  # on-policy needs one whole pass
+        if transform is None and self._local_repeat(pieces, prompt.shape[-1]):  # on-policy needs one whole pass
             try:
                 capture = queries.local_repeat(self.model, self.view, self.input_ids, pieces, prompt,
                                                layers=set(self.layers), normalisers=normalisers,
                                                dtype=self.query_dtype, chunk=queries.LOCAL_CHUNK)
-            except ValueError as exc:  # a sliding-window layer cannot be cut at a piece's end
+            except queries.UncuttableCache as exc:  # a sliding-window layer cannot be cut at a stretch's end
                 log.info("local repeat not possible (%s); repeating the whole span after the cache", exc)
         if capture is None:
             ids = torch.cat([prompt] + [self.input_ids[:, a:b] for a, b in pieces], dim=1)

@@ -114,6 +114,10 @@ def forward_pass(
     return capture
 
 
+class UncuttableCache(ValueError):
+    """A local repeat cannot cut the cache where a stretch ends (`local_repeat`)."""
+
+
 @torch.no_grad()
 def local_repeat(
     model: torch.nn.Module,
@@ -134,14 +138,22 @@ def local_repeat(
     token calls, as `forward_pass`), so a repeated token asks for its original from at most
     about `chunk` tokens away. A whole-span repeat after the cache asks from a whole cache
     away, and past a model's trained context (SmolLM2's 8k) its queries no longer find the
-    span. `cache` is not modified. Raises ValueError where the cache cannot be cut at a
-    stretch's end (a sliding-window layer that no longer holds that window).
+    span. `cache` is not modified.
+
+    Raises:
+        UncuttableCache: the cache cannot be cut at a stretch's end (a sliding-window layer
+            that no longer holds that window); raised before the model runs.
     """
     last = hf.last_logits_only(model)
+    stretches = []
+    for cut, parts in local_groups(cache, pieces, chunk):
+        try:
+            view = hf.crop_cache(cache, cut, model)  # shares the cache's tensors
+        except ValueError as exc:
+            raise UncuttableCache(str(exc)) from exc
+        stretches.append((view, torch.cat([prompt] + [input_ids[:, a:b] for a, b in parts], dim=1)))
     with hf.capture_queries(layers=layers, normalisers=normalisers) as capture, precision(model, dtype):
-        for cut, parts in local_groups(cache, pieces, chunk):
-            view = hf.crop_cache(cache, cut, model)
-            ids = torch.cat([prompt] + [input_ids[:, a:b] for a, b in parts], dim=1)
+        for view, ids in stretches:
             for piece in ids.split(REPEAT_CHUNK, dim=1):
                 model(input_ids=piece, past_key_values=view, use_cache=True, **last)
     return capture

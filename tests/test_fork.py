@@ -197,3 +197,20 @@ def test_crop_cache_refuses_to_split_a_compacted_run(ids):
     kept = hf.crop_cache(cache, 20, model)
     assert kept.get_seq_length() == 20 and kept.physical_length() == 12
     assert hf.compacted_runs(kept) == [(0, 8, 8), (8, 16, 0), (16, 20, 4)]
+
+
+@pytest.mark.parametrize("make, at", [(tiny_llama, 13), (tiny_gemma3, 20)])  # gemma's window holds only the end
+def test_copies_and_crops_share_the_tensors_and_growing_them_leaves_the_original_alone(ids, make, at):
+    model = make()
+    full = prefill(model, ids[:, :20])
+    before = kv(full)
+    twin, cut = hf.copy_cache(full, model), hf.crop_cache(full, at, model)
+    def raw(cache):
+        return [t for layer in cache.layers if layer.is_initialized for t in (layer.keys, layer.values)]
+
+    assert all(a.data_ptr() == b.data_ptr() for a, b in zip(raw(twin), raw(full)))  # no copy of the KV
+    with torch.no_grad():
+        model(input_ids=ids[:, 20:23], past_key_values=twin)
+        model(input_ids=ids[:, at:at + 3], past_key_values=cut)
+    assert twin.get_seq_length() == 23 and cut.get_seq_length() == at + 3 and full.get_seq_length() == 20
+    assert all(torch.equal(a, b) for a, b in zip(kv(full), before))

@@ -12,6 +12,21 @@ from conftest import VOCAB, prefill, tiny_gemma3, tiny_llama
 PROMPT = torch.tensor([[5, 6, 7]])
 
 
+@pytest.fixture
+def local_runs(monkeypatch):
+    """Completed local repeats (a fallback to the whole repeat leaves this empty)."""
+    runs = []
+    real = queries.local_repeat
+
+    def spy(*args, **kwargs):
+        capture = real(*args, **kwargs)
+        runs.append(capture)
+        return capture
+
+    monkeypatch.setattr(queries, "local_repeat", spy)
+    return runs
+
+
 def _setup(seed: int, length: int):
     """A tiny model, `length` random ids, their prefilled cache as a view, and its full layers."""
     model = tiny_llama()
@@ -66,7 +81,7 @@ def test_chunks_end_where_the_cache_can_be_cut():
 
 
 @pytest.mark.parametrize("method", ["am", "am-fast", "kvzip"])
-def test_local_repeat_compacts_to_the_same_size(ids, method):
+def test_local_repeat_compacts_to_the_same_size(ids, method, local_runs):
     model = tiny_llama()
     whole = compact(model, prefill(model, ids), ids, ratio=4, method=method, start=4)
     stats = {}
@@ -77,17 +92,19 @@ def test_local_repeat_compacts_to_the_same_size(ids, method):
     for i in local.full_layers():
         assert torch.isfinite(local.layers[i].keys).all() and torch.isfinite(local.layers[i].values).all()
     assert stats["phases"]["queries"] > 0
+    assert len(local_runs) == 1
 
 
-def test_local_repeat_of_a_span_compacted_before(ids):
+def test_local_repeat_of_a_span_compacted_before(ids, local_runs):
     model = tiny_llama()
     once = compact(model, prefill(model, ids), ids, ratio=2, method="am-fast", start=4, end=30)
     twice = compact(model, once, ids, ratio=2, method="am-fast", start=4, end=44, repeat_mode="local")
     assert twice.get_seq_length() == ids.shape[1]
     assert twice.physical_length() < once.physical_length()
+    assert len(local_runs) == 1  # cut at 44, after the run [4, 30): no fallback
 
 
-def test_a_sliding_window_model_falls_back_to_the_whole_repeat(caplog):
+def test_a_sliding_window_model_falls_back_to_the_whole_repeat(caplog, local_runs):
     """Gemma3's sliding layers no longer hold the window that ends at the span's end (token 30 of 48)."""
     model = tiny_gemma3()
     torch.manual_seed(4)
@@ -96,17 +113,19 @@ def test_a_sliding_window_model_falls_back_to_the_whole_repeat(caplog):
     with caplog.at_level(logging.INFO, logger="agentmem.compaction"):
         local = compact(model, prefill(model, ids), ids, ratio=4, method="am-fast", start=4, end=30,
                         repeat_mode="local")
-    assert "local repeat not possible" in caplog.text
+    assert "local repeat not possible" in caplog.text and not local_runs
     for i in whole.full_layers():
         assert torch.equal(local.layers[i].keys, whole.layers[i].keys)
 
 
-def test_an_on_policy_fit_keeps_the_whole_repeat(ids):
+def test_an_on_policy_fit_keeps_the_whole_repeat(ids, local_runs):
+    # the span ends at 30 of 48, where a local repeat (cut at 30) asks otherwise than the whole one
     model = tiny_llama()
-    whole = compact(model, prefill(model, ids), ids, ratio=4, method="am-omp", start=4)
-    local = compact(model, prefill(model, ids), ids, ratio=4, method="am-omp", start=4, repeat_mode="local")
+    whole = compact(model, prefill(model, ids), ids, ratio=4, method="am-omp", start=4, end=30)
+    local = compact(model, prefill(model, ids), ids, ratio=4, method="am-omp", start=4, end=30, repeat_mode="local")
     for i in whole.full_layers():
         assert torch.equal(local.layers[i].keys, whole.layers[i].keys)
+    assert not local_runs
 
 
 @pytest.mark.parametrize("bad", ["after", "", None, 1])
@@ -119,17 +138,14 @@ def test_a_bad_repeat_mode_is_refused_and_nothing_changes(ids, bad):
     assert all(torch.equal(a, layer.keys) for a, layer in zip(before, cache.layers))
 
 
-def test_auto_repeats_the_whole_span_inside_the_trained_context_and_locally_past_it(ids, monkeypatch):
+def test_auto_repeats_the_whole_span_inside_the_trained_context_and_locally_past_it(ids, local_runs):
     """tiny_llama is trained to 1024 positions: 48 tokens and their repeat fit; past 1024 the
     repeat goes stretch by stretch."""
     model = tiny_llama()
-    calls = []
-    real = queries.local_repeat
-    monkeypatch.setattr(queries, "local_repeat", lambda *a, **k: calls.append(1) or real(*a, **k))
     auto = compact(model, prefill(model, ids), ids, ratio=4, method="am-fast", start=4)
     whole = compact(model, prefill(model, ids), ids, ratio=4, method="am-fast", start=4, repeat_mode="whole")
-    assert not calls and all(torch.equal(auto.layers[i].keys, whole.layers[i].keys) for i in auto.full_layers())
+    assert not local_runs and all(torch.equal(auto.layers[i].keys, whole.layers[i].keys) for i in auto.full_layers())
     torch.manual_seed(6)
     long = torch.randint(3, VOCAB, (1, 600))  # 600 + its repeat > 1024
     compact(model, prefill(model, long), long, ratio=4, method="am-fast", start=4)
-    assert calls
+    assert local_runs

@@ -63,8 +63,9 @@ def cache_from_state(states: list[dict], model: torch.nn.Module) -> Cache:
         kind, meta, blocks = state["kind"], state["meta"], state["blocks"]
         joined = {}
         if blocks:
-            for name in blocks[0]:
-                joined[name] = torch.cat([b[name] for b in blocks], dim=-1 if name == "bias" else -2)
+            for name in blocks[0]:  # one block is shared as it is (`copy_cache` shares tensors)
+                joined[name] = blocks[0][name] if len(blocks) == 1 else torch.cat(
+                    [b[name] for b in blocks], dim=-1 if name == "bias" else -2)
         if kind == "compacted":
             layer = CompactedLayer(scaling=meta.get("scaling"))
             if joined:
